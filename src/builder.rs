@@ -1,0 +1,225 @@
+//! `TwoTierBuilder`: the settings of a two-tier cache, checked at `build`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::disk::{DiskOptions, DiskTier};
+use crate::two_tier::Parts;
+use crate::{ByteSize, CodecRegistry, Config, Error, EvictionPolicy, IoEngine, Result, TwoTierCacheBackend};
+
+/// Builds a [`TwoTierCacheBackend`]. Every setting has a [`Config`] field of
+/// the same meaning (named in each method's doc); unset ones take the
+/// defaults of [`Config::default`], except the directory, which is required.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = spillway::TwoTierCacheBackend::builder()
+///     .memory_capacity(64 << 20)
+///     .disk_capacity(256 << 20)
+///     .disk_dir(dir.path())
+///     .block_size(1 << 20)
+///     .build()
+///     .await?;
+/// cache.close().await?;
+/// # Ok::<(), spillway::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct TwoTierBuilder {
+    config: Config,
+    codecs: CodecRegistry,
+}
+
+impl TwoTierBuilder {
+    /// Starts from a parsed configuration.
+    ///
+    /// ```
+    /// let builder = spillway::TwoTierBuilder::from_config(&spillway::Config::default());
+    /// # let _ = builder;
+    /// ```
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            config: config.clone(),
+            codecs: CodecRegistry::default(),
+        }
+    }
+
+    /// RAM budget in bytes, memory tier plus spill queue (`memory.capacity`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().memory_capacity(256 << 20);
+    /// # let _ = b;
+    /// ```
+    pub fn memory_capacity(mut self, bytes: u64) -> Self {
+        self.config.memory.capacity = ByteSize(bytes);
+        self
+    }
+
+    /// Part of the RAM budget for entries waiting to be spilled (`memory.spill_queue`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().spill_queue_capacity(8 << 20);
+    /// # let _ = b;
+    /// ```
+    pub fn spill_queue_capacity(mut self, bytes: u64) -> Self {
+        self.config.memory.spill_queue = Some(ByteSize(bytes));
+        self
+    }
+
+    /// The memory tier's eviction policy (`memory.eviction_policy`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().eviction_policy(spillway::EvictionPolicy::Lru);
+    /// # let _ = b;
+    /// ```
+    pub fn eviction_policy(mut self, policy: EvictionPolicy) -> Self {
+        self.config.memory.eviction_policy = policy;
+        self
+    }
+
+    /// How often the cache runs moka's maintenance (`memory.maintenance_interval_ms`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().maintenance_interval(std::time::Duration::from_millis(10));
+    /// # let _ = b;
+    /// ```
+    pub fn maintenance_interval(mut self, every: Duration) -> Self {
+        self.config.memory.maintenance_interval_ms = every.as_millis().try_into().unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Disk budget in bytes (`disk.capacity`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().disk_capacity(8 << 30);
+    /// # let _ = b;
+    /// ```
+    pub fn disk_capacity(mut self, bytes: u64) -> Self {
+        self.config.disk.capacity = ByteSize(bytes);
+        self
+    }
+
+    /// The cache directory, created if missing (`disk.dir`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().disk_dir("/var/cache/myapp");
+    /// # let _ = b;
+    /// ```
+    pub fn disk_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.disk.dir = Some(dir.into());
+        self
+    }
+
+    /// foyer's block size (`disk.block_size`): the unit of disk eviction and
+    /// the largest record the disk tier can hold.
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().block_size(1 << 20);
+    /// # let _ = b;
+    /// ```
+    pub fn block_size(mut self, bytes: usize) -> Self {
+        self.config.disk.block_size = ByteSize(bytes as u64);
+        self
+    }
+
+    /// foyer flusher tasks (`disk.flushers`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().flushers(4);
+    /// # let _ = b;
+    /// ```
+    pub fn flushers(mut self, flushers: usize) -> Self {
+        self.config.disk.flushers = flushers;
+        self
+    }
+
+    /// foyer's flush buffer pool in bytes (`disk.buffer_pool`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().buffer_pool_size(32 << 20);
+    /// # let _ = b;
+    /// ```
+    pub fn buffer_pool_size(mut self, bytes: usize) -> Self {
+        self.config.disk.buffer_pool = ByteSize(bytes as u64);
+        self
+    }
+
+    /// psync or io_uring (`disk.io_engine`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().io_engine(spillway::IoEngine::Psync);
+    /// # let _ = b;
+    /// ```
+    pub fn io_engine(mut self, engine: IoEngine) -> Self {
+        self.config.disk.io_engine = engine;
+        self
+    }
+
+    /// Open the device with `O_DIRECT` (`disk.direct_io`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().direct_io(true);
+    /// # let _ = b;
+    /// ```
+    pub fn direct_io(mut self, direct: bool) -> Self {
+        self.config.disk.direct_io = direct;
+        self
+    }
+
+    /// The codecs that make entry types spillable.
+    ///
+    /// ```
+    /// let codecs = spillway::CodecRegistry::new().register::<String>("String", 1)?;
+    /// let b = spillway::TwoTierCacheBackend::builder().codecs(codecs);
+    /// # let _ = b;
+    /// # Ok::<(), spillway::Error>(())
+    /// ```
+    pub fn codecs(mut self, codecs: CodecRegistry) -> Self {
+        self.codecs = codecs;
+        self
+    }
+
+    /// Checks the settings, opens the disk tier and starts the background
+    /// tasks (on the current tokio runtime). Errors name the offending field,
+    /// or the directory that could not be used.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let err = spillway::TwoTierCacheBackend::builder().build().await.unwrap_err();
+    /// assert!(err.to_string().contains("disk.dir"));
+    /// # });
+    /// ```
+    pub async fn build(self) -> Result<TwoTierCacheBackend> {
+        let config = self.config;
+        config.validate()?;
+        let (m, d) = (&config.memory, &config.disk);
+        let dir = d.dir.clone().ok_or_else(|| Error::Config {
+            field: "disk.dir".into(),
+            value: "<missing>".into(),
+            reason: "a two-tier cache needs a directory".into(),
+        })?;
+        let disk = DiskTier::open(&DiskOptions {
+            dir,
+            capacity: d.capacity.as_usize(),
+            block_size: d.block_size.as_usize(),
+            flushers: d.flushers,
+            buffer_pool: d.buffer_pool.as_usize(),
+            io_engine: d.io_engine,
+            direct_io: d.direct_io,
+        })
+        .await?;
+        Ok(TwoTierCacheBackend::start(Parts {
+            memory_capacity: m.capacity.0,
+            spill_queue_capacity: m.spill_queue.map_or(m.capacity.0 / 8, |q| q.0),
+            eviction_policy: match m.eviction_policy {
+                EvictionPolicy::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
+                EvictionPolicy::Lru => moka::policy::EvictionPolicy::lru(),
+            },
+            maintenance_interval: Duration::from_millis(m.maintenance_interval_ms),
+            codecs: self.codecs,
+            disk,
+        }))
+    }
+}

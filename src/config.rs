@@ -1,0 +1,267 @@
+//! `Config`: the TOML form of every setting, with human-readable sizes.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::{Error, IoEngine, Result};
+
+/// The configuration embedded in the `spillway` binary (`config/default.toml`).
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
+
+/// A size in bytes, written in TOML as an integer or as a string with a unit:
+/// `"256 MiB"`, `"8GiB"`, `"512 KB"`.
+///
+/// ```
+/// let s: spillway::ByteSize = "1 KiB".parse().unwrap();
+/// assert_eq!(s, spillway::ByteSize(1024));
+/// assert!("lots".parse::<spillway::ByteSize>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| ByteSize(b.as_u64()))
+            .map_err(|e| format!("not a size ({e}); write e.g. \"256 MiB\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => u64::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| serde::de::Error::custom("a size cannot be negative")),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl ByteSize {
+    /// The size as `usize`.
+    ///
+    /// ```
+    /// assert_eq!(spillway::ByteSize(4096).as_usize(), 4096);
+    /// ```
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+/// How the memory tier chooses what to evict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvictionPolicy {
+    /// moka's TinyLFU: frequency-based admission, resists scans (the default).
+    /// A new key may be rejected at once; with a disk tier it then spills.
+    #[default]
+    TinyLfu,
+    /// Least recently used.
+    Lru,
+}
+
+/// The `[memory]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// RAM budget: the memory tier plus the spill queue.
+    pub capacity: ByteSize,
+    /// Part of `capacity` reserved for evicted entries waiting to be written;
+    /// default: an eighth of `capacity`.
+    pub spill_queue: Option<ByteSize>,
+    /// `"tiny_lfu"` or `"lru"`.
+    pub eviction_policy: EvictionPolicy,
+    /// How often the backend runs moka's maintenance itself, in milliseconds.
+    pub maintenance_interval_ms: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            capacity: ByteSize(256 << 20),
+            spill_queue: None,
+            eviction_policy: EvictionPolicy::TinyLfu,
+            maintenance_interval_ms: 50,
+        }
+    }
+}
+
+/// The `[disk]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskConfig {
+    /// The cache directory (the CLI uses a temporary one when unset).
+    pub dir: Option<PathBuf>,
+    /// Disk budget; foyer's files never exceed it.
+    pub capacity: ByteSize,
+    /// foyer block size: the unit of disk eviction, and the largest record.
+    pub block_size: ByteSize,
+    /// foyer flusher tasks writing in parallel.
+    pub flushers: usize,
+    /// foyer's flush buffers, shared by the flushers.
+    pub buffer_pool: ByteSize,
+    /// `"psync"` or `"io_uring"`.
+    pub io_engine: IoEngine,
+    /// Open the device with `O_DIRECT`, bypassing the page cache.
+    pub direct_io: bool,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            capacity: ByteSize(1 << 30),
+            block_size: ByteSize(4 << 20),
+            flushers: 2,
+            buffer_pool: ByteSize(16 << 20),
+            io_engine: IoEngine::Psync,
+            direct_io: false,
+        }
+    }
+}
+
+/// Every setting of a [`crate::TwoTierCacheBackend`], loadable from TOML.
+///
+/// ```
+/// let config = spillway::Config::from_toml_str(r#"
+///     [memory]
+///     capacity = "64 MiB"
+///     [disk]
+///     capacity = "2 GiB"
+/// "#)?;
+/// assert_eq!(config.memory.capacity.0, 64 << 20);
+/// assert!(spillway::Config::from_toml_str("[memory]\ncapacty = 1").is_err());
+/// # Ok::<(), spillway::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The memory tier.
+    pub memory: MemoryConfig,
+    /// The disk tier.
+    pub disk: DiskConfig,
+    /// Settings of `spillway bench`, kept as written; the library ignores them.
+    pub bench: Option<toml::Table>,
+}
+
+impl Config {
+    /// Parses TOML. A malformed value or an unknown key is an
+    /// [`Error::Config`] naming the field and the value.
+    ///
+    /// ```
+    /// let err = spillway::Config::from_toml_str("[disk]\nflushers = \"two\"").unwrap_err();
+    /// assert!(err.to_string().contains("disk.flushers"));
+    /// assert!(err.to_string().contains("two"));
+    /// ```
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Config {
+            field: "<document>".into(),
+            value: String::new(),
+            reason: e.message().to_string(),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(raw.clone())).map_err(|e| {
+            let mut field = e.path().to_string();
+            let reason = e.inner().to_string();
+            // For an unknown key the path names its table; add the key itself.
+            if let Some(name) = reason.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+                field = if field == "." { name.to_string() } else { format!("{field}.{name}") };
+            }
+            let value = lookup(&raw, &field).map_or_else(|| "<missing>".to_string(), |v| v.to_string());
+            Error::Config { field, value, reason }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    ///
+    /// ```
+    /// let err = spillway::Config::from_file("/no/such/file.toml").unwrap_err();
+    /// assert!(err.to_string().contains("/no/such/file.toml"));
+    /// ```
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read config file", path, e))?;
+        Self::from_toml_str(&text)
+    }
+
+    /// The configuration embedded in the binary (`config/default.toml`).
+    ///
+    /// ```
+    /// let config = spillway::Config::embedded_default();
+    /// assert!(config.memory.capacity.0 > 0);
+    /// ```
+    pub fn embedded_default() -> Self {
+        // The embedded file is checked by a unit test; fall back to the
+        // built-in defaults rather than panic should it ever be broken.
+        Self::from_toml_str(DEFAULT_CONFIG_TOML).unwrap_or_default()
+    }
+
+    /// Checks values that parse but make no sense together.
+    ///
+    /// ```
+    /// let mut config = spillway::Config::default();
+    /// config.disk.flushers = 0;
+    /// assert!(config.validate().unwrap_err().to_string().contains("disk.flushers"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, value: String, reason: &str| {
+            Err(Error::Config {
+                field: field.into(),
+                value,
+                reason: reason.into(),
+            })
+        };
+        let (m, d) = (&self.memory, &self.disk);
+        if let Some(q) = m.spill_queue {
+            if q > m.capacity {
+                return bad("memory.spill_queue", q.0.to_string(), "must not exceed memory.capacity");
+            }
+        }
+        if m.maintenance_interval_ms == 0 {
+            return bad("memory.maintenance_interval_ms", "0".into(), "must be at least 1");
+        }
+        if d.block_size.0 < 64 << 10 || d.block_size.0 % 4096 != 0 {
+            return bad("disk.block_size", d.block_size.0.to_string(), "must be a multiple of 4 KiB, at least 64 KiB");
+        }
+        if d.capacity.0 < 8 * d.block_size.0 {
+            return bad("disk.capacity", d.capacity.0.to_string(), "must hold at least 8 blocks of disk.block_size");
+        }
+        if d.flushers == 0 {
+            return bad("disk.flushers", "0".into(), "must be at least 1");
+        }
+        if d.buffer_pool.0 < d.flushers as u64 * 2 * 4096 {
+            return bad("disk.buffer_pool", d.buffer_pool.0.to_string(), "must give each flusher at least 8 KiB");
+        }
+        Ok(())
+    }
+}
+
+fn lookup<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+    let mut parts = dotted.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = value.get(part)?;
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        Config::from_toml_str(DEFAULT_CONFIG_TOML).expect("config/default.toml must parse");
+    }
+}

@@ -1,0 +1,219 @@
+//! The disk tier: foyer's block engine on a directory, addressed by 64-bit
+//! key hashes, holding sealed records (see `envelope`).
+//!
+//! foyer is used through `HybridCache` with a token memory tier: records are
+//! written as *phantom* entries, which foyer hands straight to its disk queue
+//! without keeping them in its own memory, and read back with
+//! `storage().load`, which does not populate foyer's memory either. spillway's
+//! moka tier is the only memory tier.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, IoEngineConfig, Load,
+    PsyncIoEngineConfig, RecoverMode,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// foyer writes in 4 KiB pages: every record occupies a whole number of them.
+pub(crate) const PAGE: usize = 4096;
+/// foyer's own per-entry header plus the serialized `u64` key and the `Bytes`
+/// length prefix, rounded up generously.
+const FOYER_ENTRY_OVERHEAD: usize = 128;
+/// foyer reserves this much of each block for its blob index (its default).
+const BLOB_INDEX: usize = 4096;
+
+/// How the disk tier performs I/O.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoEngine {
+    /// `pread`/`pwrite` from a thread pool; works everywhere.
+    #[default]
+    Psync,
+    /// Linux io_uring.
+    IoUring,
+}
+
+/// Settings of the disk tier.
+#[derive(Clone, Debug)]
+pub(crate) struct DiskOptions {
+    pub dir: PathBuf,
+    pub capacity: usize,
+    pub block_size: usize,
+    pub flushers: usize,
+    pub buffer_pool: usize,
+    pub io_engine: IoEngine,
+    pub direct_io: bool,
+}
+
+pub(crate) struct DiskTier {
+    cache: HybridCache<u64, Bytes>,
+    dir: PathBuf,
+    capacity: usize,
+    max_record: usize,
+    batch_budget: usize,
+}
+
+impl std::fmt::Debug for DiskTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskTier").field("dir", &self.dir).field("capacity", &self.capacity).finish()
+    }
+}
+
+fn align_up(n: usize) -> usize {
+    n.div_ceil(PAGE) * PAGE
+}
+
+impl DiskTier {
+    pub(crate) async fn open(opts: &DiskOptions) -> Result<Self> {
+        std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io("create cache directory", &opts.dir, e))?;
+        probe_writable(&opts.dir)?;
+        let disk_err = |op: &'static str| {
+            let dir = opts.dir.clone();
+            move |e: foyer::Error| Error::Disk {
+                dir,
+                op,
+                message: e.to_string(),
+            }
+        };
+        let device = FsDeviceBuilder::new(&opts.dir)
+            .with_capacity(opts.capacity)
+            .with_direct(opts.direct_io)
+            .build()
+            .map_err(disk_err("open device"))?;
+        let io_engine: Box<dyn IoEngineConfig> = match opts.io_engine {
+            IoEngine::Psync => PsyncIoEngineConfig::new().into(),
+            #[cfg(target_os = "linux")]
+            IoEngine::IoUring => Box::new(foyer::UringIoEngineConfig::new()),
+            #[cfg(not(target_os = "linux"))]
+            IoEngine::IoUring => {
+                return Err(Error::Config {
+                    field: "disk.io_engine".into(),
+                    value: "io_uring".into(),
+                    reason: "io_uring needs Linux".into(),
+                })
+            }
+        };
+        let engine = BlockEngineConfig::new(device)
+            .with_block_size(opts.block_size)
+            .with_flushers(opts.flushers)
+            .with_buffer_pool_size(opts.buffer_pool);
+        let cache = HybridCacheBuilder::new()
+            .with_name("spillway")
+            .with_flush_on_close(false)
+            .memory(1)
+            .with_shards(1)
+            .storage()
+            .with_io_engine_config(io_engine)
+            .with_engine_config(engine)
+            // Records of a previous process are not trusted without the
+            // metadata that says which of them are current.
+            .with_recover_mode(RecoverMode::None)
+            .build()
+            .await
+            .map_err(disk_err("build disk cache"))?;
+        // Each flusher owns buffer_pool / flushers bytes and drops what does not
+        // fit while its previous write is in flight. Submitting at most half of
+        // that between waits keeps any one flusher's share below its buffer
+        // even if every record of a batch hashes to it.
+        let io_buffer = (opts.buffer_pool / opts.flushers.max(1)) / PAGE * PAGE;
+        let batch_budget = (io_buffer / 2).max(PAGE);
+        let max_record = (opts.block_size - BLOB_INDEX).min(io_buffer).saturating_sub(FOYER_ENTRY_OVERHEAD);
+        Ok(Self {
+            cache,
+            dir: opts.dir.clone(),
+            capacity: opts.capacity,
+            max_record,
+            batch_budget,
+        })
+    }
+
+    /// Largest sealed record the disk tier can hold.
+    pub(crate) fn max_record(&self) -> usize {
+        self.max_record
+    }
+
+    /// Bytes of records to submit before waiting for them to be written.
+    pub(crate) fn batch_budget(&self) -> usize {
+        self.batch_budget
+    }
+
+    /// Bytes a record of `len` occupies in foyer's buffers and on disk.
+    pub(crate) fn footprint(len: usize) -> usize {
+        align_up(len + FOYER_ENTRY_OVERHEAD)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Hands a record to foyer's write queue. Synchronous: foyer orders it by
+    /// sequence against later `delete`s of the same hash.
+    pub(crate) fn enqueue(&self, hash: u64, record: Bytes) {
+        // A phantom entry: foyer sends it to the disk queue when the handle drops.
+        drop(self.cache.storage_writer(hash).force().insert(record));
+    }
+
+    /// Reads a record; `Ok(None)` when foyer has nothing under `hash`.
+    pub(crate) async fn load(&self, hash: u64) -> Result<Option<Bytes>> {
+        match self.cache.storage().load(&hash).await {
+            Ok(Load::Entry { value, .. }) => Ok(Some(value)),
+            Ok(Load::Piece { piece, .. }) => Ok(Some(piece.value().clone())),
+            Ok(Load::Miss | Load::Throttled) => Ok(None),
+            Err(e) => Err(Error::Disk {
+                dir: self.dir.clone(),
+                op: "load record",
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Whether foyer holds (or is writing) a record under `hash`.
+    pub(crate) fn contains(&self, hash: u64) -> bool {
+        self.cache.storage().may_contains(&hash)
+    }
+
+    pub(crate) fn delete(&self, hash: u64) {
+        self.cache.remove(&hash);
+    }
+
+    /// Waits until everything enqueued so far has been written (or dropped).
+    pub(crate) async fn wait(&self) {
+        self.cache.storage().wait().await;
+    }
+
+    pub(crate) async fn clear(&self) -> Result<()> {
+        self.cache.clear().await.map_err(|e| Error::Disk {
+            dir: self.dir.clone(),
+            op: "clear",
+            message: e.to_string(),
+        })
+    }
+
+    pub(crate) async fn close(&self) -> Result<()> {
+        self.cache.close().await.map_err(|e| Error::Disk {
+            dir: self.dir.clone(),
+            op: "close",
+            message: e.to_string(),
+        })
+    }
+
+    /// Bytes foyer has written to the device.
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.cache.statistics().disk_write_bytes() as u64
+    }
+}
+
+/// Fails early, with the directory named, when it cannot be written.
+fn probe_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(".spillway-write-probe");
+    std::fs::write(&probe, b"ok").map_err(|e| Error::io("write to cache directory", dir, e))?;
+    std::fs::remove_file(&probe).map_err(|e| Error::io("remove write probe in", dir, e))
+}

@@ -1,0 +1,171 @@
+//! The envelope around every spilled record.
+//!
+//! Layout (little endian):
+//! `magic "SPWY" | format u16 | reserved u16 | type_version u32 | seq u64 |
+//!  size_bytes u64 | prefix_len u32 | key_len u32 | type_len u32 | payload_len u32 |
+//!  prefix | key | type_name | payload | crc32 u32` — the CRC covers everything
+//! before it. A reader trusts a record only if every check passes; the full key
+//! and the write sequence inside let it reject records of another key (64-bit
+//! hash collisions) and of older versions of the same key.
+
+use crate::stats::DecodeMiss;
+use crate::InternalCacheKey;
+
+const MAGIC: &[u8; 4] = b"SPWY";
+/// Bumped whenever the layout above changes; other versions are refused.
+pub(crate) const FORMAT_VERSION: u16 = 1;
+const HEADER_LEN: usize = 4 + 2 + 2 + 4 + 8 + 8 + 4 * 4;
+const CRC_LEN: usize = 4;
+
+/// A record that passed every structural check; the payload is not yet decoded.
+#[derive(Debug)]
+pub(crate) struct Record<'a> {
+    pub type_version: u32,
+    pub seq: u64,
+    pub size_bytes: u64,
+    pub prefix: &'a str,
+    pub key: &'a str,
+    pub type_name: &'a str,
+    pub payload: &'a [u8],
+}
+
+impl Record<'_> {
+    pub(crate) fn is_for(&self, key: &InternalCacheKey) -> bool {
+        self.prefix == key.prefix() && self.key == key.key() && self.type_name == key.type_name()
+    }
+}
+
+/// Writes an envelope; `payload` appends the encoded value to the buffer.
+pub(crate) fn seal<E>(
+    key: &InternalCacheKey,
+    seq: u64,
+    size_bytes: usize,
+    type_version: u32,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let strings = [key.prefix().as_bytes(), key.key().as_bytes(), key.type_name().as_bytes()];
+    let mut out = Vec::with_capacity(HEADER_LEN + strings.iter().map(|s| s.len()).sum::<usize>() + 64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&type_version.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&(size_bytes as u64).to_le_bytes());
+    for s in strings {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    }
+    let payload_len_at = out.len();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for s in strings {
+        out.extend_from_slice(s);
+    }
+    let payload_start = out.len();
+    payload(&mut out)?;
+    let payload_len = (out.len() - payload_start) as u32;
+    out[payload_len_at..payload_len_at + 4].copy_from_slice(&payload_len.to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Checks and splits a record. Never panics on any input.
+pub(crate) fn open(bytes: &[u8]) -> Result<Record<'_>, DecodeMiss> {
+    if bytes.len() < HEADER_LEN + CRC_LEN || &bytes[..4] != MAGIC {
+        return Err(DecodeMiss::Corrupt);
+    }
+    if u16_at(bytes, 4) != FORMAT_VERSION {
+        return Err(DecodeMiss::Incompatible);
+    }
+    let lens = [28, 32, 36, 40].map(|at| u32_at(bytes, at) as usize);
+    let body: usize = lens.iter().sum();
+    if HEADER_LEN.checked_add(body).and_then(|n| n.checked_add(CRC_LEN)) != Some(bytes.len()) {
+        return Err(DecodeMiss::Corrupt);
+    }
+    let crc_at = bytes.len() - CRC_LEN;
+    if crc32fast::hash(&bytes[..crc_at]) != u32_at(bytes, crc_at) {
+        return Err(DecodeMiss::Corrupt);
+    }
+    let mut at = HEADER_LEN;
+    let mut take = |len: usize| {
+        let s = &bytes[at..at + len];
+        at += len;
+        s
+    };
+    let [prefix, key, type_name] = [lens[0], lens[1], lens[2]].map(|l| std::str::from_utf8(take(l)));
+    let payload = take(lens[3]);
+    let (Ok(prefix), Ok(key), Ok(type_name)) = (prefix, key, type_name) else {
+        return Err(DecodeMiss::Corrupt);
+    };
+    Ok(Record {
+        type_version: u32_at(bytes, 8),
+        seq: u64_at(bytes, 12),
+        size_bytes: u64_at(bytes, 20),
+        prefix,
+        key,
+        type_name,
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let key = InternalCacheKey::new("pre", "key", "T");
+        seal::<()>(&key, 42, 100, 3, |out| {
+            out.extend_from_slice(b"payload");
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let bytes = sample();
+        let r = open(&bytes).unwrap();
+        assert_eq!((r.type_version, r.seq, r.size_bytes), (3, 42, 100));
+        assert_eq!((r.prefix, r.key, r.type_name, r.payload), ("pre", "key", "T", &b"payload"[..]));
+        assert!(r.is_for(&InternalCacheKey::new("pre", "key", "T")));
+        assert!(!r.is_for(&InternalCacheKey::new("pre", "key", "U")));
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_refused() {
+        let bytes = sample();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut bad = bytes.clone();
+                bad[i] ^= 1 << bit;
+                assert!(open(&bad).is_err(), "flip of bit {bit} in byte {i} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let bytes = sample();
+        for len in 0..bytes.len() {
+            assert!(open(&bytes[..len]).is_err(), "truncation to {len} accepted");
+        }
+    }
+
+    #[test]
+    fn other_format_versions_are_incompatible() {
+        let mut bytes = sample();
+        bytes[4] = 9;
+        assert_eq!(open(&bytes).unwrap_err(), DecodeMiss::Incompatible);
+    }
+}

@@ -1,0 +1,309 @@
+//! The spill path: capacity evictions from moka go through a queue to a
+//! background worker that writes them to the disk tier, paced so that foyer
+//! never silently drops a record, and confirms each write.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+
+use crate::disk::DiskTier;
+use crate::envelope;
+use crate::placement::{Place, Placements, Resident, Slot};
+use crate::stats::{NotWrittenReason, Stats};
+use crate::InternalCacheKey;
+
+/// After this many consecutive batches of which nothing was written (a full
+/// or failing disk), spilling is switched off and the memory tier goes on alone.
+const FAILED_BATCHES_BEFORE_DISABLE: u32 = 3;
+
+/// A spill waiting for the worker: the key and the version that was evicted.
+pub(crate) struct SpillItem {
+    key: InternalCacheKey,
+    hash: u64,
+    seq: u64,
+}
+
+/// State shared by the eviction listener, the worker and the read path.
+pub(crate) struct Spiller {
+    pub placements: Placements,
+    pub disk: DiskTier,
+    pub stats: Stats,
+    queue_capacity: u64,
+    disabled: AtomicBool,
+    failed_batches: AtomicU32,
+    /// Woken whenever the worker finishes a round, for `flush`.
+    progress: Notify,
+}
+
+/// Returns the RAM a queued slot held to the queue gauges.
+pub(crate) fn release_queued(stats: &Stats, place: &Place) {
+    if let Some(r) = place.queued() {
+        stats.queue_entries.sub(1);
+        stats.queue_bytes.sub(r.size as u64);
+    }
+}
+
+impl Spiller {
+    pub(crate) fn new(placements: Placements, disk: DiskTier, queue_capacity: u64) -> Self {
+        Self {
+            placements,
+            disk,
+            stats: Stats::default(),
+            queue_capacity,
+            disabled: AtomicBool::new(false),
+            failed_batches: AtomicU32::new(0),
+            progress: Notify::new(),
+        }
+    }
+
+    /// Stops all further spills (after `close`, or a failing disk).
+    pub(crate) fn disable(&self) {
+        self.disabled.store(true, Ordering::Relaxed);
+        self.progress.notify_waiters();
+    }
+
+    /// Called by moka's eviction listener for a capacity eviction of `res`.
+    /// Never blocks: it only moves the slot and queues the work.
+    pub(crate) fn offer(&self, key: &InternalCacheKey, res: Arc<Resident>, tx: &mpsc::UnboundedSender<SpillItem>) {
+        self.stats.evictions.incr();
+        let hash = key.disk_hash();
+        let mut shard = self.placements.lock(hash);
+        // A listener call for a version that is no longer current (replaced or
+        // invalidated meanwhile) must not resurrect it.
+        let Some(slot) = shard.current(key, res.seq) else { return };
+        let reason = match slot.place {
+            Place::Memory { on_disk: true } => {
+                slot.place = Place::Disk;
+                return;
+            }
+            Place::Memory { on_disk: false } => {
+                if res.codec.is_none() {
+                    shard.remove(key);
+                    self.stats.evicted_memory_only.incr();
+                    return;
+                }
+                if self.disabled.load(Ordering::Relaxed) {
+                    NotWrittenReason::DiskDisabled
+                } else if self.stats.queue_bytes.get() + res.size as u64 > self.queue_capacity {
+                    NotWrittenReason::QueueFull
+                } else {
+                    self.stats.queue_entries.add(1);
+                    self.stats.queue_bytes.add(res.size as u64);
+                    self.stats.spills_queued.incr();
+                    let seq = res.seq;
+                    slot.place = Place::Queued(res);
+                    let item = SpillItem {
+                        key: key.clone(),
+                        hash,
+                        seq,
+                    };
+                    if tx.send(item).is_err() {
+                        // The worker is gone (runtime shut down): undo.
+                        if let Some(slot) = shard.remove(key) {
+                            release_queued(&self.stats, &slot.place);
+                        }
+                        self.stats.not_written(NotWrittenReason::DiskDisabled);
+                    }
+                    return;
+                }
+            }
+            Place::Queued(_) | Place::Writing(_) | Place::Disk => return,
+        };
+        shard.remove(key);
+        self.stats.not_written(reason);
+    }
+
+    /// The worker: batches of at most `batch_budget` bytes are handed to
+    /// foyer, then the worker waits until foyer has written them before
+    /// submitting more. That keeps foyer's flush buffers from overflowing (its
+    /// silent drop), and the write of every record is then confirmed: a record
+    /// foyer did not write anyway is counted, never assumed.
+    pub(crate) async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<SpillItem>) {
+        let mut carry: Option<(SpillItem, Bytes)> = None;
+        loop {
+            let mut batch = Vec::new();
+            let mut used = 0usize;
+            if let Some((item, record)) = carry.take() {
+                used += self.submit(item, record, &mut batch);
+            } else {
+                match rx.recv().await {
+                    Some(item) => {
+                        if let Some(record) = self.prepare(&item) {
+                            used += self.submit(item, record, &mut batch);
+                        }
+                    }
+                    None => return,
+                }
+            }
+            while let Ok(item) = rx.try_recv() {
+                let Some(record) = self.prepare(&item) else { continue };
+                if used > 0 && used + DiskTier::footprint(record.len()) > self.disk.batch_budget() {
+                    // Write what we have first; this one opens the next batch.
+                    carry = Some((item, record));
+                    break;
+                }
+                used += self.submit(item, record, &mut batch);
+            }
+            if !batch.is_empty() {
+                self.disk.wait().await;
+                self.confirm(batch);
+            }
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Encodes the queued version of `item` into a sealed record, or returns
+    /// `None` when there is nothing (left) to write.
+    fn prepare(&self, item: &SpillItem) -> Option<Bytes> {
+        let res = {
+            let mut shard = self.placements.lock(item.hash);
+            match shard.current(&item.key, item.seq).map(|s| &s.place) {
+                Some(Place::Queued(res)) => res.clone(),
+                _ => {
+                    self.stats.spills_superseded.incr();
+                    return None;
+                }
+            }
+        };
+        let codec = res.codec.as_ref()?;
+        let sealed = envelope::seal(&item.key, item.seq, res.size, codec.type_version(), |out| {
+            codec.encode(&res.entry, out)
+        });
+        match sealed {
+            Ok(bytes) if bytes.len() <= self.disk.max_record() => Some(Bytes::from(bytes)),
+            Ok(_) => {
+                self.drop_queued(item, NotWrittenReason::Oversize);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(key = %item.key, error = %e, "spill: codec failed to encode; entry dropped");
+                self.drop_queued(item, NotWrittenReason::EncodeFailed);
+                None
+            }
+        }
+    }
+
+    /// Moves the slot from `Queued` to `Writing` and hands the record to foyer,
+    /// both under the slot's lock, so that a concurrent replace (which deletes
+    /// from foyer under the same lock) is ordered after the write. Returns the
+    /// bytes the record takes in foyer's buffer (0 if it was superseded).
+    fn submit(&self, item: SpillItem, record: Bytes, batch: &mut Vec<(SpillItem, usize)>) -> usize {
+        let mut shard = self.placements.lock(item.hash);
+        let Some(slot) = shard.current(&item.key, item.seq) else {
+            self.stats.spills_superseded.incr();
+            return 0;
+        };
+        let Place::Queued(res) = &slot.place else {
+            self.stats.spills_superseded.incr();
+            return 0;
+        };
+        slot.place = Place::Writing(res.clone());
+        let len = record.len();
+        self.disk.enqueue(item.hash, record);
+        drop(shard);
+        batch.push((item, len));
+        DiskTier::footprint(len)
+    }
+
+    fn drop_queued(&self, item: &SpillItem, reason: NotWrittenReason) {
+        let mut shard = self.placements.lock(item.hash);
+        if shard.current(&item.key, item.seq).is_some() {
+            if let Some(slot) = shard.remove(&item.key) {
+                release_queued(&self.stats, &slot.place);
+            }
+        }
+        self.stats.not_written(reason);
+    }
+
+    fn confirm(&self, batch: Vec<(SpillItem, usize)>) {
+        let mut written_any = false;
+        for (item, len) in batch {
+            let written = self.disk.contains(item.hash);
+            let mut shard = self.placements.lock(item.hash);
+            match shard.current(&item.key, item.seq) {
+                Some(slot) if matches!(slot.place, Place::Writing(_)) => {
+                    release_queued(&self.stats, &slot.place);
+                    if written {
+                        slot.place = Place::Disk;
+                        written_any = true;
+                        self.stats.spills_written.incr();
+                        self.stats.spill_bytes.add(len as u64);
+                    } else {
+                        shard.remove(&item.key);
+                        self.stats.not_written(NotWrittenReason::DiskDropped);
+                    }
+                }
+                // Replaced, promoted back or invalidated while being written.
+                _ => self.stats.spills_superseded.incr(),
+            }
+        }
+        if written_any {
+            self.failed_batches.store(0, Ordering::Relaxed);
+        } else if self.failed_batches.fetch_add(1, Ordering::Relaxed) + 1 >= FAILED_BATCHES_BEFORE_DISABLE {
+            tracing::error!(dir = %self.disk.dir().display(), "disk tier wrote nothing in {FAILED_BATCHES_BEFORE_DISABLE} batches; spilling disabled");
+            self.disable();
+        }
+    }
+
+    /// Waits until no spill is queued or being written.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stats.queue_entries.get() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Backpressure for writers: waits while the spill queue is more than half
+    /// full, so that the evictions an insert triggers find room in the queue
+    /// instead of being dropped. Returns at once when spilling is off.
+    pub(crate) async fn make_room(&self) {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stats.queue_bytes.get() <= self.queue_capacity / 2 || self.disabled.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Queues a memory-resident version for writing (used by `close`).
+    pub(crate) fn queue_resident(
+        &self,
+        key: &InternalCacheKey,
+        res: Arc<Resident>,
+        tx: &mpsc::UnboundedSender<SpillItem>,
+    ) -> bool {
+        if res.codec.is_none() {
+            return false;
+        }
+        let hash = key.disk_hash();
+        let mut shard = self.placements.lock(hash);
+        let Some(Slot {
+            place: place @ Place::Memory { on_disk: false },
+            ..
+        }) = shard.current(key, res.seq)
+        else {
+            return false;
+        };
+        self.stats.queue_entries.add(1);
+        self.stats.queue_bytes.add(res.size as u64);
+        self.stats.spills_queued.incr();
+        let seq = res.seq;
+        *place = Place::Queued(res);
+        tx.send(SpillItem {
+            key: key.clone(),
+            hash,
+            seq,
+        })
+        .is_ok()
+    }
+}

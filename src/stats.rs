@@ -1,0 +1,336 @@
+//! Counters both tiers update, and the snapshot [`crate::TwoTierCacheBackend::stats`] returns.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+use serde::Serialize;
+
+const STRIPES: usize = 16;
+
+thread_local! {
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+fn stripe() -> usize {
+    STRIPE.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES);
+        }
+        s.get()
+    })
+}
+
+/// A counter bumped on every memory hit. One shared atomic would make all
+/// cores fight over a cache line on the hottest path, so each thread bumps its
+/// own padded stripe and readers add the stripes up.
+#[derive(Default)]
+pub(crate) struct HotCounter([CachePadded<AtomicU64>; STRIPES]);
+
+impl HotCounter {
+    pub(crate) fn incr(&self) {
+        self.0[stripe()].fetch_add(1, Relaxed);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Relaxed)).sum()
+    }
+}
+
+/// A plain counter for the colder paths.
+#[derive(Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn incr(&self) {
+        self.add(1);
+    }
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A level that goes up and down (queue depth, parked waiters).
+#[derive(Default)]
+pub(crate) struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Relaxed);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Why a decoded disk record was refused (and counted as a miss).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DecodeMiss {
+    Corrupt,
+    Incompatible,
+    KeyMismatch,
+    Codec,
+    NoCodec,
+}
+
+/// Why an evicted entry that should have spilled was not written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NotWrittenReason {
+    QueueFull,
+    EncodeFailed,
+    Oversize,
+    DiskDropped,
+    DiskDisabled,
+}
+
+/// The live counters of one cache.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) memory_hits: HotCounter,
+    pub(crate) queue_hits: Counter,
+    pub(crate) disk_hits: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) inserts: Counter,
+    pub(crate) evictions: Counter,
+    pub(crate) evicted_memory_only: Counter,
+    pub(crate) promotions: Counter,
+    pub(crate) spills_queued: Counter,
+    pub(crate) spills_written: Counter,
+    pub(crate) spill_bytes: Counter,
+    pub(crate) spills_superseded: Counter,
+    pub(crate) queue_entries: Gauge,
+    pub(crate) queue_bytes: Gauge,
+    pub(crate) not_written: [Counter; 5],
+    pub(crate) decode_misses: [Counter; 5],
+    pub(crate) disk_vanished: Counter,
+    pub(crate) loader_runs: Counter,
+    pub(crate) loader_waiters: Gauge,
+}
+
+impl Stats {
+    pub(crate) fn not_written(&self, reason: NotWrittenReason) {
+        self.not_written[reason as usize].incr();
+    }
+    pub(crate) fn decode_miss(&self, reason: DecodeMiss) {
+        self.decode_misses[reason as usize].incr();
+    }
+}
+
+/// Spills that were due but not written, by reason. Every one is also a lost
+/// entry: the next read of its key misses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NotWritten {
+    /// The spill queue was at its byte limit when the entry was evicted.
+    pub queue_full: u64,
+    /// The codec failed to encode the value.
+    pub encode_failed: u64,
+    /// The encoded record is larger than one disk block.
+    pub oversize: u64,
+    /// Handed to foyer but not written (its flush buffer overflowed or the write failed).
+    pub disk_dropped: u64,
+    /// Spilling was disabled after repeated write failures (for example a full disk).
+    pub disk_disabled: u64,
+}
+
+impl NotWritten {
+    /// All spills not written, whatever the reason.
+    ///
+    /// ```
+    /// let n = spillway::NotWritten { queue_full: 2, oversize: 1, ..Default::default() };
+    /// assert_eq!(n.total(), 3);
+    /// ```
+    pub fn total(&self) -> u64 {
+        self.queue_full + self.encode_failed + self.oversize + self.disk_dropped + self.disk_disabled
+    }
+}
+
+/// Disk records refused on read, by reason. Each refusal is a miss.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DecodeMisses {
+    /// Bad magic, bad length or checksum: the bytes are damaged.
+    pub corrupt: u64,
+    /// Unknown envelope format version or a type version the codec does not accept.
+    pub incompatible: u64,
+    /// The record belongs to another key or another version of this key.
+    pub key_mismatch: u64,
+    /// The codec failed to decode the payload.
+    pub codec: u64,
+    /// No codec is registered for the record's type name.
+    pub no_codec: u64,
+}
+
+impl DecodeMisses {
+    /// All refused records.
+    ///
+    /// ```
+    /// let d = spillway::DecodeMisses { corrupt: 1, codec: 1, ..Default::default() };
+    /// assert_eq!(d.total(), 2);
+    /// ```
+    pub fn total(&self) -> u64 {
+        self.corrupt + self.incompatible + self.key_mismatch + self.codec + self.no_codec
+    }
+}
+
+/// The memory tier's share of a [`StatsSnapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryStats {
+    /// Reads served from memory.
+    pub hits: u64,
+    /// Entries resident in memory.
+    pub entries: u64,
+    /// Bytes resident in memory (declared sizes plus keys), spill queue excluded.
+    pub bytes: u64,
+    /// Entries evicted for capacity.
+    pub evictions: u64,
+    /// Evicted entries that had no codec and were therefore dropped, not spilled.
+    pub evicted_memory_only: u64,
+    /// Disk hits admitted back into memory.
+    pub promotions: u64,
+}
+
+/// The disk tier's share of a [`StatsSnapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DiskStats {
+    /// Reads served by decoding a disk record.
+    pub hits: u64,
+    /// Reads served from the spill queue (evicted, not yet written).
+    pub queue_hits: u64,
+    /// Entries spillway believes are on disk.
+    pub entries: u64,
+    /// Bytes the disk tier wrote to its device (4 KiB-aligned, so ≥ spilled bytes).
+    pub bytes_written: u64,
+    /// Reads whose record foyer had already evicted or lost.
+    pub vanished: u64,
+    /// The disk budget in bytes.
+    pub capacity: u64,
+}
+
+/// The spill path's share of a [`StatsSnapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SpillStats {
+    /// Evicted entries queued for the disk tier.
+    pub queued: u64,
+    /// Spills written and confirmed on disk.
+    pub written: u64,
+    /// Bytes of the records written (envelope included).
+    pub written_bytes: u64,
+    /// Queued spills skipped because the key was replaced, promoted or invalidated first.
+    pub superseded: u64,
+    /// Spills due but not written, by reason.
+    pub not_written: NotWritten,
+    /// Entries waiting in the spill queue now.
+    pub queue_entries: u64,
+    /// Bytes waiting in the spill queue now.
+    pub queue_bytes: u64,
+}
+
+/// A point-in-time copy of a cache's statistics, both tiers separately.
+///
+/// ```
+/// let s = spillway::StatsSnapshot::default();
+/// assert_eq!(s.hits(), 0);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    /// The memory tier.
+    pub memory: MemoryStats,
+    /// The disk tier.
+    pub disk: DiskStats,
+    /// The spill path between them.
+    pub spill: SpillStats,
+    /// Disk records refused on read.
+    pub decode_misses: DecodeMisses,
+    /// Reads that found nothing (decode misses included).
+    pub misses: u64,
+    /// Calls to `insert` plus loader results inserted.
+    pub inserts: u64,
+    /// Loaders run by `get_or_insert`.
+    pub loader_runs: u64,
+    /// `get_or_insert` callers parked right now behind another caller's loader.
+    pub loader_waiters: u64,
+}
+
+impl StatsSnapshot {
+    /// Hits from every tier.
+    ///
+    /// ```
+    /// let mut s = spillway::StatsSnapshot::default();
+    /// s.memory.hits = 2;
+    /// s.disk.hits = 1;
+    /// assert_eq!(s.hits(), 3);
+    /// ```
+    pub fn hits(&self) -> u64 {
+        self.memory.hits + self.disk.hits + self.disk.queue_hits
+    }
+
+    /// Hits divided by reads, 0 when there were no reads.
+    ///
+    /// ```
+    /// let mut s = spillway::StatsSnapshot::default();
+    /// s.memory.hits = 3;
+    /// s.misses = 1;
+    /// assert_eq!(s.hit_ratio(), 0.75);
+    /// ```
+    pub fn hit_ratio(&self) -> f64 {
+        let reads = self.hits() + self.misses;
+        if reads == 0 {
+            0.0
+        } else {
+            self.hits() as f64 / reads as f64
+        }
+    }
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let nw = |r: NotWrittenReason| self.not_written[r as usize].get();
+        let dm = |r: DecodeMiss| self.decode_misses[r as usize].get();
+        StatsSnapshot {
+            memory: MemoryStats {
+                hits: self.memory_hits.get(),
+                evictions: self.evictions.get(),
+                evicted_memory_only: self.evicted_memory_only.get(),
+                promotions: self.promotions.get(),
+                ..Default::default()
+            },
+            disk: DiskStats {
+                hits: self.disk_hits.get(),
+                queue_hits: self.queue_hits.get(),
+                vanished: self.disk_vanished.get(),
+                ..Default::default()
+            },
+            spill: SpillStats {
+                queued: self.spills_queued.get(),
+                written: self.spills_written.get(),
+                written_bytes: self.spill_bytes.get(),
+                superseded: self.spills_superseded.get(),
+                not_written: NotWritten {
+                    queue_full: nw(NotWrittenReason::QueueFull),
+                    encode_failed: nw(NotWrittenReason::EncodeFailed),
+                    oversize: nw(NotWrittenReason::Oversize),
+                    disk_dropped: nw(NotWrittenReason::DiskDropped),
+                    disk_disabled: nw(NotWrittenReason::DiskDisabled),
+                },
+                queue_entries: self.queue_entries.get(),
+                queue_bytes: self.queue_bytes.get(),
+            },
+            decode_misses: DecodeMisses {
+                corrupt: dm(DecodeMiss::Corrupt),
+                incompatible: dm(DecodeMiss::Incompatible),
+                key_mismatch: dm(DecodeMiss::KeyMismatch),
+                codec: dm(DecodeMiss::Codec),
+                no_codec: dm(DecodeMiss::NoCodec),
+            },
+            misses: self.misses.get(),
+            inserts: self.inserts.get(),
+            loader_runs: self.loader_runs.get(),
+            loader_waiters: self.loader_waiters.get(),
+        }
+    }
+}

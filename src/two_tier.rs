@@ -1,0 +1,583 @@
+//! `TwoTierCacheBackend`: moka in front, foyer behind, one `CacheBackend`.
+
+use std::future::ready;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::backend::Loader;
+use crate::builder::TwoTierBuilder;
+use crate::disk::DiskTier;
+use crate::envelope;
+use crate::placement::{Place, Placements, Resident, Slot};
+use crate::single_flight::SingleFlight;
+use crate::spill::{release_queued, SpillItem, Spiller};
+use crate::stats::{DecodeMiss, Stats};
+use crate::weigher::ByteWeigher;
+use crate::{
+    CacheBackend, CacheEntry, CacheTier, Codec, CodecError, CodecRegistry, Config, InternalCacheKey, Result,
+    StatsSnapshot,
+};
+
+/// A cache whose memory tier (moka) spills capacity evictions to a disk tier
+/// (foyer) and promotes disk hits back into memory.
+///
+/// * Reads look in memory, then in the queue of entries being spilled, then
+///   on disk; a disk hit is decoded and admitted to memory again.
+/// * Only capacity evictions spill, in the background; entries whose
+///   `type_name` has no codec live in memory only.
+/// * A read never returns a version older than the latest insert of its key,
+///   nor anything invalidated or cleared after it was written.
+/// * `size_bytes` is RAM: the memory tier plus the spill queue; both together
+///   stay within `memory_capacity`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use spillway::{CacheBackend, CacheEntry, CodecRegistry, InternalCacheKey, TwoTierCacheBackend};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = TwoTierCacheBackend::builder()
+///     .memory_capacity(1 << 20)
+///     .disk_capacity(64 << 20)
+///     .disk_dir(dir.path())
+///     .codecs(CodecRegistry::new().register::<String>("String", 1).unwrap())
+///     .build()
+///     .await
+///     .unwrap();
+/// let key = InternalCacheKey::new("docs", "greeting", "String");
+/// cache.insert(&key, Arc::new(String::from("hello")) as CacheEntry, 5).await;
+/// let hit = cache.get(&key).await.unwrap();
+/// assert_eq!(hit.downcast_ref::<String>().unwrap(), "hello");
+/// cache.close().await.unwrap();
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct TwoTierCacheBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    memory: Cache<InternalCacheKey, Arc<Resident>>,
+    weigher: ByteWeigher,
+    memory_capacity: u64,
+    spiller: Arc<Spiller>,
+    spill_tx: mpsc::UnboundedSender<SpillItem>,
+    codecs: CodecRegistry,
+    flights: SingleFlight,
+    seq: AtomicU64,
+    closed: AtomicBool,
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self.background.get_mut().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Everything `build` needs, validated.
+pub(crate) struct Parts {
+    pub memory_capacity: u64,
+    pub spill_queue_capacity: u64,
+    pub eviction_policy: moka::policy::EvictionPolicy,
+    pub maintenance_interval: Duration,
+    pub codecs: CodecRegistry,
+    pub disk: DiskTier,
+}
+
+impl std::fmt::Debug for TwoTierCacheBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwoTierCacheBackend")
+            .field("memory_capacity", &self.inner.memory_capacity)
+            .field("disk", &self.inner.spiller.disk)
+            .finish()
+    }
+}
+
+impl TwoTierCacheBackend {
+    /// Starts building a cache; see [`TwoTierBuilder`] for every setting.
+    ///
+    /// ```
+    /// let builder = spillway::TwoTierCacheBackend::builder().memory_capacity(256 << 20);
+    /// # let _ = builder;
+    /// ```
+    pub fn builder() -> TwoTierBuilder {
+        TwoTierBuilder::default()
+    }
+
+    /// Builds a cache from a parsed [`Config`].
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut config = spillway::Config::default();
+    /// config.disk.dir = Some(dir.path().to_path_buf());
+    /// config.disk.capacity = spillway::ByteSize(64 << 20);
+    /// let cache = spillway::TwoTierCacheBackend::from_config(&config, spillway::CodecRegistry::new())
+    ///     .await
+    ///     .unwrap();
+    /// cache.close().await.unwrap();
+    /// # });
+    /// ```
+    pub async fn from_config(config: &Config, codecs: CodecRegistry) -> Result<Self> {
+        TwoTierBuilder::from_config(config).codecs(codecs).build().await
+    }
+
+    pub(crate) fn start(parts: Parts) -> Self {
+        let weigher = ByteWeigher::for_capacity(parts.memory_capacity);
+        let hot_capacity = parts.memory_capacity.saturating_sub(parts.spill_queue_capacity);
+        let placements = Placements::new(64);
+        let spiller = Arc::new(Spiller::new(placements, parts.disk, parts.spill_queue_capacity));
+        let (spill_tx, spill_rx) = mpsc::unbounded_channel();
+        let listener_spiller = spiller.clone();
+        let listener_tx = spill_tx.clone();
+        let memory = Cache::builder()
+            .max_capacity(weigher.units(hot_capacity))
+            .eviction_policy(parts.eviction_policy)
+            .weigher(move |k: &InternalCacheKey, r: &Arc<Resident>| weigher.weigh(k.footprint().saturating_add(r.size)))
+            .eviction_listener(move |key, res, cause| {
+                if cause.was_evicted() {
+                    listener_spiller.offer(&key, res, &listener_tx);
+                }
+            })
+            .build();
+        let inner = Arc::new(Inner {
+            memory,
+            weigher,
+            memory_capacity: parts.memory_capacity,
+            spiller: spiller.clone(),
+            spill_tx,
+            codecs: parts.codecs,
+            flights: SingleFlight::default(),
+            seq: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            background: Mutex::new(Vec::new()),
+        });
+        let worker = tokio::spawn(spiller.run(spill_rx));
+        let maintenance = tokio::spawn(maintain(Arc::downgrade(&inner), parts.maintenance_interval));
+        inner.background.lock().extend([worker, maintenance]);
+        Self { inner }
+    }
+
+    fn stats_ref(&self) -> &Stats {
+        &self.inner.spiller.stats
+    }
+
+    fn codec_for(&self, key: &InternalCacheKey, given: Option<Arc<dyn Codec>>) -> Option<Arc<dyn Codec>> {
+        given.or_else(|| self.inner.codecs.get(key.type_name()).cloned())
+    }
+
+    /// Inserts with an explicit codec instead of the registry's, for hosts that
+    /// pass a codec with every call. `None` falls back to the registry.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// use std::sync::Arc;
+    /// let key = spillway::InternalCacheKey::new("p", "k", "u64");
+    /// let codec: Arc<dyn spillway::Codec> = Arc::new(spillway::SerdeCodec::<u64>::new(1));
+    /// cache.insert_with_codec(&key, Arc::new(5u64), 8, Some(codec)).await;
+    /// assert!(cache.get(&key).await.is_some());
+    /// # });
+    /// ```
+    pub async fn insert_with_codec(
+        &self,
+        key: &InternalCacheKey,
+        entry: CacheEntry,
+        size_bytes: usize,
+        codec: Option<Arc<dyn Codec>>,
+    ) {
+        let codec = self.codec_for(key, codec);
+        self.stats_ref().inserts.incr();
+        if codec.is_some() {
+            self.inner.spiller.make_room().await;
+        }
+        let hash = key.disk_hash();
+        let inner = &self.inner;
+        inner
+            .memory
+            .entry_by_ref(key)
+            .and_compute_with(|_current| {
+                // Under moka's per-key lock: sequence numbers of one key are
+                // handed out in the same order their values land in moka.
+                let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
+                let mut shard = inner.spiller.placements.lock(hash);
+                let slot = Slot {
+                    seq,
+                    place: Place::Memory { on_disk: false },
+                };
+                if let Some(prev) = shard.insert(key.clone(), slot) {
+                    self.retire(hash, &prev.place);
+                }
+                drop(shard);
+                ready(Op::Put(Arc::new(Resident {
+                    entry,
+                    size: size_bytes,
+                    seq,
+                    codec,
+                })))
+            })
+            .await;
+    }
+
+    /// Drops what a superseded slot held outside moka. Called under the slot's
+    /// shard lock, so the foyer delete is ordered after any write of it.
+    fn retire(&self, hash: u64, place: &Place) {
+        release_queued(self.stats_ref(), place);
+        if place.may_be_on_disk() {
+            self.inner.spiller.disk.delete(hash);
+        }
+    }
+
+    /// Reads with an explicit codec for decoding a disk record (see
+    /// [`TwoTierCacheBackend::insert_with_codec`]).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// let key = spillway::InternalCacheKey::new("p", "missing", "u64");
+    /// assert!(cache.get_with_codec(&key, None, true).await.is_none());
+    /// # });
+    /// ```
+    pub async fn get_with_codec(
+        &self,
+        key: &InternalCacheKey,
+        codec: Option<Arc<dyn Codec>>,
+        promote: bool,
+    ) -> Option<CacheEntry> {
+        if let Some(res) = self.inner.memory.get(key).await {
+            self.stats_ref().memory_hits.incr();
+            return Some(res.entry.clone());
+        }
+        let found = self.lower_tiers(key, codec, promote).await;
+        if found.is_none() {
+            self.stats_ref().misses.incr();
+        }
+        found
+    }
+
+    /// The spill queue and the disk tier, in that order.
+    async fn lower_tiers(
+        &self,
+        key: &InternalCacheKey,
+        codec: Option<Arc<dyn Codec>>,
+        promote: bool,
+    ) -> Option<CacheEntry> {
+        let hash = key.disk_hash();
+        let seq = {
+            let shard = self.inner.spiller.placements.lock(hash);
+            let slot = shard.get(key)?;
+            match &slot.place {
+                // Not promoted: it is about to land on disk, and the next read
+                // after that promotes it.
+                Place::Queued(res) | Place::Writing(res) => {
+                    self.stats_ref().queue_hits.incr();
+                    return Some(res.entry.clone());
+                }
+                Place::Disk => slot.seq,
+                // moka has just evicted it and the listener has not run yet.
+                Place::Memory { .. } => return None,
+            }
+        };
+        let stats = self.stats_ref();
+        let disk = &self.inner.spiller.disk;
+        let bytes = match disk.load(hash).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                stats.disk_vanished.incr();
+                self.forget(key, hash, seq, false);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "disk read failed; treated as a miss");
+                stats.disk_vanished.incr();
+                self.forget(key, hash, seq, false);
+                return None;
+            }
+        };
+        let decoded = envelope::open(&bytes).and_then(|record| {
+            if !record.is_for(key) || record.seq != seq {
+                return Err(DecodeMiss::KeyMismatch);
+            }
+            let codec = self.codec_for(key, codec).ok_or(DecodeMiss::NoCodec)?;
+            let entry = codec.decode(record.type_version, record.payload).map_err(|e| match e {
+                CodecError::Version { .. } => DecodeMiss::Incompatible,
+                CodecError::Failed(_) => DecodeMiss::Codec,
+            })?;
+            Ok(Resident {
+                entry,
+                size: record.size_bytes as usize,
+                seq,
+                codec: Some(codec),
+            })
+        });
+        let res = match decoded {
+            Ok(res) => res,
+            Err(reason) => {
+                tracing::debug!(key = %key, ?reason, "disk record refused; treated as a miss");
+                stats.decode_miss(reason);
+                // A record of another key (hash collision) is that key's to keep.
+                self.forget(key, hash, seq, reason != DecodeMiss::KeyMismatch);
+                return None;
+            }
+        };
+        stats.disk_hits.incr();
+        let entry = res.entry.clone();
+        if promote {
+            self.promote(key, hash, res).await;
+        }
+        Some(entry)
+    }
+
+    /// Drops the slot of a disk version that turned out unreadable.
+    fn forget(&self, key: &InternalCacheKey, hash: u64, seq: u64, delete: bool) {
+        let mut shard = self.inner.spiller.placements.lock(hash);
+        if shard.current(key, seq).is_some_and(|s| matches!(s.place, Place::Disk)) {
+            shard.remove(key);
+            if delete {
+                self.inner.spiller.disk.delete(hash);
+            }
+        }
+    }
+
+    /// Admits a disk hit to memory, unless the key changed meanwhile. Runs
+    /// under moka's per-key lock, like inserts, so a promotion can never
+    /// overwrite a newer insert.
+    async fn promote(&self, key: &InternalCacheKey, hash: u64, res: Resident) {
+        let inner = &self.inner;
+        inner
+            .memory
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let op = if current.is_some() {
+                    Op::Nop
+                } else {
+                    let mut shard = inner.spiller.placements.lock(hash);
+                    match shard.current(key, res.seq) {
+                        Some(slot) if matches!(slot.place, Place::Disk) => {
+                            slot.place = Place::Memory { on_disk: true };
+                            self.stats_ref().promotions.incr();
+                            Op::Put(Arc::new(res))
+                        }
+                        _ => Op::Nop,
+                    }
+                };
+                ready(op)
+            })
+            .await;
+    }
+
+    /// Runs moka's pending maintenance (evictions and their spills are queued
+    /// by it), then waits until every queued spill is written or counted.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// cache.flush().await;
+    /// assert_eq!(cache.stats().spill.queue_entries, 0);
+    /// # });
+    /// ```
+    pub async fn flush(&self) {
+        self.inner.memory.run_pending_tasks().await;
+        self.inner.spiller.drained().await;
+    }
+
+    /// Both tiers' statistics.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// let stats = cache.stats();
+    /// assert_eq!(stats.disk.capacity, 64 << 20);
+    /// # });
+    /// ```
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut s = self.stats_ref().snapshot();
+        s.memory.entries = self.inner.memory.entry_count();
+        s.memory.bytes = self.inner.weigher.bytes(self.inner.memory.weighted_size());
+        s.disk.bytes_written = self.inner.spiller.disk.bytes_written();
+        s.disk.capacity = self.inner.spiller.disk.capacity() as u64;
+        let mut on_disk = 0;
+        self.inner.spiller.placements.for_each(|_, slot| {
+            if matches!(slot.place, Place::Disk | Place::Memory { on_disk: true }) {
+                on_disk += 1;
+            }
+        });
+        s.disk.entries = on_disk;
+        s
+    }
+
+    /// The memory budget in bytes (memory tier plus spill queue).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let cache = spillway::TwoTierCacheBackend::builder()
+    ///     .memory_capacity(32 << 20).disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// assert_eq!(cache.memory_capacity(), 32 << 20);
+    /// # });
+    /// ```
+    pub fn memory_capacity(&self) -> u64 {
+        self.inner.memory_capacity
+    }
+
+    /// Spills every memory-resident entry that is not already on disk, waits
+    /// until the disk tier has written everything, and closes it. Afterwards
+    /// the cache keeps serving from memory but spills nothing more.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// cache.close().await?;
+    /// # Ok::<(), spillway::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner.memory.run_pending_tasks().await;
+        for (key, res) in self.inner.memory.iter() {
+            self.inner.spiller.queue_resident(&key, res, &self.inner.spill_tx);
+        }
+        self.inner.spiller.drained().await;
+        self.inner.spiller.disable();
+        self.inner.spiller.disk.close().await
+    }
+}
+
+/// Drives moka's maintenance so that an idle cache still evicts, and
+/// therefore still spills: moka only evicts while maintenance runs.
+async fn maintain(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.memory.run_pending_tasks().await;
+    }
+}
+
+#[async_trait]
+impl CacheBackend for TwoTierCacheBackend {
+    async fn get(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
+        self.get_with_codec(key, None, true).await
+    }
+
+    async fn insert(&self, key: &InternalCacheKey, entry: CacheEntry, size_bytes: usize) {
+        self.insert_with_codec(key, entry, size_bytes, None).await;
+    }
+
+    async fn get_or_insert<'a>(&self, key: &InternalCacheKey, loader: Loader<'a>) -> Result<(CacheEntry, bool)> {
+        if let Some(res) = self.inner.memory.get(key).await {
+            self.stats_ref().memory_hits.incr();
+            return Ok((res.entry.clone(), true));
+        }
+        self.inner
+            .flights
+            .get_or_insert(
+                self.stats_ref(),
+                key,
+                loader,
+                || self.get_with_codec(key, None, true),
+                |entry, size| self.insert_with_codec(key, entry, size, None),
+            )
+            .await
+    }
+
+    async fn invalidate_prefix(&self, prefix: &str) {
+        let mut doomed = Vec::new();
+        self.inner.spiller.placements.for_each(|key, _| {
+            if key.starts_with(prefix) {
+                doomed.push(key.clone());
+            }
+        });
+        for key in doomed {
+            self.remove(&key).await;
+        }
+    }
+
+    async fn clear(&self) {
+        let stats = self.stats_ref();
+        self.inner.spiller.placements.drain(|_, slot| release_queued(stats, &slot.place));
+        self.inner.memory.invalidate_all();
+        if let Err(e) = self.inner.spiller.disk.clear().await {
+            tracing::error!(error = %e, "clearing the disk tier failed; its records stay unreachable");
+        }
+        self.inner.memory.run_pending_tasks().await;
+    }
+
+    async fn num_entries(&self) -> usize {
+        self.inner.memory.run_pending_tasks().await;
+        let disk = &self.inner.spiller.disk;
+        let mut n = 0;
+        self.inner.spiller.placements.for_each(|key, slot| match slot.place {
+            Place::Disk => n += usize::from(disk.contains(key.disk_hash())),
+            _ => n += 1,
+        });
+        n
+    }
+
+    async fn size_bytes(&self) -> usize {
+        self.inner.memory.run_pending_tasks().await;
+        self.approx_size_bytes()
+    }
+
+    fn approx_num_entries(&self) -> usize {
+        self.inner.spiller.placements.len()
+    }
+
+    fn approx_size_bytes(&self) -> usize {
+        let memory = self.inner.weigher.bytes(self.inner.memory.weighted_size());
+        (memory + self.stats_ref().queue_bytes.get()) as usize
+    }
+
+    async fn peek_tier(&self, key: &InternalCacheKey) -> CacheTier {
+        if self.inner.memory.contains_key(key) {
+            return CacheTier::Resident;
+        }
+        let hash = key.disk_hash();
+        let shard = self.inner.spiller.placements.lock(hash);
+        match shard.get(key).map(|s| &s.place) {
+            Some(Place::Queued(_) | Place::Writing(_)) => CacheTier::Local,
+            Some(Place::Disk) if self.inner.spiller.disk.contains(hash) => CacheTier::Local,
+            _ => CacheTier::Absent,
+        }
+    }
+
+    async fn get_without_promotion(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
+        self.get_with_codec(key, None, false).await
+    }
+}
+
+impl TwoTierCacheBackend {
+    /// Removes one key from every tier, serialized with inserts of that key.
+    async fn remove(&self, key: &InternalCacheKey) {
+        let hash = key.disk_hash();
+        self.inner
+            .memory
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let mut shard = self.inner.spiller.placements.lock(hash);
+                if let Some(prev) = shard.remove(key) {
+                    self.retire(hash, &prev.place);
+                }
+                ready(if current.is_some() { Op::Remove } else { Op::Nop })
+            })
+            .await;
+    }
+}
