@@ -56,7 +56,11 @@ pub trait CacheBackend: Send + Sync + std::fmt::Debug {
     /// Single-flight: concurrent callers for one key run the loader at most once.
     /// Returns `(entry, was_cached)`; `was_cached` is true when this caller's
     /// loader did not run.
-    async fn get_or_insert<'a>(&self, key: &InternalCacheKey, loader: Loader<'a>) -> Result<(CacheEntry, bool)>;
+    async fn get_or_insert<'a>(
+        &self,
+        key: &InternalCacheKey,
+        loader: Loader<'a>,
+    ) -> Result<(CacheEntry, bool)>;
 
     /// Removes every entry whose prefix starts with `prefix`, from every tier.
     async fn invalidate_prefix(&self, prefix: &str);

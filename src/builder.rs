@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use crate::disk::{DiskOptions, DiskTier};
 use crate::two_tier::Parts;
-use crate::{ByteSize, CodecRegistry, Config, Error, EvictionPolicy, IoEngine, Result, TwoTierCacheBackend};
+use crate::{
+    ByteSize, CodecRegistry, Config, Error, EvictionPolicy, IoEngine, Result, TwoTierCacheBackend,
+};
 
 /// Builds a [`TwoTierCacheBackend`]. Every setting has a [`Config`] field of
 /// the same meaning (named in each method's doc); unset ones take the
@@ -86,7 +88,8 @@ impl TwoTierBuilder {
     /// # let _ = b;
     /// ```
     pub fn maintenance_interval(mut self, every: Duration) -> Self {
-        self.config.memory.maintenance_interval_ms = every.as_millis().try_into().unwrap_or(u64::MAX);
+        self.config.memory.maintenance_interval_ms =
+            every.as_millis().try_into().unwrap_or(u64::MAX);
         self
     }
 

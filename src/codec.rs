@@ -44,7 +44,11 @@ pub trait Codec: Send + Sync + std::fmt::Debug {
     /// Appends the encoding of `entry` to `out`.
     fn encode(&self, entry: &CacheEntry, out: &mut Vec<u8>) -> std::result::Result<(), CodecError>;
     /// Decodes a payload written under `type_version`.
-    fn decode(&self, type_version: u32, payload: &[u8]) -> std::result::Result<CacheEntry, CodecError>;
+    fn decode(
+        &self,
+        type_version: u32,
+        payload: &[u8],
+    ) -> std::result::Result<CacheEntry, CodecError>;
 }
 
 /// The codec for any `T: Serialize + DeserializeOwned`, using
@@ -98,19 +102,25 @@ where
         let value = entry.downcast_ref::<T>().ok_or_else(|| {
             CodecError::Failed(format!("entry is not a {}", std::any::type_name::<T>()))
         })?;
-        let encoded = postcard::to_extend(value, std::mem::take(out)).map_err(|e| CodecError::Failed(e.to_string()))?;
+        let encoded = postcard::to_extend(value, std::mem::take(out))
+            .map_err(|e| CodecError::Failed(e.to_string()))?;
         *out = encoded;
         Ok(())
     }
 
-    fn decode(&self, type_version: u32, payload: &[u8]) -> std::result::Result<CacheEntry, CodecError> {
+    fn decode(
+        &self,
+        type_version: u32,
+        payload: &[u8],
+    ) -> std::result::Result<CacheEntry, CodecError> {
         if type_version != self.version {
             return Err(CodecError::Version {
                 found: type_version,
                 expected: self.version,
             });
         }
-        let value: T = postcard::from_bytes(payload).map_err(|e| CodecError::Failed(e.to_string()))?;
+        let value: T =
+            postcard::from_bytes(payload).map_err(|e| CodecError::Failed(e.to_string()))?;
         Ok(Arc::new(value))
     }
 }
@@ -167,7 +177,11 @@ impl CodecRegistry {
     /// assert!(codecs.get("Count").is_some());
     /// # Ok::<(), spillway::Error>(())
     /// ```
-    pub fn register_codec(mut self, type_name: &'static str, codec: Arc<dyn Codec>) -> Result<Self> {
+    pub fn register_codec(
+        mut self,
+        type_name: &'static str,
+        codec: Arc<dyn Codec>,
+    ) -> Result<Self> {
         if self.codecs.contains_key(type_name) {
             return Err(Error::DuplicateCodec {
                 type_name: type_name.to_string(),

@@ -169,16 +169,29 @@ impl Config {
             value: String::new(),
             reason: e.message().to_string(),
         })?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(raw.clone())).map_err(|e| {
-            let mut field = e.path().to_string();
-            let reason = e.inner().to_string();
-            // For an unknown key the path names its table; add the key itself.
-            if let Some(name) = reason.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-                field = if field == "." { name.to_string() } else { format!("{field}.{name}") };
-            }
-            let value = lookup(&raw, &field).map_or_else(|| "<missing>".to_string(), |v| v.to_string());
-            Error::Config { field, value, reason }
-        })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(raw.clone()))
+            .map_err(|e| {
+                let mut field = e.path().to_string();
+                let reason = e.inner().to_string();
+                // For an unknown key the path names its table; add the key itself.
+                if let Some(name) = reason
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split('`').next())
+                {
+                    field = if field == "." {
+                        name.to_string()
+                    } else {
+                        format!("{field}.{name}")
+                    };
+                }
+                let value =
+                    lookup(&raw, &field).map_or_else(|| "<missing>".to_string(), |v| v.to_string());
+                Error::Config {
+                    field,
+                    value,
+                    reason,
+                }
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -191,7 +204,8 @@ impl Config {
     /// ```
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read config file", path, e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("read config file", path, e))?;
         Self::from_toml_str(&text)
     }
 
@@ -225,23 +239,43 @@ impl Config {
         let (m, d) = (&self.memory, &self.disk);
         if let Some(q) = m.spill_queue {
             if q > m.capacity {
-                return bad("memory.spill_queue", q.0.to_string(), "must not exceed memory.capacity");
+                return bad(
+                    "memory.spill_queue",
+                    q.0.to_string(),
+                    "must not exceed memory.capacity",
+                );
             }
         }
         if m.maintenance_interval_ms == 0 {
-            return bad("memory.maintenance_interval_ms", "0".into(), "must be at least 1");
+            return bad(
+                "memory.maintenance_interval_ms",
+                "0".into(),
+                "must be at least 1",
+            );
         }
         if d.block_size.0 < 64 << 10 || d.block_size.0 % 4096 != 0 {
-            return bad("disk.block_size", d.block_size.0.to_string(), "must be a multiple of 4 KiB, at least 64 KiB");
+            return bad(
+                "disk.block_size",
+                d.block_size.0.to_string(),
+                "must be a multiple of 4 KiB, at least 64 KiB",
+            );
         }
         if d.capacity.0 < 8 * d.block_size.0 {
-            return bad("disk.capacity", d.capacity.0.to_string(), "must hold at least 8 blocks of disk.block_size");
+            return bad(
+                "disk.capacity",
+                d.capacity.0.to_string(),
+                "must hold at least 8 blocks of disk.block_size",
+            );
         }
         if d.flushers == 0 {
             return bad("disk.flushers", "0".into(), "must be at least 1");
         }
         if d.buffer_pool.0 < d.flushers as u64 * 2 * 4096 {
-            return bad("disk.buffer_pool", d.buffer_pool.0.to_string(), "must give each flusher at least 8 KiB");
+            return bad(
+                "disk.buffer_pool",
+                d.buffer_pool.0.to_string(),
+                "must give each flusher at least 8 KiB",
+            );
         }
         Ok(())
     }

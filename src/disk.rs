@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, IoEngineConfig, Load,
-    PsyncIoEngineConfig, RecoverMode,
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    IoEngineConfig, Load, PsyncIoEngineConfig, RecoverMode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,10 @@ pub(crate) struct DiskTier {
 
 impl std::fmt::Debug for DiskTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DiskTier").field("dir", &self.dir).field("capacity", &self.capacity).finish()
+        f.debug_struct("DiskTier")
+            .field("dir", &self.dir)
+            .field("capacity", &self.capacity)
+            .finish()
     }
 }
 
@@ -69,7 +72,8 @@ fn align_up(n: usize) -> usize {
 
 impl DiskTier {
     pub(crate) async fn open(opts: &DiskOptions) -> Result<Self> {
-        std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io("create cache directory", &opts.dir, e))?;
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| Error::io("create cache directory", &opts.dir, e))?;
         probe_writable(&opts.dir)?;
         let disk_err = |op: &'static str| {
             let dir = opts.dir.clone();
@@ -121,7 +125,9 @@ impl DiskTier {
         // even if every record of a batch hashes to it.
         let io_buffer = (opts.buffer_pool / opts.flushers.max(1)) / PAGE * PAGE;
         let batch_budget = (io_buffer / 2).max(PAGE);
-        let max_record = (opts.block_size - BLOB_INDEX).min(io_buffer).saturating_sub(FOYER_ENTRY_OVERHEAD);
+        let max_record = (opts.block_size - BLOB_INDEX)
+            .min(io_buffer)
+            .saturating_sub(FOYER_ENTRY_OVERHEAD);
         Ok(Self {
             cache,
             dir: opts.dir.clone(),

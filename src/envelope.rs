@@ -43,8 +43,13 @@ pub(crate) fn seal<E>(
     type_version: u32,
     payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
 ) -> Result<Vec<u8>, E> {
-    let strings = [key.prefix().as_bytes(), key.key().as_bytes(), key.type_name().as_bytes()];
-    let mut out = Vec::with_capacity(HEADER_LEN + strings.iter().map(|s| s.len()).sum::<usize>() + 64);
+    let strings = [
+        key.prefix().as_bytes(),
+        key.key().as_bytes(),
+        key.type_name().as_bytes(),
+    ];
+    let mut out =
+        Vec::with_capacity(HEADER_LEN + strings.iter().map(|s| s.len()).sum::<usize>() + 64);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
@@ -90,7 +95,11 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Record<'_>, DecodeMiss> {
     }
     let lens = [28, 32, 36, 40].map(|at| u32_at(bytes, at) as usize);
     let body: usize = lens.iter().sum();
-    if HEADER_LEN.checked_add(body).and_then(|n| n.checked_add(CRC_LEN)) != Some(bytes.len()) {
+    if HEADER_LEN
+        .checked_add(body)
+        .and_then(|n| n.checked_add(CRC_LEN))
+        != Some(bytes.len())
+    {
         return Err(DecodeMiss::Corrupt);
     }
     let crc_at = bytes.len() - CRC_LEN;
@@ -103,7 +112,8 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Record<'_>, DecodeMiss> {
         at += len;
         s
     };
-    let [prefix, key, type_name] = [lens[0], lens[1], lens[2]].map(|l| std::str::from_utf8(take(l)));
+    let [prefix, key, type_name] =
+        [lens[0], lens[1], lens[2]].map(|l| std::str::from_utf8(take(l)));
     let payload = take(lens[3]);
     let (Ok(prefix), Ok(key), Ok(type_name)) = (prefix, key, type_name) else {
         return Err(DecodeMiss::Corrupt);
@@ -137,7 +147,10 @@ mod tests {
         let bytes = sample();
         let r = open(&bytes).unwrap();
         assert_eq!((r.type_version, r.seq, r.size_bytes), (3, 42, 100));
-        assert_eq!((r.prefix, r.key, r.type_name, r.payload), ("pre", "key", "T", &b"payload"[..]));
+        assert_eq!(
+            (r.prefix, r.key, r.type_name, r.payload),
+            ("pre", "key", "T", &b"payload"[..])
+        );
         assert!(r.is_for(&InternalCacheKey::new("pre", "key", "T")));
         assert!(!r.is_for(&InternalCacheKey::new("pre", "key", "U")));
     }
@@ -149,7 +162,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
-                assert!(open(&bad).is_err(), "flip of bit {bit} in byte {i} accepted");
+                assert!(
+                    open(&bad).is_err(),
+                    "flip of bit {bit} in byte {i} accepted"
+                );
             }
         }
     }

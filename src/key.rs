@@ -35,7 +35,11 @@ impl InternalCacheKey {
     /// let key = spillway::InternalCacheKey::new("p", "k", "T");
     /// assert_eq!(key.to_string(), "p/k<T>");
     /// ```
-    pub fn new(prefix: impl Into<Arc<str>>, key: impl Into<Arc<str>>, type_name: &'static str) -> Self {
+    pub fn new(
+        prefix: impl Into<Arc<str>>,
+        key: impl Into<Arc<str>>,
+        type_name: &'static str,
+    ) -> Self {
         Self {
             prefix: prefix.into(),
             key: key.into(),
@@ -93,7 +97,11 @@ impl InternalCacheKey {
     /// prefixes keep `("ab","c")` and `("a","bc")` apart.
     pub(crate) fn disk_hash(&self) -> u64 {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        for part in [self.prefix.as_bytes(), self.key.as_bytes(), self.type_name.as_bytes()] {
+        for part in [
+            self.prefix.as_bytes(),
+            self.key.as_bytes(),
+            self.type_name.as_bytes(),
+        ] {
             hasher.update(&(part.len() as u64).to_le_bytes());
             hasher.update(part);
         }

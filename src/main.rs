@@ -6,10 +6,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use spillway::{CacheBackend, CacheEntry, CodecRegistry, Config, InternalCacheKey, TwoTierCacheBackend};
+use spillway::{
+    CacheBackend, CacheEntry, CodecRegistry, Config, InternalCacheKey, TwoTierCacheBackend,
+};
 
 #[derive(Parser)]
-#[command(name = "spillway", version, about = "A moka memory tier spilling to a foyer disk tier")]
+#[command(
+    name = "spillway",
+    version,
+    about = "A moka memory tier spilling to a foyer disk tier"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,37 +59,57 @@ fn run_demo(config: Option<PathBuf>, quick: bool) -> spillway::Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML)?,
     };
-    let scratch = tempfile::tempdir().map_err(|e| spillway::Error::io("create temporary directory", "/tmp", e))?;
+    let scratch = tempfile::tempdir()
+        .map_err(|e| spillway::Error::io("create temporary directory", "/tmp", e))?;
     if config.disk.dir.is_none() {
         config.disk.dir = Some(scratch.path().to_path_buf());
     }
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| spillway::Error::io("start runtime", "-", e))?;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| spillway::Error::io("start runtime", "-", e))?;
     runtime.block_on(async {
         let codecs = CodecRegistry::new().register::<Vec<u8>>("Blob", 1)?;
         let cache = TwoTierCacheBackend::from_config(&config, codecs).await?;
         let value_size = 16 << 10;
         let working_set = if quick { 2 } else { 4 } * config.memory.capacity.0;
         let n = (working_set / value_size) as usize;
-        println!("inserting {n} values of {} KiB ({} MiB, memory budget {} MiB)", value_size >> 10, working_set >> 20, config.memory.capacity.0 >> 20);
+        println!(
+            "inserting {n} values of {} KiB ({} MiB, memory budget {} MiB)",
+            value_size >> 10,
+            working_set >> 20,
+            config.memory.capacity.0 >> 20
+        );
         let started = Instant::now();
         for i in 0..n {
             let key = InternalCacheKey::new("demo", i.to_string(), "Blob");
             let value = vec![(i % 251) as u8; value_size as usize];
-            cache.insert(&key, Arc::new(value) as CacheEntry, value_size as usize).await;
+            cache
+                .insert(&key, Arc::new(value) as CacheEntry, value_size as usize)
+                .await;
         }
         cache.flush().await;
         let mut wrong = 0;
         for i in 0..n {
             let key = InternalCacheKey::new("demo", i.to_string(), "Blob");
             if let Some(entry) = cache.get(&key).await {
-                let ok = entry.downcast_ref::<Vec<u8>>().is_some_and(|v| v.iter().all(|b| *b == (i % 251) as u8));
+                let ok = entry
+                    .downcast_ref::<Vec<u8>>()
+                    .is_some_and(|v| v.iter().all(|b| *b == (i % 251) as u8));
                 wrong += usize::from(!ok);
             }
         }
         let stats = cache.stats();
         println!("done in {:.2?}; wrong values: {wrong}", started.elapsed());
-        println!("memory hits {:>8}   disk hits {:>8}   queue hits {:>6}   misses {:>8}", stats.memory.hits, stats.disk.hits, stats.disk.queue_hits, stats.misses);
-        println!("spilled     {:>8}   bytes     {:>8}   not written {:>5}   promotions {:>5}", stats.spill.written, stats.spill.written_bytes, stats.spill.not_written.total(), stats.memory.promotions);
+        println!(
+            "memory hits {:>8}   disk hits {:>8}   queue hits {:>6}   misses {:>8}",
+            stats.memory.hits, stats.disk.hits, stats.disk.queue_hits, stats.misses
+        );
+        println!(
+            "spilled     {:>8}   bytes     {:>8}   not written {:>5}   promotions {:>5}",
+            stats.spill.written,
+            stats.spill.written_bytes,
+            stats.spill.not_written.total(),
+            stats.memory.promotions
+        );
         println!("not written by reason: {:?}", stats.spill.not_written);
         cache.close().await
     })

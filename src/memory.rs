@@ -66,7 +66,9 @@ impl MokaCacheBackend {
             let evictions = stats.clone();
             Cache::builder()
                 .max_capacity(weigher.units(capacity_bytes))
-                .weigher(move |k: &InternalCacheKey, v: &Weighed| weigher.weigh(k.footprint().saturating_add(v.size)))
+                .weigher(move |k: &InternalCacheKey, v: &Weighed| {
+                    weigher.weigh(k.footprint().saturating_add(v.size))
+                })
                 .eviction_listener(move |_k, _v, cause| {
                     if cause.was_evicted() {
                         evictions.evictions.incr();
@@ -140,7 +142,11 @@ impl CacheBackend for MokaCacheBackend {
         self.store(key, entry, size_bytes).await;
     }
 
-    async fn get_or_insert<'a>(&self, key: &InternalCacheKey, loader: Loader<'a>) -> Result<(CacheEntry, bool)> {
+    async fn get_or_insert<'a>(
+        &self,
+        key: &InternalCacheKey,
+        loader: Loader<'a>,
+    ) -> Result<(CacheEntry, bool)> {
         if let Some(entry) = self.lookup(key).await {
             self.stats.memory_hits.incr();
             return Ok((entry, true));
@@ -159,7 +165,11 @@ impl CacheBackend for MokaCacheBackend {
 
     async fn invalidate_prefix(&self, prefix: &str) {
         let Some(cache) = &self.cache else { return };
-        let doomed: Vec<_> = cache.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k).collect();
+        let doomed: Vec<_> = cache
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k)
+            .collect();
         for key in doomed {
             cache.invalidate(key.as_ref()).await;
         }
@@ -189,7 +199,9 @@ impl CacheBackend for MokaCacheBackend {
     }
 
     fn approx_size_bytes(&self) -> usize {
-        self.cache.as_ref().map_or(0, |c| self.weigher.bytes(c.weighted_size()) as usize)
+        self.cache
+            .as_ref()
+            .map_or(0, |c| self.weigher.bytes(c.weighted_size()) as usize)
     }
 
     async fn peek_tier(&self, key: &InternalCacheKey) -> CacheTier {

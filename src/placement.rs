@@ -42,7 +42,10 @@ pub(crate) enum Place {
 impl Place {
     /// Whether foyer may hold a record of this version.
     pub(crate) fn may_be_on_disk(&self) -> bool {
-        matches!(self, Place::Writing(_) | Place::Disk | Place::Memory { on_disk: true })
+        matches!(
+            self,
+            Place::Writing(_) | Place::Disk | Place::Memory { on_disk: true }
+        )
     }
 
     /// The RAM copy held outside moka, if any.
@@ -70,7 +73,9 @@ pub(crate) struct Placements {
 impl Placements {
     pub(crate) fn new(shards: usize) -> Self {
         Self {
-            shards: (0..shards.max(1)).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             len: AtomicUsize::new(0),
         }
     }

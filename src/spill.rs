@@ -66,13 +66,20 @@ impl Spiller {
 
     /// Called by moka's eviction listener for a capacity eviction of `res`.
     /// Never blocks: it only moves the slot and queues the work.
-    pub(crate) fn offer(&self, key: &InternalCacheKey, res: Arc<Resident>, tx: &mpsc::UnboundedSender<SpillItem>) {
+    pub(crate) fn offer(
+        &self,
+        key: &InternalCacheKey,
+        res: Arc<Resident>,
+        tx: &mpsc::UnboundedSender<SpillItem>,
+    ) {
         self.stats.evictions.incr();
         let hash = key.disk_hash();
         let mut shard = self.placements.lock(hash);
         // A listener call for a version that is no longer current (replaced or
         // invalidated meanwhile) must not resurrect it.
-        let Some(slot) = shard.current(key, res.seq) else { return };
+        let Some(slot) = shard.current(key, res.seq) else {
+            return;
+        };
         let reason = match slot.place {
             Place::Memory { on_disk: true } => {
                 slot.place = Place::Disk;
@@ -138,7 +145,9 @@ impl Spiller {
                 }
             }
             while let Ok(item) = rx.try_recv() {
-                let Some(record) = self.prepare(&item) else { continue };
+                let Some(record) = self.prepare(&item) else {
+                    continue;
+                };
                 if used > 0 && used + DiskTier::footprint(record.len()) > self.disk.batch_budget() {
                     // Write what we have first; this one opens the next batch.
                     carry = Some((item, record));
@@ -241,7 +250,9 @@ impl Spiller {
         }
         if written_any {
             self.failed_batches.store(0, Ordering::Relaxed);
-        } else if self.failed_batches.fetch_add(1, Ordering::Relaxed) + 1 >= FAILED_BATCHES_BEFORE_DISABLE {
+        } else if self.failed_batches.fetch_add(1, Ordering::Relaxed) + 1
+            >= FAILED_BATCHES_BEFORE_DISABLE
+        {
             tracing::error!(dir = %self.disk.dir().display(), "disk tier wrote nothing in {FAILED_BATCHES_BEFORE_DISABLE} batches; spilling disabled");
             self.disable();
         }
@@ -268,7 +279,9 @@ impl Spiller {
             let notified = self.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.stats.queue_bytes.get() <= self.queue_capacity / 2 || self.disabled.load(Ordering::Relaxed) {
+            if self.stats.queue_bytes.get() <= self.queue_capacity / 2
+                || self.disabled.load(Ordering::Relaxed)
+            {
                 return;
             }
             notified.await;

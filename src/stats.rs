@@ -146,7 +146,11 @@ impl NotWritten {
     /// assert_eq!(n.total(), 3);
     /// ```
     pub fn total(&self) -> u64 {
-        self.queue_full + self.encode_failed + self.oversize + self.disk_dropped + self.disk_disabled
+        self.queue_full
+            + self.encode_failed
+            + self.oversize
+            + self.disk_dropped
+            + self.disk_disabled
     }
 }
 

@@ -22,8 +22,8 @@ use crate::spill::{release_queued, SpillItem, Spiller};
 use crate::stats::{DecodeMiss, Stats};
 use crate::weigher::ByteWeigher;
 use crate::{
-    CacheBackend, CacheEntry, CacheTier, Codec, CodecError, CodecRegistry, Config, InternalCacheKey, Result,
-    StatsSnapshot,
+    CacheBackend, CacheEntry, CacheTier, Codec, CodecError, CodecRegistry, Config,
+    InternalCacheKey, Result, StatsSnapshot,
 };
 
 /// A cache whose memory tier (moka) spills capacity evictions to a disk tier
@@ -72,6 +72,10 @@ struct Inner {
     codecs: CodecRegistry,
     flights: SingleFlight,
     seq: AtomicU64,
+    /// Bytes written to moka since its maintenance last ran; see `note_write`.
+    unmaintained: AtomicU64,
+    /// When `unmaintained` reaches this, the writer runs maintenance itself.
+    maintain_every: u64,
     closed: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -129,21 +133,32 @@ impl TwoTierCacheBackend {
     /// # });
     /// ```
     pub async fn from_config(config: &Config, codecs: CodecRegistry) -> Result<Self> {
-        TwoTierBuilder::from_config(config).codecs(codecs).build().await
+        TwoTierBuilder::from_config(config)
+            .codecs(codecs)
+            .build()
+            .await
     }
 
     pub(crate) fn start(parts: Parts) -> Self {
         let weigher = ByteWeigher::for_capacity(parts.memory_capacity);
-        let hot_capacity = parts.memory_capacity.saturating_sub(parts.spill_queue_capacity);
+        let hot_capacity = parts
+            .memory_capacity
+            .saturating_sub(parts.spill_queue_capacity);
         let placements = Placements::new(64);
-        let spiller = Arc::new(Spiller::new(placements, parts.disk, parts.spill_queue_capacity));
+        let spiller = Arc::new(Spiller::new(
+            placements,
+            parts.disk,
+            parts.spill_queue_capacity,
+        ));
         let (spill_tx, spill_rx) = mpsc::unbounded_channel();
         let listener_spiller = spiller.clone();
         let listener_tx = spill_tx.clone();
         let memory = Cache::builder()
             .max_capacity(weigher.units(hot_capacity))
             .eviction_policy(parts.eviction_policy)
-            .weigher(move |k: &InternalCacheKey, r: &Arc<Resident>| weigher.weigh(k.footprint().saturating_add(r.size)))
+            .weigher(move |k: &InternalCacheKey, r: &Arc<Resident>| {
+                weigher.weigh(k.footprint().saturating_add(r.size))
+            })
             .eviction_listener(move |key, res, cause| {
                 if cause.was_evicted() {
                     listener_spiller.offer(&key, res, &listener_tx);
@@ -159,11 +174,14 @@ impl TwoTierCacheBackend {
             codecs: parts.codecs,
             flights: SingleFlight::default(),
             seq: AtomicU64::new(1),
+            unmaintained: AtomicU64::new(0),
+            maintain_every: (parts.spill_queue_capacity / 4).max(1),
             closed: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
         });
         let worker = tokio::spawn(spiller.run(spill_rx));
-        let maintenance = tokio::spawn(maintain(Arc::downgrade(&inner), parts.maintenance_interval));
+        let maintenance =
+            tokio::spawn(maintain(Arc::downgrade(&inner), parts.maintenance_interval));
         inner.background.lock().extend([worker, maintenance]);
         Self { inner }
     }
@@ -172,7 +190,11 @@ impl TwoTierCacheBackend {
         &self.inner.spiller.stats
     }
 
-    fn codec_for(&self, key: &InternalCacheKey, given: Option<Arc<dyn Codec>>) -> Option<Arc<dyn Codec>> {
+    fn codec_for(
+        &self,
+        key: &InternalCacheKey,
+        given: Option<Arc<dyn Codec>>,
+    ) -> Option<Arc<dyn Codec>> {
         given.or_else(|| self.inner.codecs.get(key.type_name()).cloned())
     }
 
@@ -202,6 +224,7 @@ impl TwoTierCacheBackend {
         if codec.is_some() {
             self.inner.spiller.make_room().await;
         }
+        self.note_write(size_bytes).await;
         let hash = key.disk_hash();
         let inner = &self.inner;
         inner
@@ -228,6 +251,23 @@ impl TwoTierCacheBackend {
                 })))
             })
             .await;
+    }
+
+    /// moka applies writes, and evicts, only when its maintenance runs, and
+    /// then evicts everything that is over budget at once. Running maintenance
+    /// after every quarter spill queue of writes keeps one run's evictions
+    /// within what the queue can take (`make_room` keeps it at most half
+    /// full), so bursts are written, not dropped.
+    async fn note_write(&self, bytes: usize) {
+        let inner = &self.inner;
+        let pending = inner
+            .unmaintained
+            .fetch_add(bytes as u64, Ordering::Relaxed)
+            + bytes as u64;
+        if pending >= inner.maintain_every {
+            inner.unmaintained.store(0, Ordering::Relaxed);
+            inner.memory.run_pending_tasks().await;
+        }
     }
 
     /// Drops what a superseded slot held outside moka. Called under the slot's
@@ -311,10 +351,12 @@ impl TwoTierCacheBackend {
                 return Err(DecodeMiss::KeyMismatch);
             }
             let codec = self.codec_for(key, codec).ok_or(DecodeMiss::NoCodec)?;
-            let entry = codec.decode(record.type_version, record.payload).map_err(|e| match e {
-                CodecError::Version { .. } => DecodeMiss::Incompatible,
-                CodecError::Failed(_) => DecodeMiss::Codec,
-            })?;
+            let entry = codec
+                .decode(record.type_version, record.payload)
+                .map_err(|e| match e {
+                    CodecError::Version { .. } => DecodeMiss::Incompatible,
+                    CodecError::Failed(_) => DecodeMiss::Codec,
+                })?;
             Ok(Resident {
                 entry,
                 size: record.size_bytes as usize,
@@ -335,7 +377,9 @@ impl TwoTierCacheBackend {
         stats.disk_hits.incr();
         let entry = res.entry.clone();
         if promote {
+            let size = res.size;
             self.promote(key, hash, res).await;
+            self.note_write(size).await;
         }
         Some(entry)
     }
@@ -343,7 +387,10 @@ impl TwoTierCacheBackend {
     /// Drops the slot of a disk version that turned out unreadable.
     fn forget(&self, key: &InternalCacheKey, hash: u64, seq: u64, delete: bool) {
         let mut shard = self.inner.spiller.placements.lock(hash);
-        if shard.current(key, seq).is_some_and(|s| matches!(s.place, Place::Disk)) {
+        if shard
+            .current(key, seq)
+            .is_some_and(|s| matches!(s.place, Place::Disk))
+        {
             shard.remove(key);
             if delete {
                 self.inner.spiller.disk.delete(hash);
@@ -452,7 +499,9 @@ impl TwoTierCacheBackend {
         }
         self.inner.memory.run_pending_tasks().await;
         for (key, res) in self.inner.memory.iter() {
-            self.inner.spiller.queue_resident(&key, res, &self.inner.spill_tx);
+            self.inner
+                .spiller
+                .queue_resident(&key, res, &self.inner.spill_tx);
         }
         self.inner.spiller.drained().await;
         self.inner.spiller.disable();
@@ -468,6 +517,7 @@ async fn maintain(inner: Weak<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
+        inner.unmaintained.store(0, Ordering::Relaxed);
         inner.memory.run_pending_tasks().await;
     }
 }
@@ -482,7 +532,11 @@ impl CacheBackend for TwoTierCacheBackend {
         self.insert_with_codec(key, entry, size_bytes, None).await;
     }
 
-    async fn get_or_insert<'a>(&self, key: &InternalCacheKey, loader: Loader<'a>) -> Result<(CacheEntry, bool)> {
+    async fn get_or_insert<'a>(
+        &self,
+        key: &InternalCacheKey,
+        loader: Loader<'a>,
+    ) -> Result<(CacheEntry, bool)> {
         if let Some(res) = self.inner.memory.get(key).await {
             self.stats_ref().memory_hits.incr();
             return Ok((res.entry.clone(), true));
@@ -513,7 +567,10 @@ impl CacheBackend for TwoTierCacheBackend {
 
     async fn clear(&self) {
         let stats = self.stats_ref();
-        self.inner.spiller.placements.drain(|_, slot| release_queued(stats, &slot.place));
+        self.inner
+            .spiller
+            .placements
+            .drain(|_, slot| release_queued(stats, &slot.place));
         self.inner.memory.invalidate_all();
         if let Err(e) = self.inner.spiller.disk.clear().await {
             tracing::error!(error = %e, "clearing the disk tier failed; its records stay unreachable");
@@ -525,10 +582,13 @@ impl CacheBackend for TwoTierCacheBackend {
         self.inner.memory.run_pending_tasks().await;
         let disk = &self.inner.spiller.disk;
         let mut n = 0;
-        self.inner.spiller.placements.for_each(|key, slot| match slot.place {
-            Place::Disk => n += usize::from(disk.contains(key.disk_hash())),
-            _ => n += 1,
-        });
+        self.inner
+            .spiller
+            .placements
+            .for_each(|key, slot| match slot.place {
+                Place::Disk => n += usize::from(disk.contains(key.disk_hash())),
+                _ => n += 1,
+            });
         n
     }
 
@@ -576,7 +636,11 @@ impl TwoTierCacheBackend {
                 if let Some(prev) = shard.remove(key) {
                     self.retire(hash, &prev.place);
                 }
-                ready(if current.is_some() { Op::Remove } else { Op::Nop })
+                ready(if current.is_some() {
+                    Op::Remove
+                } else {
+                    Op::Nop
+                })
             })
             .await;
     }

@@ -131,7 +131,11 @@ impl TypedCache {
     }
 
     fn count(&self, hit: bool) {
-        let c = if hit { &self.counts.hits } else { &self.counts.misses };
+        let c = if hit {
+            &self.counts.hits
+        } else {
+            &self.counts.misses
+        };
         c.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -147,7 +151,11 @@ impl TypedCache {
     /// # });
     /// ```
     pub async fn get<K: CacheKey>(&self, key: &K) -> Option<Arc<K::ValueType>> {
-        let found = self.backend.get(&self.internal_key(key)).await.and_then(downcast::<K::ValueType>);
+        let found = self
+            .backend
+            .get(&self.internal_key(key))
+            .await
+            .and_then(downcast::<K::ValueType>);
         self.count(found.is_some());
         found
     }
@@ -164,7 +172,9 @@ impl TypedCache {
     /// # });
     /// ```
     pub async fn insert<K: CacheKey>(&self, key: &K, value: Arc<K::ValueType>, size_bytes: usize) {
-        self.backend.insert(&self.internal_key(key), value as CacheEntry, size_bytes).await;
+        self.backend
+            .insert(&self.internal_key(key), value as CacheEntry, size_bytes)
+            .await;
     }
 
     /// The value under `key`, loading it (once among concurrent callers) on a

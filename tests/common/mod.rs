@@ -1,0 +1,170 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use spillway::{
+    CacheBackend, CacheEntry, Codec, CodecError, CodecRegistry, EvictionPolicy, InternalCacheKey,
+    SerdeCodec, StatsSnapshot, TwoTierBuilder, TwoTierCacheBackend,
+};
+
+pub const BLOB: &str = "Blob";
+pub const VALUE: usize = 8 << 10;
+
+/// A value whose bytes encode which key and version it is.
+pub fn blob(id: usize, version: u8) -> Vec<u8> {
+    let mut v = vec![version; VALUE];
+    v[..8].copy_from_slice(&(id as u64).to_le_bytes());
+    v
+}
+
+pub fn key(prefix: &str, id: usize) -> InternalCacheKey {
+    InternalCacheKey::new(prefix.to_string(), id.to_string(), BLOB)
+}
+
+pub fn blob_codecs() -> CodecRegistry {
+    CodecRegistry::new().register::<Vec<u8>>(BLOB, 1).unwrap()
+}
+
+/// Small budgets so that a few dozen entries spill: 256 KiB of RAM (half of
+/// it spill queue), 64 KiB blocks, 8 MiB of disk, LRU so that promotion is
+/// deterministic.
+pub fn small(dir: &std::path::Path) -> TwoTierBuilder {
+    TwoTierCacheBackend::builder()
+        .memory_capacity(256 << 10)
+        .spill_queue_capacity(128 << 10)
+        .eviction_policy(EvictionPolicy::Lru)
+        .maintenance_interval(Duration::from_millis(10))
+        .disk_dir(dir)
+        .disk_capacity(8 << 20)
+        .block_size(64 << 10)
+        .flushers(1)
+        .buffer_pool_size(256 << 10)
+        .codecs(blob_codecs())
+}
+
+pub async fn insert(cache: &dyn CacheBackend, key: &InternalCacheKey, value: Vec<u8>) {
+    cache
+        .insert(key, Arc::new(value) as CacheEntry, VALUE)
+        .await;
+}
+
+pub fn as_blob(entry: &CacheEntry) -> &Vec<u8> {
+    entry.downcast_ref::<Vec<u8>>().expect("a Blob")
+}
+
+/// Polls the statistics until `done` holds; a generous deadline turns a hang
+/// into a failure. The statistics are the signal, not the clock.
+pub async fn wait_for_stats(
+    cache: &TwoTierCacheBackend,
+    what: &str,
+    done: impl Fn(&StatsSnapshot) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = cache.stats();
+        if done(&s) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A gate a codec can block on, and the test can open.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: Mutex<(bool, usize)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    /// Blocks the calling (worker) thread until the gate opens.
+    fn pass(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.1 += 1;
+        self.changed.notify_all();
+        while !s.0 {
+            s = self.changed.wait(s).unwrap();
+        }
+    }
+
+    pub fn open(&self) {
+        self.state.lock().unwrap().0 = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits (on a blocking thread) until `n` callers have reached the gate.
+    pub async fn reached(self: &Arc<Self>, n: usize) {
+        let gate = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = gate.state.lock().unwrap();
+            while s.1 < n {
+                s = gate
+                    .changed
+                    .wait_timeout(s, Duration::from_secs(30))
+                    .unwrap()
+                    .0;
+            }
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// The real Blob codec, except that encoding waits at a gate: it holds the
+/// spill worker with an entry in the queue, so tests can act "while a spill
+/// is in flight" deterministically.
+#[derive(Debug)]
+pub struct GatedCodec {
+    pub gate: Arc<Gate>,
+    inner: SerdeCodec<Vec<u8>>,
+}
+
+impl GatedCodec {
+    pub fn registry() -> (CodecRegistry, Arc<Gate>) {
+        let gate = Arc::new(Gate::default());
+        let codec = GatedCodec {
+            gate: gate.clone(),
+            inner: SerdeCodec::new(1),
+        };
+        (
+            CodecRegistry::new()
+                .register_codec(BLOB, Arc::new(codec))
+                .unwrap(),
+            gate,
+        )
+    }
+}
+
+impl Codec for GatedCodec {
+    fn type_version(&self) -> u32 {
+        1
+    }
+    fn encode(&self, entry: &CacheEntry, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.gate.pass();
+        self.inner.encode(entry, out)
+    }
+    fn decode(&self, version: u32, payload: &[u8]) -> Result<CacheEntry, CodecError> {
+        self.inner.decode(version, payload)
+    }
+}
+
+/// Total bytes of the files under `dir`.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
