@@ -48,6 +48,20 @@ impl Place {
         )
     }
 
+    /// `Queued` becomes `Writing`; false (and unchanged) for any other place.
+    pub(crate) fn start_writing(&mut self) -> bool {
+        match std::mem::replace(self, Place::Disk) {
+            Place::Queued(res) => {
+                *self = Place::Writing(res);
+                true
+            }
+            other => {
+                *self = other;
+                false
+            }
+        }
+    }
+
     /// The RAM copy held outside moka, if any.
     pub(crate) fn queued(&self) -> Option<&Arc<Resident>> {
         match self {

@@ -2,7 +2,7 @@
 //! background worker that writes them to the disk tier, paced so that foyer
 //! never silently drops a record, and confirms each write.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -33,6 +33,9 @@ pub(crate) struct Spiller {
     queue_capacity: u64,
     disabled: AtomicBool,
     failed_batches: AtomicU32,
+    /// Items sent to the worker and not yet finished with (written, counted or
+    /// found superseded); `flush` waits for this to reach zero.
+    unprocessed: AtomicU64,
     /// Woken whenever the worker finishes a round, for `flush`.
     progress: Notify,
 }
@@ -54,6 +57,7 @@ impl Spiller {
             queue_capacity,
             disabled: AtomicBool::new(false),
             failed_batches: AtomicU32::new(0),
+            unprocessed: AtomicU64::new(0),
             progress: Notify::new(),
         }
     }
@@ -101,12 +105,7 @@ impl Spiller {
                     self.stats.spills_queued.incr();
                     let seq = res.seq;
                     slot.place = Place::Queued(res);
-                    let item = SpillItem {
-                        key: key.clone(),
-                        hash,
-                        seq,
-                    };
-                    if tx.send(item).is_err() {
+                    if !self.send(tx, key, hash, seq) {
                         // The worker is gone (runtime shut down): undo.
                         if let Some(slot) = shard.remove(key) {
                             release_queued(&self.stats, &slot.place);
@@ -135,17 +134,13 @@ impl Spiller {
             if let Some((item, record)) = carry.take() {
                 used += self.submit(item, record, &mut batch);
             } else {
-                match rx.recv().await {
-                    Some(item) => {
-                        if let Some(record) = self.prepare(&item) {
-                            used += self.submit(item, record, &mut batch);
-                        }
-                    }
-                    None => return,
+                let Some(item) = rx.recv().await else { return };
+                if let Some(record) = self.prepare_or_finish(&item) {
+                    used += self.submit(item, record, &mut batch);
                 }
             }
             while let Ok(item) = rx.try_recv() {
-                let Some(record) = self.prepare(&item) else {
+                let Some(record) = self.prepare_or_finish(&item) else {
                     continue;
                 };
                 if used > 0 && used + DiskTier::footprint(record.len()) > self.disk.batch_budget() {
@@ -161,6 +156,15 @@ impl Spiller {
             }
             self.progress.notify_waiters();
         }
+    }
+
+    /// `prepare`, marking the item finished when there is nothing to write.
+    fn prepare_or_finish(&self, item: &SpillItem) -> Option<Bytes> {
+        let record = self.prepare(item);
+        if record.is_none() {
+            self.finished(1);
+        }
+        record
     }
 
     /// Encodes the queued version of `item` into a sealed record, or returns
@@ -200,15 +204,14 @@ impl Spiller {
     /// bytes the record takes in foyer's buffer (0 if it was superseded).
     fn submit(&self, item: SpillItem, record: Bytes, batch: &mut Vec<(SpillItem, usize)>) -> usize {
         let mut shard = self.placements.lock(item.hash);
-        let Some(slot) = shard.current(&item.key, item.seq) else {
+        let started = shard
+            .current(&item.key, item.seq)
+            .is_some_and(|slot| slot.place.start_writing());
+        if !started {
             self.stats.spills_superseded.incr();
+            self.finished(1);
             return 0;
-        };
-        let Place::Queued(res) = &slot.place else {
-            self.stats.spills_superseded.incr();
-            return 0;
-        };
-        slot.place = Place::Writing(res.clone());
+        }
         let len = record.len();
         self.disk.enqueue(item.hash, record);
         drop(shard);
@@ -228,6 +231,7 @@ impl Spiller {
 
     fn confirm(&self, batch: Vec<(SpillItem, usize)>) {
         let mut written_any = false;
+        let n = batch.len() as u64;
         for (item, len) in batch {
             let written = self.disk.contains(item.hash);
             let mut shard = self.placements.lock(item.hash);
@@ -248,6 +252,7 @@ impl Spiller {
                 _ => self.stats.spills_superseded.incr(),
             }
         }
+        self.finished(n);
         if written_any {
             self.failed_batches.store(0, Ordering::Relaxed);
         } else if self.failed_batches.fetch_add(1, Ordering::Relaxed) + 1
@@ -258,13 +263,13 @@ impl Spiller {
         }
     }
 
-    /// Waits until no spill is queued or being written.
+    /// Waits until the worker has finished with every spill handed to it.
     pub(crate) async fn drained(&self) {
         loop {
             let notified = self.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.stats.queue_entries.get() == 0 {
+            if self.unprocessed.load(Ordering::Acquire) == 0 {
                 return;
             }
             notified.await;
@@ -312,11 +317,31 @@ impl Spiller {
         self.stats.spills_queued.incr();
         let seq = res.seq;
         *place = Place::Queued(res);
-        tx.send(SpillItem {
+        self.send(tx, key, hash, seq)
+    }
+
+    fn send(
+        &self,
+        tx: &mpsc::UnboundedSender<SpillItem>,
+        key: &InternalCacheKey,
+        hash: u64,
+        seq: u64,
+    ) -> bool {
+        self.unprocessed.fetch_add(1, Ordering::AcqRel);
+        let item = SpillItem {
             key: key.clone(),
             hash,
             seq,
-        })
-        .is_ok()
+        };
+        if tx.send(item).is_err() {
+            self.finished(1);
+            return false;
+        }
+        true
+    }
+
+    /// The worker is done with `n` items.
+    fn finished(&self, n: u64) {
+        self.unprocessed.fetch_sub(n, Ordering::AcqRel);
     }
 }
