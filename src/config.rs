@@ -173,16 +173,16 @@ impl Config {
             .map_err(|e| {
                 let mut field = e.path().to_string();
                 let reason = e.inner().to_string();
-                // For an unknown key the path names its table; add the key itself.
+                // The path of an unknown key may stop at its table; name the key.
                 if let Some(name) = reason
                     .strip_prefix("unknown field `")
                     .and_then(|r| r.split('`').next())
                 {
-                    field = if field == "." {
-                        name.to_string()
-                    } else {
-                        format!("{field}.{name}")
-                    };
+                    if field == "." {
+                        field = name.to_string();
+                    } else if !field.ends_with(name) {
+                        field = format!("{field}.{name}");
+                    }
                 }
                 let value =
                     lookup(&raw, &field).map_or_else(|| "<missing>".to_string(), |v| v.to_string());

@@ -223,3 +223,59 @@ fn probe_writable(dir: &Path) -> Result<()> {
     std::fs::write(&probe, b"ok").map_err(|e| Error::io("write to cache directory", dir, e))?;
     std::fs::remove_file(&probe).map_err(|e| Error::io("remove write probe in", dir, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path, buffer_pool: usize) -> DiskOptions {
+        DiskOptions {
+            dir: dir.to_path_buf(),
+            capacity: 8 << 20,
+            block_size: 64 << 10,
+            flushers: 1,
+            buffer_pool,
+            io_engine: IoEngine::Psync,
+            direct_io: false,
+        }
+    }
+
+    /// The trap the spill worker paces around: handed records faster than its
+    /// flush buffer drains, foyer drops them without an error. If this test
+    /// ever fails, foyer stopped dropping and the pacing could be relaxed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn foyer_silently_drops_writes_that_overflow_its_flush_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::open(&options(dir.path(), 32 << 10))
+            .await
+            .unwrap();
+        for hash in 0..200u64 {
+            disk.enqueue(hash, Bytes::from(vec![7u8; 8000]));
+        }
+        disk.wait().await;
+        let written = (0..200u64).filter(|h| disk.contains(*h)).count();
+        assert!(written < 200, "foyer wrote all {written} records");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_within_the_batch_budget_are_all_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::open(&options(dir.path(), 32 << 10))
+            .await
+            .unwrap();
+        let per_batch = disk.batch_budget() / DiskTier::footprint(8000);
+        assert!(per_batch >= 1);
+        for round in 0..20u64 {
+            for i in 0..per_batch as u64 {
+                disk.enqueue(round * 100 + i, Bytes::from(vec![7u8; 8000]));
+            }
+            disk.wait().await;
+        }
+        for round in 0..20u64 {
+            for i in 0..per_batch as u64 {
+                let bytes = disk.load(round * 100 + i).await.unwrap().expect("written");
+                assert_eq!(bytes.len(), 8000);
+            }
+        }
+    }
+}

@@ -1,4 +1,47 @@
 //! spillway: one cache, two tiers.
+//!
+//! A hot in-memory [moka](https://docs.rs/moka) tier whose capacity evictions
+//! spill into a [foyer](https://docs.rs/foyer) disk tier; disk hits are
+//! promoted back into memory. Both tiers sit behind one object-safe async
+//! [`CacheBackend`] trait, so an application holds an `Arc<dyn CacheBackend>`
+//! and can swap the memory-only [`MokaCacheBackend`] for the two-tier
+//! [`TwoTierCacheBackend`] without other changes.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use spillway::{CacheBackend, CacheEntry, CacheTier, CodecRegistry, InternalCacheKey, TwoTierCacheBackend};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! // Only types with a codec spill; others live in memory only.
+//! let codecs = CodecRegistry::new().register::<Vec<u8>>("Page", 1)?;
+//! let cache = TwoTierCacheBackend::builder()
+//!     .memory_capacity(1 << 20) // 1 MiB of RAM ...
+//!     .disk_capacity(64 << 20) // ... in front of 64 MiB of disk
+//!     .disk_dir(dir.path())
+//!     .codecs(codecs)
+//!     .build()
+//!     .await?;
+//!
+//! // Write 4 MiB: far more than fits in memory.
+//! for i in 0..256 {
+//!     let key = InternalCacheKey::new("pages", i.to_string(), "Page");
+//!     cache.insert(&key, Arc::new(vec![i as u8; 16 << 10]) as CacheEntry, 16 << 10).await;
+//! }
+//! cache.flush().await; // wait for the background spills
+//!
+//! let first = InternalCacheKey::new("pages", "0", "Page");
+//! assert_eq!(cache.peek_tier(&first).await, CacheTier::Local); // spilled to disk
+//! let page = cache.get(&first).await.expect("served from disk");
+//! assert_eq!(page.downcast_ref::<Vec<u8>>().unwrap()[0], 0);
+//! assert_eq!(cache.peek_tier(&first).await, CacheTier::Resident); // promoted
+//!
+//! let stats = cache.stats();
+//! assert!(stats.spill.written > 0 && stats.disk.hits == 1);
+//! cache.close().await?;
+//! # Ok::<(), spillway::Error>(())
+//! # }).unwrap();
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

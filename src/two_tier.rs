@@ -206,6 +206,7 @@ impl TwoTierCacheBackend {
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
     /// use std::sync::Arc;
+    /// use spillway::CacheBackend;
     /// let key = spillway::InternalCacheKey::new("p", "k", "u64");
     /// let codec: Arc<dyn spillway::Codec> = Arc::new(spillway::SerdeCodec::<u64>::new(1));
     /// cache.insert_with_codec(&key, Arc::new(5u64), 8, Some(codec)).await;

@@ -1,0 +1,110 @@
+//! Configuration: parsing, defaults and errors that name the field and value.
+
+use spillway::{Config, Error, EvictionPolicy, IoEngine};
+
+fn field_and_value(text: &str) -> (String, String) {
+    match Config::from_toml_str(text) {
+        Err(Error::Config { field, value, .. }) => (field, value),
+        other => panic!("expected a config error for {text:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn sizes_are_human_readable() {
+    let c = Config::from_toml_str(
+        "[memory]\ncapacity = \"256 MiB\"\n[disk]\ncapacity = \"8 GiB\"\nblock_size = 1048576",
+    )
+    .unwrap();
+    assert_eq!(c.memory.capacity.0, 256 << 20);
+    assert_eq!(c.disk.capacity.0, 8 << 30);
+    assert_eq!(c.disk.block_size.0, 1 << 20);
+}
+
+#[test]
+fn every_setting_parses() {
+    let c = Config::from_toml_str(
+        r#"
+        [memory]
+        capacity = "1 GiB"
+        spill_queue = "64 MiB"
+        eviction_policy = "lru"
+        maintenance_interval_ms = 20
+        [disk]
+        dir = "/tmp/x"
+        capacity = "10 GiB"
+        block_size = "16 MiB"
+        flushers = 4
+        buffer_pool = "64 MiB"
+        io_engine = "io_uring"
+        direct_io = true
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.memory.eviction_policy, EvictionPolicy::Lru);
+    assert_eq!(c.disk.io_engine, IoEngine::IoUring);
+    assert!(c.disk.direct_io);
+}
+
+#[test]
+fn the_embedded_default_parses() {
+    let c = Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML).unwrap();
+    assert_eq!(c, Config::embedded_default());
+}
+
+#[test]
+fn an_unparsable_size_names_field_and_value() {
+    assert_eq!(
+        field_and_value("[memory]\ncapacity = \"lots\""),
+        ("memory.capacity".into(), "\"lots\"".into())
+    );
+}
+
+#[test]
+fn a_negative_size_names_field_and_value() {
+    assert_eq!(
+        field_and_value("[disk]\ncapacity = -5"),
+        ("disk.capacity".into(), "-5".into())
+    );
+}
+
+#[test]
+fn an_unknown_key_is_named() {
+    let (field, _) = field_and_value("[disk]\ncapacty = \"1 GiB\"");
+    assert_eq!(field, "disk.capacty");
+    let (field, _) = field_and_value("[cache]\nx = 1");
+    assert_eq!(field, "cache");
+}
+
+#[test]
+fn a_bad_enum_value_names_field_and_value() {
+    assert_eq!(
+        field_and_value("[disk]\nio_engine = \"aio\""),
+        ("disk.io_engine".into(), "\"aio\"".into())
+    );
+}
+
+#[test]
+fn out_of_range_values_name_field_and_value() {
+    assert_eq!(
+        field_and_value("[disk]\nflushers = 0"),
+        ("disk.flushers".into(), "0".into())
+    );
+    assert_eq!(
+        field_and_value("[disk]\nblock_size = \"1 KiB\""),
+        ("disk.block_size".into(), "1024".into())
+    );
+    assert_eq!(
+        field_and_value("[disk]\ncapacity = \"1 MiB\"\nblock_size = \"1 MiB\""),
+        ("disk.capacity".into(), "1048576".into())
+    );
+    assert_eq!(
+        field_and_value("[memory]\ncapacity = \"1 MiB\"\nspill_queue = \"2 MiB\""),
+        ("memory.spill_queue".into(), "2097152".into())
+    );
+}
+
+#[test]
+fn a_missing_file_names_the_path() {
+    let err = Config::from_file("/definitely/not/here.toml").unwrap_err();
+    assert!(err.to_string().contains("/definitely/not/here.toml"));
+}
