@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use spillway::{CacheBackend, CacheEntry, CacheTier, CodecRegistry, InternalCacheKey, TwoTierCacheBackend};
+//! use spillway::{CacheBackend, CacheEntry, CacheTier, CodecRegistry, EvictionPolicy, InternalCacheKey, TwoTierCacheBackend};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let dir = tempfile::tempdir().unwrap();
@@ -19,6 +19,7 @@
 //!     .memory_capacity(1 << 20) // 1 MiB of RAM ...
 //!     .disk_capacity(64 << 20) // ... in front of 64 MiB of disk
 //!     .disk_dir(dir.path())
+//!     .eviction_policy(EvictionPolicy::Lru) // predictable for this example
 //!     .codecs(codecs)
 //!     .build()
 //!     .await?;
