@@ -1,9 +1,11 @@
 //! `TwoTierBuilder`: the settings of a two-tier cache, checked at `build`.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::cache_dir::{CacheDir, DirMeta, DISK_FORMAT_VERSION};
 use crate::disk::{DiskOptions, DiskTier};
+use crate::journal::{self, Journal};
 use crate::two_tier::Parts;
 use crate::{
     ByteSize, CodecRegistry, Config, Error, EvictionPolicy, IoEngine, Result, TwoTierCacheBackend,
@@ -171,6 +173,39 @@ impl TwoTierBuilder {
         self
     }
 
+    /// `fsync` the journal after invalidations, clears and replacements (`disk.fsync`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().fsync(true);
+    /// # let _ = b;
+    /// ```
+    pub fn fsync(mut self, fsync: bool) -> Self {
+        self.config.disk.fsync = fsync;
+        self
+    }
+
+    /// Wipe an incompatible directory instead of refusing it (`disk.reset_incompatible`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().reset_incompatible(true);
+    /// # let _ = b;
+    /// ```
+    pub fn reset_incompatible(mut self, reset: bool) -> Self {
+        self.config.disk.reset_incompatible = reset;
+        self
+    }
+
+    /// Reload the entries resident at the last close into memory on open (`disk.warm_on_open`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().warm_on_open(false);
+    /// # let _ = b;
+    /// ```
+    pub fn warm_on_open(mut self, warm: bool) -> Self {
+        self.config.disk.warm_on_open = warm;
+        self
+    }
+
     /// The codecs that make entry types spillable.
     ///
     /// ```
@@ -203,8 +238,16 @@ impl TwoTierBuilder {
             value: "<missing>".into(),
             reason: "a two-tier cache needs a directory".into(),
         })?;
+        let started = Instant::now();
+        let meta = DirMeta {
+            format_version: DISK_FORMAT_VERSION,
+            block_size: d.block_size.0,
+            disk_capacity: d.capacity.0,
+        };
+        let cache_dir = CacheDir::open(&dir, &meta, d.reset_incompatible)?;
+        let replay = journal::replay(cache_dir.root())?;
         let disk = DiskTier::open(&DiskOptions {
-            dir,
+            dir: cache_dir.foyer_dir(),
             capacity: d.capacity.as_usize(),
             block_size: d.block_size.as_usize(),
             flushers: d.flushers,
@@ -213,6 +256,7 @@ impl TwoTierBuilder {
             direct_io: d.direct_io,
         })
         .await?;
+        let journal = Journal::open(cache_dir.root(), &replay, d.fsync)?;
         Ok(TwoTierCacheBackend::start(Parts {
             memory_capacity: m.capacity.0,
             spill_queue_capacity: m.spill_queue.map_or(m.capacity.0 / 8, |q| q.0),
@@ -223,6 +267,11 @@ impl TwoTierBuilder {
             maintenance_interval: Duration::from_millis(m.maintenance_interval_ms),
             codecs: self.codecs,
             disk,
+            journal,
+            replay,
+            recovery_time: started.elapsed(),
+            warm_on_open: d.warm_on_open,
+            cache_dir,
         }))
     }
 }

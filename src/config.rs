@@ -114,6 +114,14 @@ pub struct DiskConfig {
     pub io_engine: IoEngine,
     /// Open the device with `O_DIRECT`, bypassing the page cache.
     pub direct_io: bool,
+    /// `fsync` the journal after invalidations, clears and replacements, so
+    /// they survive power loss too (a process crash never loses them).
+    pub fsync: bool,
+    /// Wipe a directory of another format or block size instead of refusing it.
+    pub reset_incompatible: bool,
+    /// On open, load the entries resident at the last close back into memory
+    /// (in the background, up to the memory budget).
+    pub warm_on_open: bool,
 }
 
 impl Default for DiskConfig {
@@ -126,6 +134,9 @@ impl Default for DiskConfig {
             buffer_pool: ByteSize(16 << 20),
             io_engine: IoEngine::Psync,
             direct_io: false,
+            fsync: false,
+            reset_incompatible: false,
+            warm_on_open: true,
         }
     }
 }

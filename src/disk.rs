@@ -113,9 +113,10 @@ impl DiskTier {
             .storage()
             .with_io_engine_config(io_engine)
             .with_engine_config(engine)
-            // Records of a previous process are not trusted without the
-            // metadata that says which of them are current.
-            .with_recover_mode(RecoverMode::None)
+            // foyer rebuilds its index from the block files; which of those
+            // records are current is the journal's call, not foyer's (it
+            // would resurrect deleted ones: its tombstone log is off).
+            .with_recover_mode(RecoverMode::Quiet)
             .build()
             .await
             .map_err(disk_err("build disk cache"))?;

@@ -48,6 +48,25 @@ pub enum Error {
         /// foyer's description of the failure.
         message: String,
     },
+    /// Another process (or another cache in this process) owns the directory.
+    #[error("cache directory {} is in use by {}", dir.display(), holder.map_or_else(|| "another cache".to_string(), |pid| format!("process {pid}")))]
+    Locked {
+        /// The cache directory.
+        dir: PathBuf,
+        /// The owner's process id, when it could be read.
+        holder: Option<u32>,
+    },
+    /// The directory holds data in another on-disk format, or written with
+    /// settings that cannot change under it (such as the block size).
+    #[error("cache directory {} is incompatible: it holds {found}, this cache needs {expected} (set disk.reset_incompatible to wipe it)", dir.display())]
+    IncompatibleDir {
+        /// The cache directory.
+        dir: PathBuf,
+        /// What the directory records.
+        found: String,
+        /// What this cache was configured with.
+        expected: String,
+    },
     /// A `type_name` was registered twice in one [`crate::CodecRegistry`].
     #[error("a codec for type name `{type_name}` is already registered")]
     DuplicateCodec {

@@ -48,11 +48,14 @@
 
 mod backend;
 mod builder;
+mod cache_dir;
 mod codec;
 mod config;
 mod disk;
 mod envelope;
 mod error;
+mod inspect;
+mod journal;
 mod key;
 mod memory;
 mod placement;
@@ -65,12 +68,16 @@ mod weigher;
 
 pub use backend::{CacheBackend, CacheTier, Loader};
 pub use builder::TwoTierBuilder;
+pub use cache_dir::{DirMeta, DISK_FORMAT_VERSION};
 pub use codec::{Codec, CodecError, CodecRegistry, SerdeCodec};
 pub use config::{ByteSize, Config, DiskConfig, EvictionPolicy, MemoryConfig, DEFAULT_CONFIG_TOML};
 pub use disk::IoEngine;
 pub use error::{Error, Result};
+pub use inspect::DirReport;
 pub use key::{CacheEntry, InternalCacheKey};
 pub use memory::MokaCacheBackend;
-pub use stats::{DecodeMisses, DiskStats, MemoryStats, NotWritten, SpillStats, StatsSnapshot};
+pub use stats::{
+    DecodeMisses, DiskStats, MemoryStats, NotWritten, RecoveryStats, SpillStats, StatsSnapshot,
+};
 pub use two_tier::TwoTierCacheBackend;
 pub use typed::{CacheKey, TypedCache, TypedStats};

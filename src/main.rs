@@ -34,6 +34,14 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Show a cache directory's format, budgets and what a reopen recovers.
+    Inspect {
+        /// The cache directory.
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +52,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Bench { config, quick } => run_demo(config, quick),
+        Command::Inspect { dir, json } => inspect(&dir, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,4 +122,41 @@ fn run_demo(config: Option<PathBuf>, quick: bool) -> spillway::Result<()> {
         println!("not written by reason: {:?}", stats.spill.not_written);
         cache.close().await
     })
+}
+
+fn inspect(dir: &std::path::Path, json: bool) -> spillway::Result<()> {
+    let report = spillway::DirReport::read(dir)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    let rows = [
+        ("directory", dir.display().to_string()),
+        ("format version", report.format.format_version.to_string()),
+        ("disk budget", mib(report.format.disk_capacity)),
+        ("block size", mib(report.format.block_size)),
+        (
+            "recoverable entries",
+            report.recoverable_entries.to_string(),
+        ),
+        ("recoverable bytes", mib(report.recoverable_bytes)),
+        (
+            "resident at last close",
+            report.resident_at_close.to_string(),
+        ),
+        ("journal facts", report.journal_facts.to_string()),
+        ("torn journal tails", report.torn_journal_tails.to_string()),
+        (
+            "recovery (journal replay)",
+            format!("{:.2} ms", report.replay_millis),
+        ),
+    ];
+    for (name, value) in rows {
+        println!("{name:<26} {value}");
+    }
+    Ok(())
 }

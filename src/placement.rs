@@ -74,6 +74,10 @@ impl Place {
 pub(crate) struct Slot {
     pub seq: u64,
     pub place: Place,
+    /// Declared size of this version, in bytes.
+    pub size: u64,
+    /// Length of its disk record once written (0 before).
+    pub record_len: u32,
 }
 
 pub(crate) type Shard = HashMap<InternalCacheKey, Slot>;

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::disk::DiskTier;
 use crate::envelope;
+use crate::journal::{Fact, Journal};
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::stats::{NotWrittenReason, Stats};
 use crate::InternalCacheKey;
@@ -17,6 +18,9 @@ use crate::InternalCacheKey;
 /// After this many consecutive batches of which nothing was written (a full
 /// or failing disk), spilling is switched off and the memory tier goes on alone.
 const FAILED_BATCHES_BEFORE_DISABLE: u32 = 3;
+/// The journal is compacted once this much has been appended since the last
+/// snapshot (and the appended part outweighs the live state).
+const COMPACT_AFTER_BYTES: u64 = 8 << 20;
 
 /// A spill waiting for the worker: the key and the version that was evicted.
 pub(crate) struct SpillItem {
@@ -29,7 +33,11 @@ pub(crate) struct SpillItem {
 pub(crate) struct Spiller {
     pub placements: Placements,
     pub disk: DiskTier,
+    pub journal: Journal,
     pub stats: Stats,
+    /// Held by invalidations, clears and journal compactions: a compaction
+    /// must not drop a kill fact while the keys it covers are still being removed.
+    pub admin: tokio::sync::Mutex<()>,
     queue_capacity: u64,
     disabled: AtomicBool,
     failed_batches: AtomicU32,
@@ -49,11 +57,18 @@ pub(crate) fn release_queued(stats: &Stats, place: &Place) {
 }
 
 impl Spiller {
-    pub(crate) fn new(placements: Placements, disk: DiskTier, queue_capacity: u64) -> Self {
+    pub(crate) fn new(
+        placements: Placements,
+        disk: DiskTier,
+        journal: Journal,
+        queue_capacity: u64,
+    ) -> Self {
         Self {
             placements,
             disk,
+            journal,
             stats: Stats::default(),
+            admin: tokio::sync::Mutex::new(()),
             queue_capacity,
             disabled: AtomicBool::new(false),
             failed_batches: AtomicU32::new(0),
@@ -155,6 +170,11 @@ impl Spiller {
                 self.confirm(batch);
             }
             self.progress.notify_waiters();
+            if self.journal.appended_bytes()
+                > COMPACT_AFTER_BYTES.max(self.placements.len() as u64 * 256)
+            {
+                self.compact().await;
+            }
         }
     }
 
@@ -232,6 +252,7 @@ impl Spiller {
     fn confirm(&self, batch: Vec<(SpillItem, usize)>) {
         let mut written_any = false;
         let n = batch.len() as u64;
+        let mut facts = Vec::with_capacity(batch.len());
         for (item, len) in batch {
             let written = self.disk.contains(item.hash);
             let mut shard = self.placements.lock(item.hash);
@@ -240,6 +261,8 @@ impl Spiller {
                     release_queued(&self.stats, &slot.place);
                     if written {
                         slot.place = Place::Disk;
+                        slot.record_len = u32::try_from(len).unwrap_or(u32::MAX);
+                        facts.push(Fact::written(&item.key, item.seq, slot.size as usize, len));
                         written_any = true;
                         self.stats.spills_written.incr();
                         self.stats.spill_bytes.add(len as u64);
@@ -252,6 +275,10 @@ impl Spiller {
                 _ => self.stats.spills_superseded.incr(),
             }
         }
+        // Appended after the slot locks are released: the journal's facts are
+        // order-independent, so a replace or invalidation that slipped in
+        // between (and journaled its kill fact first) still wins on replay.
+        self.journal_append(&facts, false);
         self.finished(n);
         if written_any {
             self.failed_batches.store(0, Ordering::Relaxed);
@@ -260,6 +287,58 @@ impl Spiller {
         {
             tracing::error!(dir = %self.disk.dir().display(), "disk tier wrote nothing in {FAILED_BATCHES_BEFORE_DISABLE} batches; spilling disabled");
             self.disable();
+        }
+    }
+
+    /// Appends facts; a failure is logged and counted, never fatal.
+    pub(crate) fn journal_append(&self, facts: &[Fact], durable: bool) {
+        if facts.is_empty() {
+            return;
+        }
+        if let Err(e) = self.journal.append(facts, durable) {
+            tracing::error!(error = %e, "journal append failed; this change may not survive a restart");
+            self.stats.journal_errors.incr();
+        }
+    }
+
+    /// The facts describing the current state: every version on disk.
+    pub(crate) fn snapshot_facts(&self) -> Vec<Fact> {
+        let mut facts = Vec::new();
+        self.placements.for_each(|key, slot| {
+            if matches!(slot.place, Place::Disk | Place::Memory { on_disk: true }) {
+                facts.push(Fact::written(
+                    key,
+                    slot.seq,
+                    slot.size as usize,
+                    slot.record_len as usize,
+                ));
+            }
+        });
+        facts
+    }
+
+    /// Rewrites the journal as a snapshot of the current state. Appends go
+    /// to a fresh file from the rotation on, so nothing is lost meanwhile.
+    pub(crate) async fn compact(&self) {
+        self.compact_with(Vec::new()).await;
+    }
+
+    /// `compact`, adding `extra` facts to the snapshot.
+    pub(crate) async fn compact_with(&self, extra: Vec<Fact>) {
+        let _admin = self.admin.lock().await;
+        let rotated = match self.journal.rotate() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "journal rotation failed");
+                self.stats.journal_errors.incr();
+                return;
+            }
+        };
+        let mut facts = self.snapshot_facts();
+        facts.extend(extra);
+        if let Err(e) = self.journal.install_snapshot(rotated, facts) {
+            tracing::error!(error = %e, "journal snapshot failed; the older files stay and remain correct");
+            self.stats.journal_errors.incr();
         }
     }
 

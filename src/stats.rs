@@ -111,6 +111,11 @@ pub(crate) struct Stats {
     pub(crate) disk_vanished: Counter,
     pub(crate) loader_runs: Counter,
     pub(crate) loader_waiters: Gauge,
+    pub(crate) journal_errors: Counter,
+    pub(crate) warmed: Counter,
+    pub(crate) warm_millis: Gauge,
+    pub(crate) warm_done: std::sync::atomic::AtomicBool,
+    pub(crate) recovery: parking_lot::Mutex<RecoveryStats>,
 }
 
 impl Stats {
@@ -234,6 +239,25 @@ pub struct SpillStats {
     pub queue_bytes: u64,
 }
 
+/// What opening the cache directory recovered, and the warm-up after it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RecoveryStats {
+    /// Disk entries the journal says are current, served without a loader.
+    pub entries: u64,
+    /// Bytes of those entries' disk records.
+    pub bytes: u64,
+    /// Time to lock the directory, replay the journal and open foyer.
+    pub millis: u64,
+    /// Journal files whose tail was torn by a crash (the tail is ignored).
+    pub torn_journal_tails: u64,
+    /// Entries loaded back into memory because they were resident at close.
+    pub warmed: u64,
+    /// Time the warm-up took (0 until it is done).
+    pub warm_millis: u64,
+    /// True once the warm-up has finished (or there was none).
+    pub warm_done: bool,
+}
+
 /// A point-in-time copy of a cache's statistics, both tiers separately.
 ///
 /// ```
@@ -258,6 +282,10 @@ pub struct StatsSnapshot {
     pub loader_runs: u64,
     /// `get_or_insert` callers parked right now behind another caller's loader.
     pub loader_waiters: u64,
+    /// Journal writes that failed (logged; durability of those changes is lost).
+    pub journal_errors: u64,
+    /// What the last open recovered.
+    pub recovery: RecoveryStats,
 }
 
 impl StatsSnapshot {
@@ -335,6 +363,13 @@ impl Stats {
             inserts: self.inserts.get(),
             loader_runs: self.loader_runs.get(),
             loader_waiters: self.loader_waiters.get(),
+            journal_errors: self.journal_errors.get(),
+            recovery: RecoveryStats {
+                warmed: self.warmed.get(),
+                warm_millis: self.warm_millis.get(),
+                warm_done: self.warm_done.load(Relaxed),
+                ..self.recovery.lock().clone()
+            },
         }
     }
 }

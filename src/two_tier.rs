@@ -14,8 +14,10 @@ use tokio::task::JoinHandle;
 
 use crate::backend::Loader;
 use crate::builder::TwoTierBuilder;
+use crate::cache_dir::CacheDir;
 use crate::disk::DiskTier;
 use crate::envelope;
+use crate::journal::{Fact, Journal, Replay};
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::single_flight::SingleFlight;
 use crate::spill::{release_queued, SpillItem, Spiller};
@@ -78,6 +80,8 @@ struct Inner {
     maintain_every: u64,
     closed: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Holds the directory lock; declared last so it is released last.
+    _dir: CacheDir,
 }
 
 impl Drop for Inner {
@@ -96,6 +100,11 @@ pub(crate) struct Parts {
     pub maintenance_interval: Duration,
     pub codecs: CodecRegistry,
     pub disk: DiskTier,
+    pub journal: Journal,
+    pub replay: Replay,
+    pub recovery_time: Duration,
+    pub warm_on_open: bool,
+    pub cache_dir: CacheDir,
 }
 
 impl std::fmt::Debug for TwoTierCacheBackend {
@@ -145,11 +154,30 @@ impl TwoTierCacheBackend {
             .memory_capacity
             .saturating_sub(parts.spill_queue_capacity);
         let placements = Placements::new(64);
+        let mut recovered_bytes = 0;
+        for (key, r) in &parts.replay.live {
+            recovered_bytes += u64::from(r.len);
+            let slot = Slot {
+                seq: r.seq,
+                place: Place::Disk,
+                size: r.size,
+                record_len: r.len,
+            };
+            placements.lock(key.disk_hash()).insert(key.clone(), slot);
+        }
         let spiller = Arc::new(Spiller::new(
             placements,
             parts.disk,
+            parts.journal,
             parts.spill_queue_capacity,
         ));
+        *spiller.stats.recovery.lock() = crate::RecoveryStats {
+            entries: parts.replay.live.len() as u64,
+            bytes: recovered_bytes,
+            millis: parts.recovery_time.as_millis() as u64,
+            torn_journal_tails: parts.replay.torn_tails,
+            ..Default::default()
+        };
         let (spill_tx, spill_rx) = mpsc::unbounded_channel();
         let listener_spiller = spiller.clone();
         let listener_tx = spill_tx.clone();
@@ -173,17 +201,35 @@ impl TwoTierCacheBackend {
             spill_tx,
             codecs: parts.codecs,
             flights: SingleFlight::default(),
-            seq: AtomicU64::new(1),
+            seq: AtomicU64::new(parts.replay.next_seq),
             unmaintained: AtomicU64::new(0),
             maintain_every: (parts.spill_queue_capacity / 4).max(1),
             closed: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
+            _dir: parts.cache_dir,
         });
         let worker = tokio::spawn(spiller.run(spill_rx));
         let maintenance =
             tokio::spawn(maintain(Arc::downgrade(&inner), parts.maintenance_interval));
         inner.background.lock().extend([worker, maintenance]);
+        let warm_keys = if parts.warm_on_open {
+            parts.replay.resident
+        } else {
+            Vec::new()
+        };
+        let warmer = tokio::spawn(warm(Arc::downgrade(&inner), warm_keys, hot_capacity));
+        inner.background.lock().push(warmer);
         Self { inner }
+    }
+
+    /// The next sequence number, covered by a durable reservation.
+    fn next_seq(&self) -> u64 {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.inner.spiller.journal.reserve(seq) {
+            tracing::error!(error = %e, "cannot reserve sequence numbers in the journal");
+            self.stats_ref().journal_errors.incr();
+        }
+        seq
     }
 
     fn stats_ref(&self) -> &Stats {
@@ -234,13 +280,21 @@ impl TwoTierCacheBackend {
             .and_compute_with(|_current| {
                 // Under moka's per-key lock: sequence numbers of one key are
                 // handed out in the same order their values land in moka.
-                let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
+                let seq = self.next_seq();
                 let mut shard = inner.spiller.placements.lock(hash);
                 let slot = Slot {
                     seq,
                     place: Place::Memory { on_disk: false },
+                    size: size_bytes as u64,
+                    record_len: 0,
                 };
                 if let Some(prev) = shard.insert(key.clone(), slot) {
+                    if prev.place.may_be_on_disk() {
+                        // Before the insert is acknowledged: after a crash the
+                        // old version on disk must stay dead.
+                        let tombstone = Fact::Tombstone { hash, seq };
+                        inner.spiller.journal_append(&[tombstone], true);
+                    }
                     self.retire(hash, &prev.place);
                 }
                 drop(shard);
@@ -301,7 +355,7 @@ impl TwoTierCacheBackend {
             self.stats_ref().memory_hits.incr();
             return Some(res.entry.clone());
         }
-        let found = self.lower_tiers(key, codec, promote).await;
+        let found = self.lower_tiers(key, codec, promote, true).await;
         if found.is_none() {
             self.stats_ref().misses.incr();
         }
@@ -309,11 +363,13 @@ impl TwoTierCacheBackend {
     }
 
     /// The spill queue and the disk tier, in that order.
+    /// `count`: whether a hit counts as a read (warming reads do not).
     async fn lower_tiers(
         &self,
         key: &InternalCacheKey,
         codec: Option<Arc<dyn Codec>>,
         promote: bool,
+        count: bool,
     ) -> Option<CacheEntry> {
         let hash = key.disk_hash();
         let seq = {
@@ -323,7 +379,9 @@ impl TwoTierCacheBackend {
                 // Not promoted: it is about to land on disk, and the next read
                 // after that promotes it.
                 Place::Queued(res) | Place::Writing(res) => {
-                    self.stats_ref().queue_hits.incr();
+                    if count {
+                        self.stats_ref().queue_hits.incr();
+                    }
                     return Some(res.entry.clone());
                 }
                 Place::Disk => slot.seq,
@@ -375,7 +433,9 @@ impl TwoTierCacheBackend {
                 return None;
             }
         };
-        stats.disk_hits.incr();
+        if count {
+            stats.disk_hits.incr();
+        }
         let entry = res.entry.clone();
         if promote {
             let size = res.size;
@@ -506,7 +566,58 @@ impl TwoTierCacheBackend {
         }
         self.inner.spiller.drained().await;
         self.inner.spiller.disable();
+        // Record what is resident so the next open can warm it, then compact
+        // the journal to a snapshot of what is on disk.
+        let mut resident = Vec::new();
+        for (key, res) in self.inner.memory.iter() {
+            let shard = self.inner.spiller.placements.lock(key.disk_hash());
+            let on_disk = shard.get(&key).is_some_and(|s| {
+                s.seq == res.seq && matches!(s.place, Place::Disk | Place::Memory { on_disk: true })
+            });
+            if on_disk {
+                resident.push(Fact::Resident {
+                    hash: key.disk_hash(),
+                    seq: res.seq,
+                });
+            }
+        }
+        self.inner.spiller.compact_with(resident).await;
         self.inner.spiller.disk.close().await
+    }
+}
+
+/// Loads the entries resident at the last close back into memory, until the
+/// memory tier's budget is used. Runs in the background; reads meanwhile are
+/// served as usual (a warming read is an ordinary promotion).
+async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget: u64) {
+    let started = std::time::Instant::now();
+    let mut used = 0u64;
+    for key in keys {
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.memory.contains_key(&key) {
+            continue;
+        }
+        let size = {
+            let shard = inner.spiller.placements.lock(key.disk_hash());
+            shard
+                .get(&key)
+                .map_or(0, |s| s.size + key.footprint() as u64)
+        };
+        if used + size > budget {
+            break;
+        }
+        let cache = TwoTierCacheBackend {
+            inner: inner.clone(),
+        };
+        if cache.lower_tiers(&key, None, true, false).await.is_some() {
+            used += size;
+            inner.spiller.stats.warmed.incr();
+        }
+    }
+    if let Some(inner) = inner.upgrade() {
+        let stats = &inner.spiller.stats;
+        stats.warm_millis.add(started.elapsed().as_millis() as u64);
+        stats.warm_done.store(true, Ordering::Release);
     }
 }
 
@@ -555,6 +666,16 @@ impl CacheBackend for TwoTierCacheBackend {
     }
 
     async fn invalidate_prefix(&self, prefix: &str) {
+        let spiller = &self.inner.spiller;
+        let _admin = spiller.admin.lock().await;
+        // Journaled first: once this is written, a crash at any later point
+        // cannot bring back what was under the prefix.
+        let seq = self.next_seq();
+        let fact = Fact::Invalidated {
+            prefix: prefix.to_string(),
+            seq,
+        };
+        spiller.journal_append(&[fact], true);
         let mut doomed = Vec::new();
         self.inner.spiller.placements.for_each(|key, _| {
             if key.starts_with(prefix) {
@@ -567,6 +688,10 @@ impl CacheBackend for TwoTierCacheBackend {
     }
 
     async fn clear(&self) {
+        let spiller = &self.inner.spiller;
+        let _admin = spiller.admin.lock().await;
+        let seq = self.next_seq();
+        spiller.journal_append(&[Fact::Cleared { seq }], true);
         let stats = self.stats_ref();
         self.inner
             .spiller

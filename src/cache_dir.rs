@@ -1,0 +1,153 @@
+//! The cache directory: who owns it, what format it holds, where things live.
+//!
+//! ```text
+//! DIR/spillway.lock    exclusive lock of the owning process (holds its pid)
+//! DIR/spillway.toml    on-disk format version and the settings it depends on
+//! DIR/journal.N        the journal (see `journal`)
+//! DIR/foyer/           foyer's block files
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Bumped when the directory layout, the journal or the record envelope
+/// changes incompatibly.
+pub const DISK_FORMAT_VERSION: u32 = 1;
+
+const LOCK_FILE: &str = "spillway.lock";
+const META_FILE: &str = "spillway.toml";
+
+/// What `spillway.toml` records: settings that must not change under existing data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirMeta {
+    /// The on-disk format version.
+    pub format_version: u32,
+    /// foyer's block size in bytes.
+    pub block_size: u64,
+    /// The disk budget in bytes (foyer's device size).
+    pub disk_capacity: u64,
+}
+
+/// An opened, locked cache directory. The lock is released when this drops.
+#[derive(Debug)]
+pub(crate) struct CacheDir {
+    root: PathBuf,
+    _lock: File,
+}
+
+impl CacheDir {
+    /// Creates (if needed) and locks `root`, then checks its format against
+    /// `expected`: an incompatible directory is an error, or is emptied and
+    /// reused when `reset` is set.
+    pub(crate) fn open(root: &Path, expected: &DirMeta, reset: bool) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io("create cache directory", root, e))?;
+        let lock = lock(root)?;
+        let dir = Self {
+            root: root.to_path_buf(),
+            _lock: lock,
+        };
+        let meta_path = root.join(META_FILE);
+        match read_meta(&meta_path)? {
+            Some(found) if found == *expected => {}
+            Some(found) if reset => {
+                tracing::warn!(dir = %root.display(), ?found, ?expected, "incompatible cache directory reset");
+                dir.wipe()?;
+            }
+            Some(found) => {
+                return Err(Error::IncompatibleDir {
+                    dir: root.to_path_buf(),
+                    found: format!("{found:?}"),
+                    expected: format!("{expected:?}"),
+                });
+            }
+            None => dir.wipe()?,
+        }
+        let text = toml::to_string(expected).unwrap_or_default();
+        std::fs::write(&meta_path, text).map_err(|e| Error::io("write", &meta_path, e))?;
+        std::fs::create_dir_all(dir.foyer_dir())
+            .map_err(|e| Error::io("create", dir.foyer_dir(), e))?;
+        Ok(dir)
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn foyer_dir(&self) -> PathBuf {
+        self.root.join("foyer")
+    }
+
+    /// Removes everything spillway keeps in the directory except the lock.
+    fn wipe(&self) -> Result<()> {
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::io("list cache directory", &self.root, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list cache directory", &self.root, e))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let ours = name == "foyer"
+                || name == META_FILE
+                || name.to_string_lossy().starts_with("journal.");
+            if !ours {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| Error::io("remove", &path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the format file of a directory, if it has one.
+pub(crate) fn read_meta(path: &Path) -> Result<Option<DirMeta>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::IncompatibleDir {
+                dir: path.to_path_buf(),
+                found: format!("unreadable format file ({})", e.message()),
+                expected: format!("format version {DISK_FORMAT_VERSION}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Reads the format file of the directory `root`.
+pub(crate) fn read_dir_meta(root: &Path) -> Result<Option<DirMeta>> {
+    read_meta(&root.join(META_FILE))
+}
+
+fn lock(root: &Path) -> Result<File> {
+    let path = root.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    if file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        return Err(Error::Locked {
+            dir: root.to_path_buf(),
+            holder: holder.trim().parse().ok(),
+        });
+    }
+    let pid = std::process::id().to_string();
+    file.set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| file.write_all(pid.as_bytes()))
+        .map_err(|e| Error::io("write lock file", &path, e))?;
+    Ok(file)
+}

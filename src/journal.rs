@@ -1,0 +1,483 @@
+//! The journal: spillway's durable record of which disk record is current for
+//! each key, so that a restarted cache serves exactly the versions it may.
+//!
+//! It is a set of *facts*, each carrying sequence numbers, appended as they
+//! happen and never rewritten in place:
+//!
+//! * `Written` — version `seq` of a key is on disk (appended once foyer has written it);
+//! * `Tombstone` — versions of a key hash below `seq` are dead (appended before
+//!   an insert that replaces a version that may be on disk returns);
+//! * `Invalidated` / `Cleared` — versions below `seq` under a prefix / of every key are dead;
+//! * `Reserved` — sequence numbers below `upto` may have been handed out;
+//! * `Resident` — the key was in memory at the last graceful close.
+//!
+//! The state a journal describes does not depend on the order of its facts: a
+//! written version is alive if no kill fact with a higher sequence covers it.
+//! So any union of journal files describes the right state, which makes
+//! rotation and compaction crash-safe at every step (old files are deleted
+//! only after the new snapshot is in place, and a leftover old file only
+//! repeats true facts). Each fact is framed with its length and a CRC: a torn
+//! tail after a crash ends the replay of that file, never corrupts it.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, InternalCacheKey, Result};
+
+/// Sequence numbers are reserved this many at a time, so that numbers used
+/// before a crash are never handed out again.
+const RESERVE_BLOCK: u64 = 1 << 20;
+const FILE_PREFIX: &str = "journal.";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Fact {
+    Written {
+        prefix: String,
+        key: String,
+        type_name: String,
+        seq: u64,
+        size: u64,
+        len: u32,
+    },
+    Tombstone {
+        hash: u64,
+        seq: u64,
+    },
+    Invalidated {
+        prefix: String,
+        seq: u64,
+    },
+    Cleared {
+        seq: u64,
+    },
+    Reserved {
+        upto: u64,
+    },
+    Resident {
+        hash: u64,
+        seq: u64,
+    },
+}
+
+impl Fact {
+    pub(crate) fn written(key: &InternalCacheKey, seq: u64, size: usize, len: usize) -> Self {
+        Fact::Written {
+            prefix: key.prefix().to_string(),
+            key: key.key().to_string(),
+            type_name: key.type_name().to_string(),
+            seq,
+            size: size as u64,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// A version the journal says is on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Recovered {
+    pub seq: u64,
+    pub size: u64,
+    pub len: u32,
+}
+
+/// What a replay found.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    pub live: HashMap<InternalCacheKey, Recovered>,
+    /// Keys resident at the last close, in the order they were recorded.
+    pub resident: Vec<InternalCacheKey>,
+    pub next_seq: u64,
+    pub facts: u64,
+    pub torn_tails: u64,
+}
+
+/// Type names are `&'static str` in keys; names read back from disk are
+/// interned once each (there are few of them) to get one.
+fn intern(name: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock();
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+fn frame(fact: &Fact) -> Vec<u8> {
+    // Serializing a plain enum of strings and integers cannot fail.
+    let payload = postcard::to_stdvec(fact).unwrap_or_default();
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Reads the facts of one file up to the first damaged frame.
+fn read_facts(path: &Path, facts: &mut Vec<Fact>) -> Result<bool> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| Error::io("read journal", path, e))?;
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(header) = bytes.get(at..at + 8) else {
+            return Ok(true);
+        };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
+            return Ok(true);
+        };
+        if crc32fast::hash(payload) != crc {
+            return Ok(true);
+        }
+        match postcard::from_bytes::<Fact>(payload) {
+            Ok(fact) => facts.push(fact),
+            Err(_) => return Ok(true),
+        }
+        at += 8 + len;
+    }
+    Ok(false)
+}
+
+/// The journal files in `dir`, with their generation numbers.
+fn journal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list cache directory", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list cache directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(FILE_PREFIX)) else {
+            continue;
+        };
+        let generation = rest.split('.').next().and_then(|g| g.parse::<u64>().ok());
+        if let (Some(g), false) = (generation, rest.ends_with(".tmp")) {
+            files.push((g, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Replays every journal file in `dir`.
+pub(crate) fn replay(dir: &Path) -> Result<Replay> {
+    let mut facts = Vec::new();
+    let mut torn = 0;
+    for (_, path) in journal_files(dir)? {
+        torn += u64::from(read_facts(&path, &mut facts)?);
+    }
+    let mut replay = Replay {
+        facts: facts.len() as u64,
+        torn_tails: torn,
+        next_seq: 1,
+        ..Replay::default()
+    };
+    let mut tombstones: HashMap<u64, u64> = HashMap::new();
+    let mut invalidated: HashMap<String, u64> = HashMap::new();
+    let mut cleared = 0u64;
+    let mut resident = Vec::new();
+    let mut max_seq = 0u64;
+    for fact in &facts {
+        match fact {
+            Fact::Tombstone { hash, seq } => {
+                let t = tombstones.entry(*hash).or_default();
+                *t = (*t).max(*seq);
+            }
+            Fact::Invalidated { prefix, seq } => {
+                let t = invalidated.entry(prefix.clone()).or_default();
+                *t = (*t).max(*seq);
+            }
+            Fact::Cleared { seq } => cleared = cleared.max(*seq),
+            Fact::Reserved { upto } => max_seq = max_seq.max(*upto),
+            Fact::Resident { hash, seq } => resident.push((*hash, *seq)),
+            Fact::Written { seq, .. } => max_seq = max_seq.max(*seq),
+        }
+    }
+    for fact in facts {
+        let Fact::Written {
+            prefix,
+            key,
+            type_name,
+            seq,
+            size,
+            len,
+        } = fact
+        else {
+            continue;
+        };
+        let k = InternalCacheKey::new(prefix, key, intern(&type_name));
+        let dead = seq <= cleared
+            || tombstones.get(&k.disk_hash()).is_some_and(|t| seq < *t)
+            || invalidated
+                .iter()
+                .any(|(p, s)| seq < *s && k.starts_with(p));
+        if dead || replay.live.get(&k).is_some_and(|r| r.seq >= seq) {
+            continue;
+        }
+        replay.live.insert(k, Recovered { seq, size, len });
+    }
+    let by_hash: HashMap<u64, &InternalCacheKey> =
+        replay.live.keys().map(|k| (k.disk_hash(), k)).collect();
+    for (hash, seq) in resident {
+        if let Some(k) = by_hash.get(&hash) {
+            if replay.live[*k].seq == seq {
+                replay.resident.push((*k).clone());
+            }
+        }
+    }
+    replay.next_seq = max_seq + 1;
+    Ok(replay)
+}
+
+/// The file facts are appended to.
+pub(crate) struct Journal {
+    dir: PathBuf,
+    current: Mutex<(u64, File)>,
+    fsync: bool,
+    reserved: AtomicU64,
+    appended: AtomicU64,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.dir).finish()
+    }
+}
+
+fn create(dir: &Path, generation: u64) -> Result<File> {
+    let path = dir.join(format!("{FILE_PREFIX}{generation}"));
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io("open journal", &path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync cache directory", dir, e))
+}
+
+impl Journal {
+    /// Writes a snapshot of `replay` as a new generation, removes the older
+    /// files, and opens the new one for appending.
+    pub(crate) fn open(dir: &Path, replay: &Replay, fsync: bool) -> Result<Self> {
+        let old = journal_files(dir)?;
+        let generation = old.last().map_or(0, |(g, _)| g + 1);
+        let mut facts: Vec<Fact> = replay
+            .live
+            .iter()
+            .map(|(k, r)| Fact::Written {
+                prefix: k.prefix().to_string(),
+                key: k.key().to_string(),
+                type_name: k.type_name().to_string(),
+                seq: r.seq,
+                size: r.size,
+                len: r.len,
+            })
+            .collect();
+        let upto = replay.next_seq + RESERVE_BLOCK;
+        facts.push(Fact::Reserved { upto });
+        write_snapshot(dir, generation, &facts)?;
+        for (_, path) in old {
+            std::fs::remove_file(&path).map_err(|e| Error::io("remove old journal", &path, e))?;
+        }
+        let file = create(dir, generation + 1)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            current: Mutex::new((generation + 1, file)),
+            fsync,
+            reserved: AtomicU64::new(upto),
+            appended: AtomicU64::new(0),
+        })
+    }
+
+    /// Appends facts. With `durable` and the `fsync` setting, they also
+    /// survive power loss; without, they survive a process crash (the kernel
+    /// has them once `write` returns).
+    pub(crate) fn append(&self, facts: &[Fact], durable: bool) -> Result<()> {
+        let mut bytes = Vec::new();
+        for f in facts {
+            bytes.extend_from_slice(&frame(f));
+        }
+        let mut current = self.current.lock();
+        let (generation, file) = &mut *current;
+        let path = |g: u64| self.dir.join(format!("{FILE_PREFIX}{g}"));
+        file.write_all(&bytes)
+            .map_err(|e| Error::io("append to journal", path(*generation), e))?;
+        if durable && self.fsync {
+            file.sync_data()
+                .map_err(|e| Error::io("sync journal", path(*generation), e))?;
+        }
+        self.appended
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes sure `seq` is covered by a durable reservation before it is used.
+    pub(crate) fn reserve(&self, seq: u64) -> Result<()> {
+        if seq < self.reserved.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let upto = seq + RESERVE_BLOCK;
+        self.append(&[Fact::Reserved { upto }], true)?;
+        self.reserved.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Bytes appended since the last snapshot.
+    pub(crate) fn appended_bytes(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    /// Replaces every journal file by `snapshot` plus what is appended from
+    /// now on. Appends go to a fresh file first; the snapshot (taken by the
+    /// caller after this returns the rotation) then supersedes everything older.
+    pub(crate) fn rotate(&self) -> Result<u64> {
+        let mut current = self.current.lock();
+        let next = current.0 + 2;
+        let file = create(&self.dir, next)?;
+        *current = (next, file);
+        self.appended.store(0, Ordering::Relaxed);
+        Ok(next)
+    }
+
+    /// Second half of a compaction: writes the snapshot as generation
+    /// `rotated - 1` and deletes every generation below it.
+    pub(crate) fn install_snapshot(&self, rotated: u64, mut facts: Vec<Fact>) -> Result<()> {
+        facts.push(Fact::Reserved {
+            upto: self.reserved.load(Ordering::Acquire),
+        });
+        write_snapshot(&self.dir, rotated - 1, &facts)?;
+        for (g, path) in journal_files(&self.dir)? {
+            if g < rotated - 1 {
+                std::fs::remove_file(&path)
+                    .map_err(|e| Error::io("remove old journal", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a snapshot file atomically: a temporary file, synced, then renamed.
+fn write_snapshot(dir: &Path, generation: u64, facts: &[Fact]) -> Result<()> {
+    let tmp = dir.join(format!("{FILE_PREFIX}{generation}.tmp"));
+    let path = dir.join(format!("{FILE_PREFIX}{generation}"));
+    let mut bytes = Vec::new();
+    for f in facts {
+        bytes.extend_from_slice(&frame(f));
+    }
+    let mut file = File::create(&tmp).map_err(|e| Error::io("create journal snapshot", &tmp, e))?;
+    file.write_all(&bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io("write journal snapshot", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io("install journal snapshot", &path, e))?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(prefix: &str, key: &str) -> InternalCacheKey {
+        InternalCacheKey::new(prefix, key, "T")
+    }
+
+    fn written(key: &InternalCacheKey, seq: u64) -> Fact {
+        Fact::written(key, seq, 10, 100)
+    }
+
+    fn replay_of(facts: &[Fact]) -> Replay {
+        let dir = tempfile::tempdir().unwrap();
+        write_snapshot(dir.path(), 0, facts).unwrap();
+        replay(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn latest_written_version_wins_in_any_order() {
+        let a = k("p", "a");
+        for facts in [
+            [written(&a, 3), written(&a, 7)],
+            [written(&a, 7), written(&a, 3)],
+        ] {
+            assert_eq!(replay_of(&facts).live[&a].seq, 7);
+        }
+    }
+
+    #[test]
+    fn kill_facts_apply_by_sequence_not_position() {
+        let a = k("ds/1", "a");
+        let b = k("ds/2", "b");
+        let tomb = Fact::Tombstone {
+            hash: a.disk_hash(),
+            seq: 5,
+        };
+        let r = replay_of(&[written(&a, 4), tomb.clone()]);
+        assert!(r.live.is_empty());
+        let r = replay_of(&[tomb, written(&a, 4), written(&b, 4)]);
+        assert_eq!(
+            r.live.len(),
+            1,
+            "a tombstone written first still kills older versions"
+        );
+        let r = replay_of(&[
+            written(&a, 4),
+            written(&b, 4),
+            Fact::Invalidated {
+                prefix: "ds/1".into(),
+                seq: 6,
+            },
+            written(&a, 9),
+        ]);
+        assert_eq!(r.live[&a].seq, 9, "newer than the invalidation survives");
+        assert!(r.live.contains_key(&b));
+        let r = replay_of(&[written(&a, 4), Fact::Cleared { seq: 8 }, written(&b, 9)]);
+        assert_eq!(r.live.keys().collect::<Vec<_>>(), vec![&b]);
+    }
+
+    #[test]
+    fn sequence_numbers_continue_past_reservations() {
+        let r = replay_of(&[Fact::Reserved { upto: 1000 }, written(&k("p", "a"), 5)]);
+        assert_eq!(r.next_seq, 1001);
+    }
+
+    #[test]
+    fn a_torn_tail_ends_the_replay_of_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = k("p", "a");
+        write_snapshot(dir.path(), 0, &[written(&a, 1), written(&k("p", "b"), 2)]).unwrap();
+        let path = dir.path().join("journal.0");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let r = replay(dir.path()).unwrap();
+        assert_eq!((r.live.len(), r.torn_tails), (1, 1));
+        assert!(r.live.contains_key(&a));
+    }
+
+    #[test]
+    fn open_compacts_and_append_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = k("p", "a");
+        let j = Journal::open(dir.path(), &Replay::default(), false).unwrap();
+        j.append(&[written(&a, 3)], false).unwrap();
+        drop(j);
+        let r = replay(dir.path()).unwrap();
+        assert_eq!(r.live[&a].seq, 3);
+        let _j = Journal::open(dir.path(), &r, false).unwrap();
+        assert_eq!(
+            journal_files(dir.path()).unwrap().len(),
+            2,
+            "snapshot + fresh append file"
+        );
+        assert_eq!(replay(dir.path()).unwrap().live[&a].seq, 3);
+    }
+}

@@ -1,0 +1,217 @@
+//! Graceful close and reopen: what survives, warm-up, directory ownership and format.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use spillway::{CacheBackend, CacheEntry, CacheTier, Error, InternalCacheKey};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_then_reopen_serves_every_entry_without_the_loader_and_warms_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 100;
+    {
+        let cache = small(dir.path()).build().await.unwrap();
+        for i in 0..n {
+            insert(&cache, &key("a", i), blob(i, 1)).await;
+        }
+        // Memory-only entries are not expected back.
+        let plain = InternalCacheKey::new("plain", "0", "Plain");
+        cache.insert(&plain, Arc::new(1u8) as CacheEntry, 1).await;
+        cache.close().await.unwrap();
+    }
+    let cache = small(dir.path()).build().await.unwrap();
+    let s = cache.stats();
+    assert_eq!(s.recovery.entries, n as u64, "{s:#?}");
+    assert!(s.recovery.bytes >= (n * VALUE) as u64);
+    wait_for_stats(&cache, "warm-up", |s| s.recovery.warm_done).await;
+    let s = cache.stats();
+    assert!(s.recovery.warmed > 5, "{s:#?}");
+    // The warmed entries are memory hits now.
+    let mut resident = Vec::new();
+    for i in 0..n {
+        if cache.peek_tier(&key("a", i)).await == CacheTier::Resident {
+            resident.push(i);
+        }
+    }
+    assert_eq!(resident.len() as u64, s.recovery.warmed);
+    // Warmed entries first (reading the others would promote them and evict these).
+    let order = resident
+        .iter()
+        .copied()
+        .chain((0..n).filter(|i| !resident.contains(i)));
+    for i in order {
+        let loader =
+            Box::pin(async move { panic!("loader ran for a/{i} after a graceful restart") });
+        let (entry, was_cached) = cache.get_or_insert(&key("a", i), loader).await.unwrap();
+        assert!(was_cached);
+        assert_eq!(as_blob(&entry), &blob(i, 1));
+    }
+    assert_eq!(
+        cache.stats().memory.hits as usize,
+        resident.len(),
+        "warm entries are memory hits"
+    );
+    let plain = InternalCacheKey::new("plain", "0", "Plain");
+    assert!(cache.get(&plain).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_up_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = small(dir.path()).build().await.unwrap();
+        insert(&cache, &key("a", 1), blob(1, 1)).await;
+        cache.close().await.unwrap();
+    }
+    let cache = small(dir.path()).warm_on_open(false).build().await.unwrap();
+    wait_for_stats(&cache, "warm-up", |s| s.recovery.warm_done).await;
+    assert_eq!(cache.stats().recovery.warmed, 0);
+    assert_eq!(cache.peek_tier(&key("a", 1)).await, CacheTier::Local);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaced_invalidated_and_cleared_entries_stay_dead_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = small(dir.path()).build().await.unwrap();
+        for i in 0..40 {
+            insert(&cache, &key("keep", i), blob(i, 1)).await;
+            insert(&cache, &key("drop", i), blob(i, 1)).await;
+        }
+        cache.flush().await;
+        // Replace some disk-resident keys; foyer still holds v1 for them.
+        for i in 0..10 {
+            insert(&cache, &key("keep", i), blob(i, 2)).await;
+        }
+        cache.invalidate_prefix("drop").await;
+        cache.close().await.unwrap();
+    }
+    for round in 0..2 {
+        let cache = small(dir.path()).build().await.unwrap();
+        for i in 0..40 {
+            assert!(
+                cache.get(&key("drop", i)).await.is_none(),
+                "round {round}: drop/{i} came back"
+            );
+            let e = cache
+                .get(&key("keep", i))
+                .await
+                .unwrap_or_else(|| panic!("keep/{i} lost"));
+            assert_eq!(
+                as_blob(&e),
+                &blob(i, if i < 10 { 2 } else { 1 }),
+                "round {round}: keep/{i}"
+            );
+        }
+        cache.close().await.unwrap();
+    }
+    {
+        let cache = small(dir.path()).build().await.unwrap();
+        cache.clear().await;
+        cache.close().await.unwrap();
+    }
+    let cache = small(dir.path()).build().await.unwrap();
+    assert_eq!(cache.stats().recovery.entries, 0);
+    assert!(cache.get(&key("keep", 20)).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_opener_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = small(dir.path()).build().await.unwrap();
+    let err = small(dir.path()).build().await.unwrap_err();
+    match &err {
+        Error::Locked { dir: d, holder } => {
+            assert_eq!(d, dir.path());
+            assert_eq!(*holder, Some(std::process::id()));
+        }
+        other => panic!("expected Error::Locked, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&dir.path().display().to_string()));
+    first.close().await.unwrap();
+    drop(first);
+    // Released with the cache.
+    small(dir.path())
+        .build()
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incompatible_directory_is_refused_or_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = small(dir.path()).build().await.unwrap();
+        insert(&cache, &key("a", 1), blob(1, 1)).await;
+        cache.close().await.unwrap();
+    }
+    let meta = dir.path().join("spillway.toml");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(
+        &meta,
+        text.replace("format_version = 1", "format_version = 99"),
+    )
+    .unwrap();
+    let err = small(dir.path()).build().await.unwrap_err();
+    assert!(matches!(err, Error::IncompatibleDir { .. }), "{err:?}");
+    assert!(err.to_string().contains("format_version: 99"), "{err}");
+
+    // A different block size is refused too.
+    std::fs::write(&meta, text).unwrap();
+    let err = small(dir.path())
+        .block_size(128 << 10)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IncompatibleDir { .. }), "{err:?}");
+
+    // Unless the config says to reset: then it opens empty.
+    let cache = small(dir.path())
+        .block_size(128 << 10)
+        .reset_incompatible(true)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(cache.stats().recovery.entries, 0);
+    assert!(cache.get(&key("a", 1)).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_reports_what_a_reopen_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = small(dir.path()).build().await.unwrap();
+        for i in 0..30 {
+            insert(&cache, &key("a", i), blob(i, 1)).await;
+        }
+        cache.close().await.unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["inspect", "--json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["recoverable_entries"], 30);
+    assert_eq!(report["format"]["block_size"], 64 << 10);
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("inspect")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("recoverable entries") && text.contains("30"),
+        "{text}"
+    );
+}
