@@ -268,9 +268,8 @@ impl TwoTierCacheBackend {
     ) {
         let codec = self.codec_for(key, codec);
         self.stats_ref().inserts.incr();
-        if codec.is_some() {
-            self.inner.spiller.make_room().await;
-        }
+        // Any insert may evict spillable entries, whatever its own type.
+        self.inner.spiller.make_room().await;
         self.note_write(size_bytes).await;
         let hash = key.disk_hash();
         let inner = &self.inner;

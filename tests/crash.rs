@@ -1,0 +1,460 @@
+//! Crash safety with real processes: this test binary re-runs itself as a
+//! child (selected by environment variables) that works on a cache and logs
+//! every operation before and after it; the parent kills it with SIGKILL at a
+//! random moment, reopens the directory and checks every key against the log:
+//! each read must be a miss or the latest acknowledged value (or the value of
+//! the one operation in flight at the kill) — never an older version, never an
+//! invalidated entry, never damaged bytes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use spillway::{CacheBackend, CacheEntry, CacheTier, InternalCacheKey, TwoTierBuilder};
+
+const ENV_DIR: &str = "SPILLWAY_CRASH_DIR";
+const ENV_LOG: &str = "SPILLWAY_CRASH_LOG";
+const ENV_SEED: &str = "SPILLWAY_CRASH_SEED";
+const ENV_SCENARIO: &str = "SPILLWAY_CRASH_SCENARIO";
+const PREFIXES: usize = 4;
+const KEYS_PER_PREFIX: usize = 12;
+const KEYS: usize = PREFIXES * KEYS_PER_PREFIX;
+const VALUE_LEN: usize = 3000;
+
+/// splitmix64: a seeded, dependency-free generator.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn prefix(i: usize) -> String {
+    format!("p{i}")
+}
+
+fn crash_key(k: usize) -> InternalCacheKey {
+    InternalCacheKey::new(
+        prefix(k / KEYS_PER_PREFIX),
+        (k % KEYS_PER_PREFIX).to_string(),
+        BLOB,
+    )
+}
+
+/// A value that names itself and can be checked for damage.
+fn value(id: u64) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..VALUE_LEN)
+        .map(|i| (id as usize).wrapping_mul(31).wrapping_add(i) as u8)
+        .collect();
+    v[..8].copy_from_slice(&id.to_le_bytes());
+    v
+}
+
+fn value_id(bytes: &[u8]) -> Option<u64> {
+    let id = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    (bytes == value(id).as_slice()).then_some(id)
+}
+
+fn builder(dir: &Path) -> TwoTierBuilder {
+    small(dir)
+        .memory_capacity(64 << 10)
+        .spill_queue_capacity(32 << 10)
+}
+
+// ---------------------------------------------------------------- the child
+
+/// The child's entry point; a no-op in a normal test run.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(ENV_DIR) else {
+        return;
+    };
+    let log = std::env::var(ENV_LOG).unwrap();
+    let seed: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
+    let scenario = std::env::var(ENV_SCENARIO).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(child(
+        PathBuf::from(dir),
+        PathBuf::from(log),
+        seed,
+        &scenario,
+    ));
+}
+
+struct Log(std::fs::File);
+impl Log {
+    /// One `write` per line: a line is in the kernel (and survives SIGKILL) once this returns.
+    fn line(&mut self, text: String) {
+        self.0.write_all(format!("{text}\n").as_bytes()).unwrap();
+    }
+}
+
+async fn child(dir: PathBuf, log: PathBuf, seed: u64, scenario: &str) {
+    let cache = builder(&dir)
+        .build()
+        .await
+        .expect("the child could not open the cache");
+    let mut log = Log(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap());
+    log.line("S".into());
+    let mut rng = Rng(seed);
+    // Ids unique across rounds: the seed differs per round.
+    let mut next_id = seed << 20;
+    let mut id = move || {
+        next_id += 1;
+        next_id
+    };
+    match scenario {
+        "random" => {
+            let mut model: HashMap<usize, Option<u64>> = HashMap::new();
+            loop {
+                let k = rng.below(KEYS as u64) as usize;
+                match rng.below(100) {
+                    0..45 => {
+                        let v = id();
+                        log.line(format!("B I {k} {v}"));
+                        cache
+                            .insert(&crash_key(k), Arc::new(value(v)) as CacheEntry, VALUE_LEN)
+                            .await;
+                        log.line("A".into());
+                        model.insert(k, Some(v));
+                    }
+                    45..60 => {
+                        let v = id();
+                        log.line(format!("B G {k} {v}"));
+                        let loader =
+                            Box::pin(
+                                async move { Ok((Arc::new(value(v)) as CacheEntry, VALUE_LEN)) },
+                            );
+                        let (entry, cached) =
+                            cache.get_or_insert(&crash_key(k), loader).await.unwrap();
+                        log.line(if cached { "A C" } else { "A L" }.into());
+                        if cached {
+                            check_in_child(&model, k, Some(&entry));
+                        } else {
+                            model.insert(k, Some(v));
+                        }
+                    }
+                    60..93 => {
+                        let got = cache.get(&crash_key(k)).await;
+                        check_in_child(&model, k, got.as_ref());
+                    }
+                    93..99 => {
+                        let p = k / KEYS_PER_PREFIX;
+                        log.line(format!("B P {p}"));
+                        cache.invalidate_prefix(&prefix(p)).await;
+                        log.line("A".into());
+                        for key in p * KEYS_PER_PREFIX..(p + 1) * KEYS_PER_PREFIX {
+                            model.insert(key, None);
+                        }
+                    }
+                    _ => {
+                        log.line("B C".into());
+                        cache.clear().await;
+                        log.line("A".into());
+                        for key in 0..KEYS {
+                            model.insert(key, None);
+                        }
+                    }
+                }
+            }
+        }
+        "replace" | "invalidate" | "clear" => {
+            for k in 0..2 * KEYS_PER_PREFIX {
+                let v = id();
+                log.line(format!("B I {k} {v}"));
+                cache
+                    .insert(&crash_key(k), Arc::new(value(v)) as CacheEntry, VALUE_LEN)
+                    .await;
+                log.line("A".into());
+            }
+            push_out(&cache).await;
+            for k in 0..2 * KEYS_PER_PREFIX {
+                assert_eq!(
+                    cache.peek_tier(&crash_key(k)).await,
+                    CacheTier::Local,
+                    "key {k} not spilled: {:#?}",
+                    cache.stats()
+                );
+            }
+            match scenario {
+                "replace" => {
+                    // v2 lives in memory only when the kill comes; v1 is on disk.
+                    for k in 0..KEYS_PER_PREFIX {
+                        let v = id();
+                        log.line(format!("B I {k} {v}"));
+                        cache
+                            .insert(&crash_key(k), Arc::new(value(v)) as CacheEntry, VALUE_LEN)
+                            .await;
+                        log.line("A".into());
+                    }
+                }
+                "invalidate" => {
+                    log.line("B P 0".into());
+                    cache.invalidate_prefix(&prefix(0)).await;
+                    log.line("A".into());
+                }
+                _ => {
+                    log.line("B C".into());
+                    cache.clear().await;
+                    log.line("A".into());
+                }
+            }
+            log.line("R".into());
+            std::future::pending::<()>().await;
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// Evicts everything spillable with memory-only fillers and waits for the spills.
+async fn push_out(cache: &spillway::TwoTierCacheBackend) {
+    for i in 0..40 {
+        let f = InternalCacheKey::new("filler", i.to_string(), "Plain");
+        cache
+            .insert(&f, Arc::new(()) as CacheEntry, VALUE_LEN)
+            .await;
+    }
+    cache.flush().await;
+}
+
+/// Within one process the rule is simple: a read returns nothing or the model's value.
+fn check_in_child(model: &HashMap<usize, Option<u64>>, k: usize, got: Option<&CacheEntry>) {
+    let Some(expected) = model.get(&k) else {
+        return;
+    };
+    if let Some(entry) = got {
+        let id = value_id(as_blob(entry));
+        if id.is_none() || id != *expected {
+            eprintln!(
+                "freshness violated in the child: key {k} read {id:?}, expected {expected:?}"
+            );
+            std::process::exit(3);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the parent
+
+enum Op {
+    Write(usize, u64),
+    LoaderWrite(usize, u64),
+    Invalidate(usize),
+    Clear,
+}
+
+/// What each key may read as, replayed from the log of every round so far.
+#[derive(Default)]
+struct Allowed {
+    acked: HashMap<usize, u64>,
+    in_flight: HashMap<usize, Vec<u64>>,
+}
+
+impl Allowed {
+    fn from_log(text: &str) -> Self {
+        let mut a = Allowed::default();
+        let mut pending: Option<Op> = None;
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            match f[0] {
+                // A new round: the operation the kill interrupted may or may not have happened.
+                "S" => a.maybe(pending.take()),
+                "B" => {
+                    let n = |i: usize| f[i].parse::<u64>().unwrap();
+                    pending = Some(match f[1] {
+                        "I" => Op::Write(n(2) as usize, n(3)),
+                        "G" => Op::LoaderWrite(n(2) as usize, n(3)),
+                        "P" => Op::Invalidate(n(2) as usize),
+                        _ => Op::Clear,
+                    });
+                }
+                "A" => match pending.take() {
+                    Some(Op::Write(k, v)) => a.set(k, Some(v)),
+                    Some(Op::LoaderWrite(k, v)) if f.get(1) == Some(&"L") => a.set(k, Some(v)),
+                    Some(Op::LoaderWrite(..)) | None => {}
+                    Some(Op::Invalidate(p)) => (p * KEYS_PER_PREFIX..(p + 1) * KEYS_PER_PREFIX)
+                        .for_each(|k| a.set(k, None)),
+                    Some(Op::Clear) => (0..KEYS).for_each(|k| a.set(k, None)),
+                },
+                _ => {}
+            }
+        }
+        a.maybe(pending);
+        a
+    }
+
+    fn set(&mut self, k: usize, v: Option<u64>) {
+        self.in_flight.remove(&k);
+        match v {
+            Some(v) => self.acked.insert(k, v),
+            None => self.acked.remove(&k),
+        };
+    }
+
+    fn maybe(&mut self, op: Option<Op>) {
+        if let Some(Op::Write(k, v) | Op::LoaderWrite(k, v)) = op {
+            self.in_flight.entry(k).or_default().push(v);
+        }
+    }
+
+    fn permits(&self, k: usize, id: u64) -> bool {
+        self.acked.get(&k) == Some(&id) || self.in_flight.get(&k).is_some_and(|v| v.contains(&id))
+    }
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// Runs one child until `ready` holds for its log, then SIGKILLs it.
+fn run_child(dir: &Path, log: &Path, seed: u64, scenario: &str, ready: impl Fn(&str) -> bool) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(ENV_DIR, dir)
+        .env(ENV_LOG, log)
+        .env(ENV_SEED, seed.to_string())
+        .env(ENV_SCENARIO, scenario)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the child exited by itself ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if ready(&std::fs::read_to_string(log).unwrap_or_default()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the child made no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// Reopens the directory and checks every key against the log.
+async fn check(dir: &Path, log: &Path, context: &str) -> usize {
+    let allowed = Allowed::from_log(&std::fs::read_to_string(log).unwrap());
+    let cache = builder(dir)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
+    let mut present = 0;
+    for k in 0..KEYS {
+        let Some(entry) = cache.get_without_promotion(&crash_key(k)).await else {
+            continue;
+        };
+        let id = value_id(as_blob(&entry))
+            .unwrap_or_else(|| panic!("{context}: key {k} read damaged bytes"));
+        assert!(
+            allowed.permits(k, id),
+            "{context}: key {k} read value {id}; acked {:?}, in flight {:?}",
+            allowed.acked.get(&k),
+            allowed.in_flight.get(&k)
+        );
+        present += 1;
+    }
+    cache.close().await.unwrap();
+    present
+}
+
+async fn random_rounds(seed: u64, rounds: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ops.log");
+    let cache_dir = dir.path().join("cache");
+    let mut rng = Rng(seed);
+    for round in 0..rounds {
+        let before = lines(&log);
+        let ops = 20 + rng.below(400) as usize;
+        let child_seed = (seed << 16) | round;
+        run_child(&cache_dir, &log, child_seed, "random", |text| {
+            text.lines().count() >= before + ops
+        });
+        check(&cache_dir, &log, &format!("seed {seed} round {round}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_operations_killed_at_random_moments_never_read_stale() {
+    for seed in 1..=3 {
+        random_rounds(seed, 4).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: cargo test --test crash -- --ignored"]
+async fn random_operations_killed_at_random_moments_never_read_stale_long() {
+    for seed in 100..120 {
+        random_rounds(seed, 15).await;
+    }
+}
+
+async fn scenario(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ops.log");
+    let cache_dir = dir.path().join("cache");
+    run_child(&cache_dir, &log, 7, name, |text| {
+        text.lines().any(|l| l == "R")
+    });
+    (dir, log, cache_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_after_spill_then_sigkill_never_returns_the_old_version() {
+    let (_dir, log, cache_dir) = scenario("replace").await;
+    // The checker refuses v1 for the replaced keys: v2 was acknowledged.
+    let present = check(&cache_dir, &log, "replace").await;
+    // The untouched keys of the second prefix were on disk and come back.
+    assert!(present >= KEYS_PER_PREFIX, "{present} keys recovered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_then_sigkill_then_graceful_restart_keeps_the_prefix_dead() {
+    let (_dir, log, cache_dir) = scenario("invalidate").await;
+    for context in ["after the kill", "after a graceful restart"] {
+        let present = check(&cache_dir, &log, context).await;
+        assert_eq!(
+            present, KEYS_PER_PREFIX,
+            "{context}: p1 survives whole, p0 not at all"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_then_sigkill_then_graceful_restart_keeps_everything_dead() {
+    let (_dir, log, cache_dir) = scenario("clear").await;
+    for context in ["after the kill", "after a graceful restart"] {
+        assert_eq!(check(&cache_dir, &log, context).await, 0, "{context}");
+    }
+}
