@@ -40,6 +40,22 @@ use crate::{
 /// * `size_bytes` is RAM: the memory tier plus the spill queue; both together
 ///   stay within `memory_capacity`.
 ///
+/// # Restarts and crashes
+///
+/// The directory is owned by one cache at a time (a lock file holds the
+/// owner's pid). A journal beside foyer's files records which disk record is
+/// current for each key; on open it is replayed, so entries written before a
+/// restart are served again without their loaders, and the entries that were
+/// in memory at [`close`](Self::close) are loaded back in the background.
+///
+/// * After `close()`, everything spillable that was resident is on disk too.
+/// * Dropping the cache without `close()` (or a crash) loses what was only in
+///   memory or still in the spill queue, and writes foyer had not finished;
+///   it never makes a read return an older version, an invalidated entry or
+///   damaged bytes. Replacements, invalidations and clears are durable
+///   against a process crash once the call returns, and against power loss
+///   too with the `fsync` setting.
+///
 /// ```
 /// use std::sync::Arc;
 /// use spillway::{CacheBackend, CacheEntry, CodecRegistry, InternalCacheKey, TwoTierCacheBackend};
@@ -539,6 +555,20 @@ impl TwoTierCacheBackend {
     /// ```
     pub fn memory_capacity(&self) -> u64 {
         self.inner.memory_capacity
+    }
+
+    /// Rewrites the journal as a snapshot of what is on disk now. The cache
+    /// does this by itself once enough has been appended; this forces it.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// cache.compact_journal().await;
+    /// # });
+    /// ```
+    pub async fn compact_journal(&self) {
+        self.inner.spiller.compact().await;
     }
 
     /// Spills every memory-resident entry that is not already on disk, waits

@@ -215,3 +215,50 @@ async fn inspect_reports_what_a_reopen_recovers() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_compaction_keeps_exactly_the_current_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = small(dir.path()).build().await.unwrap();
+    for version in 1..=3 {
+        for i in 0..60 {
+            insert(&cache, &key("a", i), blob(i, version)).await;
+        }
+        cache.flush().await;
+    }
+    cache.invalidate_prefix("a").await;
+    for i in 0..60 {
+        insert(&cache, &key("b", i), blob(i, 4)).await;
+    }
+    cache.flush().await;
+    let before = spillway::DirReport::read(dir.path()).unwrap();
+    cache.compact_journal().await;
+    let after = spillway::DirReport::read(dir.path()).unwrap();
+    assert_eq!(after.recoverable_entries, before.recoverable_entries);
+    assert_eq!(after.recoverable_entries, cache.stats().disk.entries);
+    assert!(
+        after.journal_facts < before.journal_facts,
+        "{} -> {}",
+        before.journal_facts,
+        after.journal_facts
+    );
+    let journals = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("journal.")
+        })
+        .count();
+    assert_eq!(journals, 2, "a snapshot and the file appended to since");
+    cache.close().await.unwrap();
+    drop(cache); // releases the directory lock
+    let cache = small(dir.path()).build().await.unwrap();
+    for i in 0..60 {
+        assert!(cache.get(&key("a", i)).await.is_none());
+        let e = cache.get(&key("b", i)).await.unwrap();
+        assert_eq!(as_blob(&e), &blob(i, 4));
+    }
+}
