@@ -38,6 +38,21 @@ pub struct DirMeta {
 pub(crate) struct CacheDir {
     root: PathBuf,
     _lock: File,
+    held: PathBuf,
+}
+
+/// Directories held by caches of this process. `flock` belongs to an open
+/// file description, which a child process shares between its `fork` and its
+/// `exec`: the lock can outlive the cache that took it by that moment. This
+/// registry tells such a leftover from a cache that really is still open.
+static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl Drop for CacheDir {
+    fn drop(&mut self) {
+        if let Ok(mut held) = HELD.lock() {
+            held.retain(|p| *p != self.held);
+        }
+    }
 }
 
 impl CacheDir {
@@ -46,10 +61,25 @@ impl CacheDir {
     /// reused when `reset` is set.
     pub(crate) fn open(root: &Path, expected: &DirMeta, reset: bool) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(|e| Error::io("create cache directory", root, e))?;
-        let lock = lock(root)?;
+        let held = root
+            .canonicalize()
+            .map_err(|e| Error::io("resolve cache directory", root, e))?;
+        let lock = {
+            let mut registry = HELD.lock().unwrap_or_else(|p| p.into_inner());
+            if registry.contains(&held) {
+                return Err(Error::Locked {
+                    dir: root.to_path_buf(),
+                    holder: Some(std::process::id()),
+                });
+            }
+            let lock = lock(root)?;
+            registry.push(held.clone());
+            lock
+        };
         let dir = Self {
             root: root.to_path_buf(),
             _lock: lock,
+            held,
         };
         let meta_path = root.join(META_FILE);
         match read_meta(&meta_path)? {
@@ -136,13 +166,21 @@ fn lock(root: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("open lock file", &path, e))?;
-    if file.try_lock().is_err() {
+    // No cache of this process holds the directory (the caller checked), so
+    // a lock naming this process is a child's inherited copy, gone at its
+    // `exec`: wait that out, briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while file.try_lock().is_err() {
         let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        return Err(Error::Locked {
-            dir: root.to_path_buf(),
-            holder: holder.trim().parse().ok(),
-        });
+        let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
+        let holder: Option<u32> = holder.trim().parse().ok();
+        if holder != Some(std::process::id()) || std::time::Instant::now() > deadline {
+            return Err(Error::Locked {
+                dir: root.to_path_buf(),
+                holder,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let pid = std::process::id().to_string();
     file.set_len(0)

@@ -224,10 +224,12 @@ impl TwoTierCacheBackend {
             background: Mutex::new(Vec::new()),
             _dir: parts.cache_dir,
         });
-        let worker = tokio::spawn(spiller.run(spill_rx));
+        // The worker holds the spiller, not the cache: it ends by itself
+        // when the cache (and with it moka's listener, the last sender) drops.
+        tokio::spawn(spiller.run(spill_rx));
         let maintenance =
             tokio::spawn(maintain(Arc::downgrade(&inner), parts.maintenance_interval));
-        inner.background.lock().extend([worker, maintenance]);
+        inner.background.lock().push(maintenance);
         let warm_keys = if parts.warm_on_open {
             parts.replay.resident
         } else {
@@ -399,9 +401,11 @@ impl TwoTierCacheBackend {
                     }
                     return Some(res.entry.clone());
                 }
-                Place::Disk => slot.seq,
+                // `on_disk`: moka is promoting or evicting this very version;
+                // the disk holds the same bytes.
+                Place::Disk | Place::Memory { on_disk: true } => slot.seq,
                 // moka has just evicted it and the listener has not run yet.
-                Place::Memory { .. } => return None,
+                Place::Memory { on_disk: false } => return None,
             }
         };
         let stats = self.stats_ref();
@@ -488,7 +492,12 @@ impl TwoTierCacheBackend {
                 } else {
                     let mut shard = inner.spiller.placements.lock(hash);
                     match shard.current(key, res.seq) {
-                        Some(slot) if matches!(slot.place, Place::Disk) => {
+                        Some(slot)
+                            if matches!(
+                                slot.place,
+                                Place::Disk | Place::Memory { on_disk: true }
+                            ) =>
+                        {
                             slot.place = Place::Memory { on_disk: true };
                             self.stats_ref().promotions.incr();
                             Op::Put(Arc::new(res))
@@ -586,6 +595,13 @@ impl TwoTierCacheBackend {
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        // Stop maintenance and warm-up, so that no background task keeps the
+        // cache (and its directory lock) alive once the caller drops it.
+        let tasks: Vec<_> = self.inner.background.lock().drain(..).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
         }
         self.inner.memory.run_pending_tasks().await;
         for (key, res) in self.inner.memory.iter() {

@@ -328,6 +328,19 @@ fn lines(path: &Path) -> usize {
 
 /// Runs one child until `ready` holds for its log, then SIGKILLs it.
 fn run_child(dir: &Path, log: &Path, seed: u64, scenario: &str, ready: impl Fn(&str) -> bool) {
+    let mut child = spawn_until(dir, log, seed, scenario, ready);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// Starts a child and returns it, still running, once `ready` holds for its log.
+fn spawn_until(
+    dir: &Path,
+    log: &Path,
+    seed: u64,
+    scenario: &str,
+    ready: impl Fn(&str) -> bool,
+) -> std::process::Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "crash_child",
@@ -359,8 +372,7 @@ fn run_child(dir: &Path, log: &Path, seed: u64, scenario: &str, ready: impl Fn(&
         assert!(Instant::now() < deadline, "the child made no progress");
         std::thread::sleep(Duration::from_millis(1));
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child
 }
 
 /// Reopens the directory and checks every key against the log.
@@ -457,4 +469,34 @@ async fn clear_then_sigkill_then_graceful_restart_keeps_everything_dead() {
     for context in ["after the kill", "after a graceful restart"] {
         assert_eq!(check(&cache_dir, &log, context).await, 0, "{context}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_held_by_another_process_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ops.log");
+    let cache_dir = dir.path().join("cache");
+    let mut child = spawn_until(&cache_dir, &log, 9, "clear", |text| {
+        text.lines().any(|l| l == "R")
+    });
+    let err = builder(&cache_dir).build().await.unwrap_err();
+    let holder = match &err {
+        spillway::Error::Locked { holder, .. } => *holder,
+        other => panic!("expected Error::Locked, got {other:?}"),
+    };
+    assert_eq!(holder, Some(child.id()), "{err}");
+    assert!(
+        err.to_string().contains(&format!("process {}", child.id())),
+        "{err}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The kernel releases the lock with the process.
+    builder(&cache_dir)
+        .build()
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
 }

@@ -87,6 +87,8 @@ async fn replaced_invalidated_and_cleared_entries_stay_dead_across_restarts() {
         }
         cache.invalidate_prefix("drop").await;
         cache.close().await.unwrap();
+        let s = cache.stats();
+        assert_eq!(s.spill.not_written.total(), 0, "{s:#?}");
     }
     for round in 0..2 {
         let cache = small(dir.path()).build().await.unwrap();

@@ -102,11 +102,17 @@ impl Gate {
     pub async fn reached(self: &Arc<Self>, n: usize) {
         let gate = self.clone();
         tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
             let mut s = gate.state.lock().unwrap();
             while s.1 < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} of {n} callers reached the gate",
+                    s.1
+                );
                 s = gate
                     .changed
-                    .wait_timeout(s, Duration::from_secs(30))
+                    .wait_timeout(s, Duration::from_secs(1))
                     .unwrap()
                     .0;
             }
