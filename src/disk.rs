@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    BlockEngineConfig, DeviceBuilder, FileDeviceBuilder, HybridCache, HybridCacheBuilder,
     IoEngineConfig, Load, PsyncIoEngineConfig, RecoverMode,
 };
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,11 @@ impl DiskTier {
                 message: e.to_string(),
             }
         };
-        let device = FsDeviceBuilder::new(&opts.dir)
+        // One file for the whole device, not one per block: foyer 0.22 never
+        // releases a device after close and drop (its flusher tasks and block
+        // manager reference each other), so each open keeps its descriptors
+        // for the life of the process. One file keeps that to one per open.
+        let device = FileDeviceBuilder::new(opts.dir.join("blocks"))
             .with_capacity(opts.capacity)
             .with_direct(opts.direct_io)
             .build()

@@ -1,14 +1,12 @@
 //! The `spillway` command line.
 
+mod bench;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use spillway::{
-    CacheBackend, CacheEntry, CodecRegistry, Config, InternalCacheKey, TwoTierCacheBackend,
-};
+use spillway::Config;
 
 #[derive(Parser)]
 #[command(
@@ -23,14 +21,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fill a cache past its memory budget, read everything back, print the statistics.
+    /// Measure spillway against moka alone and foyer's HybridCache; write a report and charts.
     Bench {
         /// TOML configuration (default: the embedded config/default.toml).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// A smaller working set.
+        /// A quarter of the work, two memory budgets.
         #[arg(long)]
         quick: bool,
+        /// Where report.json, report.md and the SVG charts go.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
     },
     /// Print the embedded default configuration.
     DefaultConfig,
@@ -51,7 +52,12 @@ fn main() -> ExitCode {
             print!("{}", spillway::DEFAULT_CONFIG_TOML);
             Ok(())
         }
-        Command::Bench { config, quick } => run_demo(config, quick),
+        Command::Bench { config, quick, out } => config
+            .map_or_else(
+                || Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML),
+                Config::from_file,
+            )
+            .and_then(|config| bench::run(bench::Options { config, quick, out })),
         Command::Inspect { dir, json } => inspect(&dir, json),
     };
     match result {
@@ -61,67 +67,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn run_demo(config: Option<PathBuf>, quick: bool) -> spillway::Result<()> {
-    let mut config = match config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML)?,
-    };
-    let scratch = tempfile::tempdir()
-        .map_err(|e| spillway::Error::io("create temporary directory", "/tmp", e))?;
-    if config.disk.dir.is_none() {
-        config.disk.dir = Some(scratch.path().to_path_buf());
-    }
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| spillway::Error::io("start runtime", "-", e))?;
-    runtime.block_on(async {
-        let codecs = CodecRegistry::new().register::<Vec<u8>>("Blob", 1)?;
-        let cache = TwoTierCacheBackend::from_config(&config, codecs).await?;
-        let value_size = 16 << 10;
-        let working_set = if quick { 2 } else { 4 } * config.memory.capacity.0;
-        let n = (working_set / value_size) as usize;
-        println!(
-            "inserting {n} values of {} KiB ({} MiB, memory budget {} MiB)",
-            value_size >> 10,
-            working_set >> 20,
-            config.memory.capacity.0 >> 20
-        );
-        let started = Instant::now();
-        for i in 0..n {
-            let key = InternalCacheKey::new("demo", i.to_string(), "Blob");
-            let value = vec![(i % 251) as u8; value_size as usize];
-            cache
-                .insert(&key, Arc::new(value) as CacheEntry, value_size as usize)
-                .await;
-        }
-        cache.flush().await;
-        let mut wrong = 0;
-        for i in 0..n {
-            let key = InternalCacheKey::new("demo", i.to_string(), "Blob");
-            if let Some(entry) = cache.get(&key).await {
-                let ok = entry
-                    .downcast_ref::<Vec<u8>>()
-                    .is_some_and(|v| v.iter().all(|b| *b == (i % 251) as u8));
-                wrong += usize::from(!ok);
-            }
-        }
-        let stats = cache.stats();
-        println!("done in {:.2?}; wrong values: {wrong}", started.elapsed());
-        println!(
-            "memory hits {:>8}   disk hits {:>8}   queue hits {:>6}   misses {:>8}",
-            stats.memory.hits, stats.disk.hits, stats.disk.queue_hits, stats.misses
-        );
-        println!(
-            "spilled     {:>8}   bytes     {:>8}   not written {:>5}   promotions {:>5}",
-            stats.spill.written,
-            stats.spill.written_bytes,
-            stats.spill.not_written.total(),
-            stats.memory.promotions
-        );
-        println!("not written by reason: {:?}", stats.spill.not_written);
-        cache.close().await
-    })
 }
 
 fn inspect(dir: &std::path::Path, json: bool) -> spillway::Result<()> {

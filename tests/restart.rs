@@ -264,3 +264,29 @@ async fn journal_compaction_keeps_exactly_the_current_state() {
         assert_eq!(as_blob(&e), &blob(i, 4));
     }
 }
+
+/// foyer 0.22 never releases a device after close and drop (its flusher
+/// tasks and block manager reference each other). spillway keeps the device
+/// in one file so that each open costs at most one descriptor, not one per
+/// block; a process reopening its cache many times must not run out of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_many_times_keeps_at_most_one_descriptor_per_open() {
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let dir = tempfile::tempdir().unwrap();
+    // Warm up once: the runtime and the test harness open descriptors too.
+    small(dir.path())
+        .build()
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let before = fds();
+    for _ in 0..10 {
+        let cache = small(dir.path()).build().await.unwrap();
+        insert(&cache, &key("a", 1), blob(1, 1)).await;
+        cache.close().await.unwrap();
+    }
+    let grown = fds().saturating_sub(before);
+    assert!(grown <= 10, "{grown} descriptors kept by 10 closed caches");
+}

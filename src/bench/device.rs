@@ -1,0 +1,76 @@
+//! The physical limit: sequential write bandwidth and 4 KiB random-read
+//! latency of the cache directory's filesystem, with O_DIRECT.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::workload::Rng;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeviceReport {
+    pub seq_write_mib_s: f64,
+    pub rand_read_4k_p50_us: f64,
+    pub rand_read_4k_p99_us: f64,
+    /// False when the filesystem refused O_DIRECT and buffered I/O was measured.
+    pub direct: bool,
+}
+
+/// A 4 KiB-aligned window into a larger vector: O_DIRECT needs aligned
+/// buffers, and this gets one without `unsafe`.
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    buf.resize(len + 4096, 0);
+    let offset = buf.as_ptr().align_offset(4096);
+    &mut buf[offset..offset + len]
+}
+
+pub fn measure(dir: &Path, total: usize) -> std::io::Result<DeviceReport> {
+    let path = dir.join("device-probe");
+    let open = |direct: bool| {
+        let mut o = OpenOptions::new();
+        o.create(true).read(true).write(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o.open(&path)
+    };
+    let (mut file, direct) = match open(true) {
+        Ok(f) => (f, true),
+        Err(_) => (open(false)?, false),
+    };
+    let chunk = 1 << 20;
+    let mut backing = Vec::new();
+    let buf = aligned(&mut backing, chunk);
+    buf.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+    let started = Instant::now();
+    for _ in 0..total / chunk {
+        file.write_all(buf)?;
+    }
+    file.sync_all()?;
+    let seq_write_mib_s = (total / chunk) as f64 / started.elapsed().as_secs_f64();
+
+    let mut rng = Rng::new(42);
+    let mut backing = Vec::new();
+    let page = aligned(&mut backing, 4096);
+    let pages = (total / 4096) as u64;
+    let mut lat = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let at = (rng.next_u64() % pages) * 4096;
+        let t = Instant::now();
+        file.read_exact_at(page, at)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    Ok(DeviceReport {
+        seq_write_mib_s,
+        rand_read_4k_p50_us: lat[lat.len() / 2],
+        rand_read_4k_p99_us: lat[lat.len() * 99 / 100],
+        direct,
+    })
+}

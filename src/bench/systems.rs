@@ -1,0 +1,156 @@
+//! The systems the bench compares, behind one small interface.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    PsyncIoEngineConfig, Source,
+};
+use spillway::{
+    CacheBackend, CacheEntry, CacheTier, CodecRegistry, Config, InternalCacheKey, MokaCacheBackend,
+    TwoTierCacheBackend,
+};
+
+use super::workload::value;
+
+/// Where a read was served from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    Memory,
+    Disk,
+    Loader,
+}
+
+pub const VALUE_TYPE: &str = "BenchValue";
+
+pub fn key(id: usize) -> InternalCacheKey {
+    InternalCacheKey::new("bench", id.to_string(), VALUE_TYPE)
+}
+
+/// A loader of configurable cost: it burns `cost` of CPU time, as a real
+/// loader (decompressing, parsing) would, then builds the value.
+pub fn load(id: usize, len: usize, cost: Duration) -> Vec<u8> {
+    let start = Instant::now();
+    let v = value(id, len);
+    while start.elapsed() < cost {
+        std::hint::spin_loop();
+    }
+    v
+}
+
+pub enum System {
+    Spillway(Arc<TwoTierCacheBackend>),
+    Moka(Arc<MokaCacheBackend>),
+    Foyer(HybridCache<u64, Bytes>),
+}
+
+impl System {
+    pub async fn spillway(config: &Config, dir: &Path) -> spillway::Result<Self> {
+        let mut config = config.clone();
+        config.disk.dir = Some(dir.to_path_buf());
+        let codecs = CodecRegistry::new().register::<Vec<u8>>(VALUE_TYPE, 1)?;
+        Ok(System::Spillway(Arc::new(
+            TwoTierCacheBackend::from_config(&config, codecs).await?,
+        )))
+    }
+
+    pub fn moka(config: &Config) -> Self {
+        System::Moka(Arc::new(MokaCacheBackend::with_capacity(
+            config.memory.capacity.0,
+        )))
+    }
+
+    /// foyer's own hybrid cache with the same memory and disk budgets.
+    pub async fn foyer(config: &Config, dir: &Path) -> anyhow_free::Result<Self> {
+        let d = &config.disk;
+        let device = FsDeviceBuilder::new(dir)
+            .with_capacity(d.capacity.as_usize())
+            .with_direct(d.direct_io)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let engine = BlockEngineConfig::new(device)
+            .with_block_size(d.block_size.as_usize())
+            .with_flushers(d.flushers)
+            .with_buffer_pool_size(d.buffer_pool.as_usize());
+        let cache = HybridCacheBuilder::new()
+            .with_name("bench-foyer")
+            .memory(config.memory.capacity.as_usize())
+            .with_weighter(|_k: &u64, v: &Bytes| v.len() + 8)
+            .storage()
+            .with_io_engine_config(PsyncIoEngineConfig::new())
+            .with_engine_config(engine)
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(System::Foyer(cache))
+    }
+
+    /// Look-aside read: on a miss, run the loader and insert.
+    pub async fn read(&self, id: usize, len: usize, cost: Duration) -> Served {
+        match self {
+            System::Spillway(c) => {
+                // `peek_tier` is no access; it only labels the read that follows.
+                let tier = c.peek_tier(&key(id)).await;
+                let served = self::read_backend(c.as_ref(), id, len, cost).await;
+                match (served, tier) {
+                    (Served::Loader, _) => Served::Loader,
+                    (_, CacheTier::Resident) => Served::Memory,
+                    _ => Served::Disk,
+                }
+            }
+            System::Moka(c) => read_backend(c.as_ref(), id, len, cost).await,
+            System::Foyer(c) => match c.get(&(id as u64)).await {
+                Ok(Some(e)) => match e.source() {
+                    Source::Disk => Served::Disk,
+                    _ => Served::Memory,
+                },
+                _ => {
+                    c.insert(id as u64, Bytes::from(load(id, len, cost)));
+                    Served::Loader
+                }
+            },
+        }
+    }
+
+    pub async fn write(&self, id: usize, len: usize) {
+        let v = value(id, len);
+        match self {
+            System::Spillway(c) => c.insert(&key(id), Arc::new(v) as CacheEntry, len).await,
+            System::Moka(c) => c.insert(&key(id), Arc::new(v) as CacheEntry, len).await,
+            System::Foyer(c) => {
+                c.insert(id as u64, Bytes::from(v));
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            System::Spillway(c) => {
+                let _ = c.close().await;
+            }
+            System::Moka(_) => {}
+            System::Foyer(c) => {
+                let _ = c.close().await;
+            }
+        }
+    }
+}
+
+async fn read_backend(c: &dyn CacheBackend, id: usize, len: usize, cost: Duration) -> Served {
+    if c.get(&key(id)).await.is_some() {
+        return Served::Memory;
+    }
+    let loader = Box::pin(async move { Ok((Arc::new(load(id, len, cost)) as CacheEntry, len)) });
+    match c.get_or_insert(&key(id), loader).await {
+        Ok((_, true)) => Served::Disk,
+        _ => Served::Loader,
+    }
+}
+
+/// Errors of the foyer baseline, which speaks its own error type.
+pub mod anyhow_free {
+    pub type Result<T> = std::result::Result<T, String>;
+}
