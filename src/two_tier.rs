@@ -368,15 +368,57 @@ impl TwoTierCacheBackend {
         codec: Option<Arc<dyn Codec>>,
         promote: bool,
     ) -> Option<CacheEntry> {
+        self.read(key, codec, promote).await.map(|(entry, _)| entry)
+    }
+
+    /// [`CacheBackend::get`] without the trait's boxed future: the memory-hit
+    /// path is moka's `get` and a counter. Method-call syntax on a
+    /// `TwoTierCacheBackend` picks this one.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// assert!(cache.get(&spillway::InternalCacheKey::new("p", "k", "T")).await.is_none());
+    /// # });
+    /// ```
+    pub async fn get(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
+        self.read(key, None, true).await.map(|(entry, _)| entry)
+    }
+
+    /// Like [`TwoTierCacheBackend::get`], also telling which tier served the
+    /// read (`Local`: the disk or the spill queue).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// use std::sync::Arc;
+    /// let key = spillway::InternalCacheKey::new("p", "k", "T");
+    /// cache.insert_with_codec(&key, Arc::new(1u8), 1, None).await;
+    /// let (_, tier) = cache.get_with_tier(&key).await.unwrap();
+    /// assert_eq!(tier, spillway::CacheTier::Resident);
+    /// # });
+    /// ```
+    pub async fn get_with_tier(&self, key: &InternalCacheKey) -> Option<(CacheEntry, CacheTier)> {
+        self.read(key, None, true).await
+    }
+
+    async fn read(
+        &self,
+        key: &InternalCacheKey,
+        codec: Option<Arc<dyn Codec>>,
+        promote: bool,
+    ) -> Option<(CacheEntry, CacheTier)> {
         if let Some(res) = self.inner.memory.get(key).await {
             self.stats_ref().memory_hits.incr();
-            return Some(res.entry.clone());
+            return Some((res.entry.clone(), CacheTier::Resident));
         }
         let found = self.lower_tiers(key, codec, promote, true).await;
         if found.is_none() {
             self.stats_ref().misses.incr();
         }
-        found
+        found.map(|entry| (entry, CacheTier::Local))
     }
 
     /// The spill queue and the disk tier, in that order.
@@ -682,7 +724,7 @@ async fn maintain(inner: Weak<Inner>, every: Duration) {
 #[async_trait]
 impl CacheBackend for TwoTierCacheBackend {
     async fn get(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
-        self.get_with_codec(key, None, true).await
+        TwoTierCacheBackend::get(self, key).await
     }
 
     async fn insert(&self, key: &InternalCacheKey, entry: CacheEntry, size_bytes: usize) {

@@ -64,6 +64,9 @@ pub struct RunReport {
     pub latency_disk: Latency,
     pub latency_miss: Latency,
     pub spill: Option<SpillReport>,
+    /// Hit ratio replaying the steady phase's operations just before the restart.
+    pub pre_restart_hit_ratio: Option<f64>,
+    /// Hit ratio replaying them right after reopening.
     pub restart_hit_ratio: Option<f64>,
     pub reopen_ms: Option<f64>,
 }
@@ -207,19 +210,15 @@ impl Report {
             meets: ratio >= 0.5,
         });
         for r in self.runs.iter().filter(|r| r.system == "spillway") {
-            if let Some(after) = r.restart_hit_ratio {
-                let ratio = if r.hit_ratio == 0.0 {
-                    1.0
-                } else {
-                    after / r.hit_ratio
-                };
+            if let (Some(after), Some(before)) = (r.restart_hit_ratio, r.pre_restart_hit_ratio) {
+                let ratio = if before == 0.0 { 1.0 } else { after / before };
                 let gib = r.disk_bytes as f64 / (1u64 << 30) as f64;
                 t.push(Target {
                     name: format!("warm restart at {:.0}% memory", r.memory_fraction * 100.0),
                     measured: format!(
-                        "hit ratio {:.3} after vs {:.3} before; reopen {:.1} ms/GiB",
+                        "hit ratio {:.4} after vs {:.4} before; reopen {:.1} ms/GiB",
                         after,
-                        r.hit_ratio,
+                        before,
                         r.reopen_ms.unwrap_or(0.0) / gib
                     ),
                     ratio,
