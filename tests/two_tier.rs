@@ -12,13 +12,18 @@ use spillway::{
 /// Entries of a type with no codec: they never spill, so inserting them
 /// evicts other entries without adding spill traffic of their own.
 async fn evict_with_plain_fillers(cache: &spillway::TwoTierCacheBackend, round: usize) {
+    insert_plain_fillers(cache, round).await;
+    cache.flush().await;
+}
+
+/// Inserts 320 KiB of memory-only entries (more than the memory tier holds).
+async fn insert_plain_fillers(cache: &spillway::TwoTierCacheBackend, round: usize) {
     for i in 0..40 {
         let k = InternalCacheKey::new("filler", format!("{round}-{i}"), "Plain");
         cache
             .insert(&k, Arc::new(vec![0u8; VALUE]) as CacheEntry, VALUE)
             .await;
     }
-    cache.flush().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -144,12 +149,7 @@ async fn replacing_a_key_whose_old_value_is_being_spilled_keeps_the_new_value() 
     let cache = small(dir.path()).codecs(codecs).build().await.unwrap();
     let k = key("a", 1);
     insert(&cache, &k, blob(1, 1)).await;
-    for i in 0..40 {
-        let f = InternalCacheKey::new("filler", i.to_string(), "Plain");
-        cache
-            .insert(&f, Arc::new(vec![0u8; VALUE]) as CacheEntry, VALUE)
-            .await;
-    }
+    insert_plain_fillers(&cache, 0).await;
     // The spill worker now holds v1 mid-encode.
     gate.reached(1).await;
     assert_eq!(cache.peek_tier(&k).await, CacheTier::Local);
@@ -181,12 +181,7 @@ async fn fill_and_hold_spills(gate: &Arc<Gate>, cache: &spillway::TwoTierCacheBa
         insert(cache, &key("a/x", i), blob(i, 1)).await;
         insert(cache, &key("b/x", i), blob(i, 1)).await;
     }
-    for i in 0..40 {
-        let f = InternalCacheKey::new("filler", i.to_string(), "Plain");
-        cache
-            .insert(&f, Arc::new(vec![0u8; VALUE]) as CacheEntry, VALUE)
-            .await;
-    }
+    insert_plain_fillers(cache, 0).await;
     gate.reached(1).await;
 }
 
