@@ -1,0 +1,442 @@
+//! `TwoTierCacheBackend`: moka in front, foyer behind, one `CacheBackend`.
+//!
+//! `read` holds the read path and promotion, `write` inserts and removals,
+//! `lifecycle` closing and the background tasks; this file the state they
+//! share, construction, statistics and the `CacheBackend` impl.
+
+mod lifecycle;
+mod read;
+mod write;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moka::future::Cache;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::backend::Loader;
+use crate::builder::TwoTierBuilder;
+use crate::cache_dir::CacheDir;
+use crate::disk::DiskTier;
+use crate::journal::{Fact, Journal, Replay};
+use crate::placement::{Place, Placements, Resident, Slot};
+use crate::single_flight::SingleFlight;
+use crate::spill::{release_queued, SpillItem, Spiller};
+use crate::stats::Stats;
+use crate::weigher::ByteWeigher;
+use crate::{
+    CacheBackend, CacheEntry, CacheTier, Codec, CodecRegistry, Config, InternalCacheKey, Result,
+    StatsSnapshot,
+};
+use lifecycle::{maintain, warm};
+
+/// A cache whose memory tier (moka) spills capacity evictions to a disk tier
+/// (foyer) and promotes disk hits back into memory.
+///
+/// * Reads look in memory, then in the queue of entries being spilled, then
+///   on disk; a disk hit is decoded and admitted to memory again.
+/// * Only capacity evictions spill, in the background; entries whose
+///   `type_name` has no codec live in memory only.
+/// * A read never returns a version older than the latest insert of its key,
+///   nor anything invalidated or cleared after it was written.
+/// * `size_bytes` is RAM: the memory tier plus the spill queue; both together
+///   stay within `memory_capacity`.
+///
+/// # Restarts and crashes
+///
+/// The directory is owned by one cache at a time (a lock file holds the
+/// owner's pid). A journal beside foyer's files records which disk record is
+/// current for each key; on open it is replayed, so entries written before a
+/// restart are served again without their loaders, and the entries that were
+/// in memory at [`close`](Self::close) are loaded back in the background.
+///
+/// * After `close()`, everything spillable that was resident is on disk too.
+/// * Dropping the cache without `close()` (or a crash) loses what was only in
+///   memory or still in the spill queue, and writes foyer had not finished;
+///   it never makes a read return an older version, an invalidated entry or
+///   damaged bytes. Replacements, invalidations and clears are durable
+///   against a process crash once the call returns, and against power loss
+///   too with the `fsync` setting.
+///
+/// ```
+/// use std::sync::Arc;
+/// use spillway::{CacheBackend, CacheEntry, CodecRegistry, InternalCacheKey, TwoTierCacheBackend};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = TwoTierCacheBackend::builder()
+///     .memory_capacity(1 << 20)
+///     .disk_capacity(64 << 20)
+///     .disk_dir(dir.path())
+///     .codecs(CodecRegistry::new().register::<String>("String", 1).unwrap())
+///     .build()
+///     .await
+///     .unwrap();
+/// let key = InternalCacheKey::new("docs", "greeting", "String");
+/// cache.insert(&key, Arc::new(String::from("hello")) as CacheEntry, 5).await;
+/// let hit = cache.get(&key).await.unwrap();
+/// assert_eq!(hit.downcast_ref::<String>().unwrap(), "hello");
+/// cache.close().await.unwrap();
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct TwoTierCacheBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    memory: Cache<InternalCacheKey, Arc<Resident>>,
+    weigher: ByteWeigher,
+    memory_capacity: u64,
+    spiller: Arc<Spiller>,
+    spill_tx: mpsc::UnboundedSender<SpillItem>,
+    codecs: CodecRegistry,
+    flights: SingleFlight,
+    seq: AtomicU64,
+    /// Bytes written to moka since its maintenance last ran; see `note_write`.
+    unmaintained: AtomicU64,
+    /// When `unmaintained` reaches this, the writer runs maintenance itself.
+    maintain_every: u64,
+    closed: AtomicBool,
+    background: Mutex<Vec<JoinHandle<()>>>,
+    /// Holds the directory lock; declared last so it is released last.
+    _dir: CacheDir,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self.background.get_mut().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Everything `build` needs, validated.
+pub(crate) struct Parts {
+    pub memory_capacity: u64,
+    pub spill_queue_capacity: u64,
+    pub eviction_policy: moka::policy::EvictionPolicy,
+    pub maintenance_interval: Duration,
+    pub codecs: CodecRegistry,
+    pub disk: DiskTier,
+    pub journal: Journal,
+    pub replay: Replay,
+    pub recovery_time: Duration,
+    pub warm_on_open: bool,
+    pub cache_dir: CacheDir,
+}
+
+impl std::fmt::Debug for TwoTierCacheBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwoTierCacheBackend")
+            .field("memory_capacity", &self.inner.memory_capacity)
+            .field("disk", &self.inner.spiller.disk)
+            .finish()
+    }
+}
+
+impl TwoTierCacheBackend {
+    /// Starts building a cache; see [`TwoTierBuilder`] for every setting.
+    ///
+    /// ```
+    /// let builder = spillway::TwoTierCacheBackend::builder().memory_capacity(256 << 20);
+    /// # let _ = builder;
+    /// ```
+    pub fn builder() -> TwoTierBuilder {
+        TwoTierBuilder::default()
+    }
+
+    /// Builds a cache from a parsed [`Config`].
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut config = spillway::Config::default();
+    /// config.disk.dir = Some(dir.path().to_path_buf());
+    /// config.disk.capacity = spillway::ByteSize(64 << 20);
+    /// let cache = spillway::TwoTierCacheBackend::from_config(&config, spillway::CodecRegistry::new())
+    ///     .await
+    ///     .unwrap();
+    /// cache.close().await.unwrap();
+    /// # });
+    /// ```
+    pub async fn from_config(config: &Config, codecs: CodecRegistry) -> Result<Self> {
+        TwoTierBuilder::from_config(config)
+            .codecs(codecs)
+            .build()
+            .await
+    }
+
+    pub(crate) fn start(parts: Parts) -> Self {
+        let weigher = ByteWeigher::for_capacity(parts.memory_capacity);
+        let hot_capacity = parts
+            .memory_capacity
+            .saturating_sub(parts.spill_queue_capacity);
+        let placements = Placements::new(64);
+        let mut recovered_bytes = 0;
+        for (key, r) in &parts.replay.live {
+            recovered_bytes += u64::from(r.len);
+            let slot = Slot {
+                seq: r.seq,
+                place: Place::Disk,
+                size: r.size,
+                record_len: r.len,
+            };
+            placements.lock(key.disk_hash()).insert(key.clone(), slot);
+        }
+        let spiller = Arc::new(Spiller::new(
+            placements,
+            parts.disk,
+            parts.journal,
+            parts.spill_queue_capacity,
+        ));
+        *spiller.stats.recovery.lock() = crate::RecoveryStats {
+            entries: parts.replay.live.len() as u64,
+            bytes: recovered_bytes,
+            millis: parts.recovery_time.as_millis() as u64,
+            torn_journal_tails: parts.replay.torn_tails,
+            ..Default::default()
+        };
+        let (spill_tx, spill_rx) = mpsc::unbounded_channel();
+        let listener_spiller = spiller.clone();
+        let listener_tx = spill_tx.clone();
+        let memory = Cache::builder()
+            .max_capacity(weigher.units(hot_capacity))
+            .eviction_policy(parts.eviction_policy)
+            .weigher(move |k: &InternalCacheKey, r: &Arc<Resident>| {
+                weigher.weigh(k.footprint().saturating_add(r.size))
+            })
+            .eviction_listener(move |key, res, cause| {
+                if cause.was_evicted() {
+                    listener_spiller.offer(&key, res, &listener_tx);
+                }
+            })
+            .build();
+        let inner = Arc::new(Inner {
+            memory,
+            weigher,
+            memory_capacity: parts.memory_capacity,
+            spiller: spiller.clone(),
+            spill_tx,
+            codecs: parts.codecs,
+            flights: SingleFlight::default(),
+            seq: AtomicU64::new(parts.replay.next_seq),
+            unmaintained: AtomicU64::new(0),
+            maintain_every: (parts.spill_queue_capacity / 4).max(1),
+            closed: AtomicBool::new(false),
+            background: Mutex::new(Vec::new()),
+            _dir: parts.cache_dir,
+        });
+        // The worker holds the spiller, not the cache: it ends by itself
+        // when the cache (and with it moka's listener, the last sender) drops.
+        tokio::spawn(spiller.run(spill_rx));
+        let maintenance =
+            tokio::spawn(maintain(Arc::downgrade(&inner), parts.maintenance_interval));
+        inner.background.lock().push(maintenance);
+        let warm_keys = if parts.warm_on_open {
+            parts.replay.resident
+        } else {
+            Vec::new()
+        };
+        let warmer = tokio::spawn(warm(Arc::downgrade(&inner), warm_keys, hot_capacity));
+        inner.background.lock().push(warmer);
+        Self { inner }
+    }
+
+    /// The next sequence number, covered by a durable reservation.
+    fn next_seq(&self) -> u64 {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.inner.spiller.journal.reserve(seq) {
+            tracing::error!(error = %e, "cannot reserve sequence numbers in the journal");
+            self.stats_ref().journal_errors.incr();
+        }
+        seq
+    }
+
+    fn stats_ref(&self) -> &Stats {
+        &self.inner.spiller.stats
+    }
+
+    fn codec_for(
+        &self,
+        key: &InternalCacheKey,
+        given: Option<Arc<dyn Codec>>,
+    ) -> Option<Arc<dyn Codec>> {
+        given.or_else(|| self.inner.codecs.get(key.type_name()).cloned())
+    }
+
+    /// Runs moka's pending maintenance (evictions and their spills are queued
+    /// by it), then waits until every queued spill is written or counted.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// cache.flush().await;
+    /// assert_eq!(cache.stats().spill.queue_entries, 0);
+    /// # });
+    /// ```
+    pub async fn flush(&self) {
+        self.inner.memory.run_pending_tasks().await;
+        self.inner.spiller.drained().await;
+    }
+
+    /// Both tiers' statistics.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// let stats = cache.stats();
+    /// assert_eq!(stats.disk.capacity, 64 << 20);
+    /// # });
+    /// ```
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut s = self.stats_ref().snapshot();
+        s.memory.entries = self.inner.memory.entry_count();
+        s.memory.bytes = self.inner.weigher.bytes(self.inner.memory.weighted_size());
+        s.disk.bytes_written = self.inner.spiller.disk.bytes_written();
+        s.disk.capacity = self.inner.spiller.disk.capacity() as u64;
+        let mut on_disk = 0;
+        self.inner.spiller.placements.for_each(|_, slot| {
+            if matches!(slot.place, Place::Disk | Place::Memory { on_disk: true }) {
+                on_disk += 1;
+            }
+        });
+        s.disk.entries = on_disk;
+        s
+    }
+
+    /// The memory budget in bytes (memory tier plus spill queue).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let cache = spillway::TwoTierCacheBackend::builder()
+    ///     .memory_capacity(32 << 20).disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// assert_eq!(cache.memory_capacity(), 32 << 20);
+    /// # });
+    /// ```
+    pub fn memory_capacity(&self) -> u64 {
+        self.inner.memory_capacity
+    }
+}
+
+#[async_trait]
+impl CacheBackend for TwoTierCacheBackend {
+    async fn get(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
+        TwoTierCacheBackend::get(self, key).await
+    }
+
+    async fn insert(&self, key: &InternalCacheKey, entry: CacheEntry, size_bytes: usize) {
+        self.insert_with_codec(key, entry, size_bytes, None).await;
+    }
+
+    async fn get_or_insert<'a>(
+        &self,
+        key: &InternalCacheKey,
+        loader: Loader<'a>,
+    ) -> Result<(CacheEntry, bool)> {
+        if let Some(res) = self.inner.memory.get(key).await {
+            self.stats_ref().memory_hits.incr();
+            return Ok((res.entry.clone(), true));
+        }
+        self.inner
+            .flights
+            .get_or_insert(
+                self.stats_ref(),
+                key,
+                loader,
+                || self.get_with_codec(key, None, true),
+                |entry, size| self.insert_with_codec(key, entry, size, None),
+            )
+            .await
+    }
+
+    async fn invalidate_prefix(&self, prefix: &str) {
+        let spiller = &self.inner.spiller;
+        let _admin = spiller.admin.lock().await;
+        // Journaled first: once this is written, a crash at any later point
+        // cannot bring back what was under the prefix.
+        let seq = self.next_seq();
+        let fact = Fact::Invalidated {
+            prefix: prefix.to_string(),
+            seq,
+        };
+        spiller.journal_append(&[fact], true);
+        let mut doomed = Vec::new();
+        self.inner.spiller.placements.for_each(|key, _| {
+            if key.starts_with(prefix) {
+                doomed.push(key.clone());
+            }
+        });
+        for key in doomed {
+            self.remove(&key).await;
+        }
+    }
+
+    async fn clear(&self) {
+        let spiller = &self.inner.spiller;
+        let _admin = spiller.admin.lock().await;
+        let seq = self.next_seq();
+        spiller.journal_append(&[Fact::Cleared { seq }], true);
+        let stats = self.stats_ref();
+        self.inner
+            .spiller
+            .placements
+            .drain(|_, slot| release_queued(stats, &slot.place));
+        self.inner.memory.invalidate_all();
+        if let Err(e) = self.inner.spiller.disk.clear().await {
+            tracing::error!(error = %e, "clearing the disk tier failed; its records stay unreachable");
+        }
+        self.inner.memory.run_pending_tasks().await;
+    }
+
+    async fn num_entries(&self) -> usize {
+        self.inner.memory.run_pending_tasks().await;
+        let disk = &self.inner.spiller.disk;
+        let mut n = 0;
+        self.inner
+            .spiller
+            .placements
+            .for_each(|key, slot| match slot.place {
+                Place::Disk => n += usize::from(disk.contains(key.disk_hash())),
+                _ => n += 1,
+            });
+        n
+    }
+
+    async fn size_bytes(&self) -> usize {
+        self.inner.memory.run_pending_tasks().await;
+        self.approx_size_bytes()
+    }
+
+    fn approx_num_entries(&self) -> usize {
+        self.inner.spiller.placements.len()
+    }
+
+    fn approx_size_bytes(&self) -> usize {
+        let memory = self.inner.weigher.bytes(self.inner.memory.weighted_size());
+        (memory + self.stats_ref().queue_bytes.get()) as usize
+    }
+
+    async fn peek_tier(&self, key: &InternalCacheKey) -> CacheTier {
+        if self.inner.memory.contains_key(key) {
+            return CacheTier::Resident;
+        }
+        let hash = key.disk_hash();
+        let shard = self.inner.spiller.placements.lock(hash);
+        match shard.get(key).map(|s| &s.place) {
+            Some(Place::Queued(_) | Place::Writing(_)) => CacheTier::Local,
+            Some(Place::Disk) if self.inner.spiller.disk.contains(hash) => CacheTier::Local,
+            _ => CacheTier::Absent,
+        }
+    }
+
+    async fn get_without_promotion(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
+        self.get_with_codec(key, None, false).await
+    }
+}

@@ -1,0 +1,215 @@
+//! The read path: memory, then the spill queue, then the disk; promotion.
+
+use std::future::ready;
+use std::sync::Arc;
+
+use moka::ops::compute::Op;
+
+use super::TwoTierCacheBackend;
+use crate::envelope;
+use crate::placement::{Place, Resident};
+use crate::stats::DecodeMiss;
+use crate::{CacheEntry, CacheTier, Codec, CodecError, InternalCacheKey};
+
+impl TwoTierCacheBackend {
+    /// Reads with an explicit codec for decoding a disk record (see
+    /// [`TwoTierCacheBackend::insert_with_codec`]).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// let key = spillway::InternalCacheKey::new("p", "missing", "u64");
+    /// assert!(cache.get_with_codec(&key, None, true).await.is_none());
+    /// # });
+    /// ```
+    pub async fn get_with_codec(
+        &self,
+        key: &InternalCacheKey,
+        codec: Option<Arc<dyn Codec>>,
+        promote: bool,
+    ) -> Option<CacheEntry> {
+        self.read(key, codec, promote).await.map(|(entry, _)| entry)
+    }
+
+    /// [`CacheBackend::get`] without the trait's boxed future: the memory-hit
+    /// path is moka's `get` and a counter. Method-call syntax on a
+    /// `TwoTierCacheBackend` picks this one.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// assert!(cache.get(&spillway::InternalCacheKey::new("p", "k", "T")).await.is_none());
+    /// # });
+    /// ```
+    pub async fn get(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
+        self.read(key, None, true).await.map(|(entry, _)| entry)
+    }
+
+    /// Like [`TwoTierCacheBackend::get`], also telling which tier served the
+    /// read (`Local`: the disk or the spill queue).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// use std::sync::Arc;
+    /// let key = spillway::InternalCacheKey::new("p", "k", "T");
+    /// cache.insert_with_codec(&key, Arc::new(1u8), 1, None).await;
+    /// let (_, tier) = cache.get_with_tier(&key).await.unwrap();
+    /// assert_eq!(tier, spillway::CacheTier::Resident);
+    /// # });
+    /// ```
+    pub async fn get_with_tier(&self, key: &InternalCacheKey) -> Option<(CacheEntry, CacheTier)> {
+        self.read(key, None, true).await
+    }
+
+    pub(super) async fn read(
+        &self,
+        key: &InternalCacheKey,
+        codec: Option<Arc<dyn Codec>>,
+        promote: bool,
+    ) -> Option<(CacheEntry, CacheTier)> {
+        if let Some(res) = self.inner.memory.get(key).await {
+            self.stats_ref().memory_hits.incr();
+            return Some((res.entry.clone(), CacheTier::Resident));
+        }
+        let found = self.lower_tiers(key, codec, promote, true).await;
+        if found.is_none() {
+            self.stats_ref().misses.incr();
+        }
+        found.map(|entry| (entry, CacheTier::Local))
+    }
+
+    /// The spill queue and the disk tier, in that order.
+    /// `count`: whether a hit counts as a read (warming reads do not).
+    pub(super) async fn lower_tiers(
+        &self,
+        key: &InternalCacheKey,
+        codec: Option<Arc<dyn Codec>>,
+        promote: bool,
+        count: bool,
+    ) -> Option<CacheEntry> {
+        let hash = key.disk_hash();
+        let seq = {
+            let shard = self.inner.spiller.placements.lock(hash);
+            let slot = shard.get(key)?;
+            match &slot.place {
+                // Not promoted: it is about to land on disk, and the next read
+                // after that promotes it.
+                Place::Queued(res) | Place::Writing(res) => {
+                    if count {
+                        self.stats_ref().queue_hits.incr();
+                    }
+                    return Some(res.entry.clone());
+                }
+                // `on_disk`: moka is promoting or evicting this very version;
+                // the disk holds the same bytes.
+                Place::Disk | Place::Memory { on_disk: true } => slot.seq,
+                // moka has just evicted it and the listener has not run yet.
+                Place::Memory { on_disk: false } => return None,
+            }
+        };
+        let stats = self.stats_ref();
+        let disk = &self.inner.spiller.disk;
+        let bytes = match disk.load(hash).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                stats.disk_vanished.incr();
+                self.forget(key, hash, seq, false);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "disk read failed; treated as a miss");
+                stats.disk_vanished.incr();
+                self.forget(key, hash, seq, false);
+                return None;
+            }
+        };
+        let decoded = envelope::open(&bytes).and_then(|record| {
+            if !record.is_for(key) || record.seq != seq {
+                return Err(DecodeMiss::KeyMismatch);
+            }
+            let codec = self.codec_for(key, codec).ok_or(DecodeMiss::NoCodec)?;
+            let entry = codec
+                .decode(record.type_version, record.payload)
+                .map_err(|e| match e {
+                    CodecError::Version { .. } => DecodeMiss::Incompatible,
+                    CodecError::Failed(_) => DecodeMiss::Codec,
+                })?;
+            Ok(Resident {
+                entry,
+                size: record.size_bytes as usize,
+                seq,
+                codec: Some(codec),
+            })
+        });
+        let res = match decoded {
+            Ok(res) => res,
+            Err(reason) => {
+                tracing::debug!(key = %key, ?reason, "disk record refused; treated as a miss");
+                stats.decode_miss(reason);
+                // A record of another key (hash collision) is that key's to keep.
+                self.forget(key, hash, seq, reason != DecodeMiss::KeyMismatch);
+                return None;
+            }
+        };
+        if count {
+            stats.disk_hits.incr();
+        }
+        let entry = res.entry.clone();
+        if promote {
+            let size = res.size;
+            self.promote(key, hash, res).await;
+            self.note_write(size).await;
+        }
+        Some(entry)
+    }
+
+    /// Drops the slot of a disk version that turned out unreadable.
+    pub(super) fn forget(&self, key: &InternalCacheKey, hash: u64, seq: u64, delete: bool) {
+        let mut shard = self.inner.spiller.placements.lock(hash);
+        if shard
+            .current(key, seq)
+            .is_some_and(|s| matches!(s.place, Place::Disk))
+        {
+            shard.remove(key);
+            if delete {
+                self.inner.spiller.disk.delete(hash);
+            }
+        }
+    }
+
+    /// Admits a disk hit to memory, unless the key changed meanwhile. Runs
+    /// under moka's per-key lock, like inserts, so a promotion can never
+    /// overwrite a newer insert.
+    pub(super) async fn promote(&self, key: &InternalCacheKey, hash: u64, res: Resident) {
+        let inner = &self.inner;
+        inner
+            .memory
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let op = if current.is_some() {
+                    Op::Nop
+                } else {
+                    let mut shard = inner.spiller.placements.lock(hash);
+                    match shard.current(key, res.seq) {
+                        Some(slot)
+                            if matches!(
+                                slot.place,
+                                Place::Disk | Place::Memory { on_disk: true }
+                            ) =>
+                        {
+                            slot.place = Place::Memory { on_disk: true };
+                            self.stats_ref().promotions.incr();
+                            Op::Put(Arc::new(res))
+                        }
+                        _ => Op::Nop,
+                    }
+                };
+                ready(op)
+            })
+            .await;
+    }
+}
