@@ -20,6 +20,9 @@ pub enum CodecError {
         /// The version this codec reads and writes.
         expected: u32,
     },
+    /// The record is of a version or kind this codec declines to read.
+    #[error("incompatible record: {0}")]
+    Incompatible(String),
     /// The value is not of the codec's type (encode) or the bytes do not parse (decode).
     #[error("{0}")]
     Failed(String),

@@ -57,6 +57,8 @@ mod error;
 mod inspect;
 mod journal;
 mod key;
+#[cfg(feature = "lance")]
+pub mod lance;
 mod memory;
 mod placement;
 mod single_flight;

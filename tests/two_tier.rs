@@ -499,3 +499,23 @@ async fn build_fails_clearly_on_a_bad_directory() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_without_the_codec_misses_but_leaves_the_record_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = small(dir.path()).build().await.unwrap();
+    let codec: Arc<dyn Codec> = Arc::new(SerdeCodec::<Vec<u8>>::new(1));
+    // A per-call codec: the registry knows nothing of this type.
+    let k = InternalCacheKey::new("p", "k", "PerCall");
+    cache
+        .insert_with_codec(&k, Arc::new(blob(1, 1)), VALUE, Some(codec.clone()))
+        .await;
+    evict_with_plain_fillers(&cache, 0).await;
+    assert!(cache.get(&k).await.is_none());
+    assert_eq!(cache.stats().decode_misses.no_codec, 1);
+    let e = cache
+        .get_with_codec(&k, Some(codec), true)
+        .await
+        .expect("record kept");
+    assert_eq!(as_blob(&e), &blob(1, 1));
+}

@@ -340,20 +340,7 @@ impl CacheBackend for TwoTierCacheBackend {
         key: &InternalCacheKey,
         loader: Loader<'a>,
     ) -> Result<(CacheEntry, bool)> {
-        if let Some(res) = self.inner.memory.get(key).await {
-            self.stats_ref().memory_hits.incr();
-            return Ok((res.entry.clone(), true));
-        }
-        self.inner
-            .flights
-            .get_or_insert(
-                self.stats_ref(),
-                key,
-                loader,
-                || self.get_with_codec(key, None, true),
-                |entry, size| self.insert_with_codec(key, entry, size, None),
-            )
-            .await
+        self.get_or_insert_with_codec(key, loader, None).await
     }
 
     async fn invalidate_prefix(&self, prefix: &str) {
@@ -438,5 +425,45 @@ impl CacheBackend for TwoTierCacheBackend {
 
     async fn get_without_promotion(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
         self.get_with_codec(key, None, false).await
+    }
+}
+
+impl TwoTierCacheBackend {
+    /// [`CacheBackend::get_or_insert`] with an explicit codec for decoding a
+    /// disk hit and for spilling the loaded entry (see
+    /// [`TwoTierCacheBackend::insert_with_codec`]).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// use std::sync::Arc;
+    /// let key = spillway::InternalCacheKey::new("p", "k", "u64");
+    /// let loader = Box::pin(async { Ok((Arc::new(1u64) as spillway::CacheEntry, 8)) });
+    /// let (_, cached) = cache.get_or_insert_with_codec(&key, loader, None).await?;
+    /// assert!(!cached);
+    /// # Ok::<(), spillway::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn get_or_insert_with_codec<'a>(
+        &self,
+        key: &InternalCacheKey,
+        loader: Loader<'a>,
+        codec: Option<Arc<dyn Codec>>,
+    ) -> Result<(CacheEntry, bool)> {
+        if let Some(res) = self.inner.memory.get(key).await {
+            self.stats_ref().memory_hits.incr();
+            return Ok((res.entry.clone(), true));
+        }
+        self.inner
+            .flights
+            .get_or_insert(
+                self.stats_ref(),
+                key,
+                loader,
+                || self.get_with_codec(key, codec.clone(), true),
+                |entry, size| self.insert_with_codec(key, entry, size, codec.clone()),
+            )
+            .await
     }
 }

@@ -47,6 +47,21 @@ impl TwoTierCacheBackend {
         self.read(key, None, true).await.map(|(entry, _)| entry)
     }
 
+    /// The memory tier only: no disk read, no promotion.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// assert!(cache.get_resident(&spillway::InternalCacheKey::new("p", "k", "T")).await.is_none());
+    /// # });
+    /// ```
+    pub async fn get_resident(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
+        let res = self.inner.memory.get(key).await?;
+        self.stats_ref().memory_hits.incr();
+        Some(res.entry.clone())
+    }
+
     /// Like [`TwoTierCacheBackend::get`], also telling which tier served the
     /// read (`Local`: the disk or the spill queue).
     ///
@@ -112,6 +127,14 @@ impl TwoTierCacheBackend {
             }
         };
         let stats = self.stats_ref();
+        // Without a codec this reader cannot decode the record, but the
+        // record is fine: a miss for this caller, no I/O, nothing deleted.
+        let Some(codec) = self.codec_for(key, codec) else {
+            if count {
+                stats.decode_miss(DecodeMiss::NoCodec);
+            }
+            return None;
+        };
         let disk = &self.inner.spiller.disk;
         let bytes = match disk.load(hash).await {
             Ok(Some(bytes)) => bytes,
@@ -131,11 +154,13 @@ impl TwoTierCacheBackend {
             if !record.is_for(key) || record.seq != seq {
                 return Err(DecodeMiss::KeyMismatch);
             }
-            let codec = self.codec_for(key, codec).ok_or(DecodeMiss::NoCodec)?;
+
             let entry = codec
                 .decode(record.type_version, record.payload)
                 .map_err(|e| match e {
-                    CodecError::Version { .. } => DecodeMiss::Incompatible,
+                    CodecError::Version { .. } | CodecError::Incompatible(_) => {
+                        DecodeMiss::Incompatible
+                    }
                     CodecError::Failed(_) => DecodeMiss::Codec,
                 })?;
             Ok(Resident {

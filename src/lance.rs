@@ -1,0 +1,258 @@
+//! Lance 14 integration (feature `lance`): spillway's two tiers behind
+//! `lance_core::cache::CacheBackend`, so a Lance session's index cache can
+//! spill to disk and survive restarts.
+//!
+//! ```ignore
+//! spillway::lance::register()?;
+//! let backend = lance_core::cache::build_from_uri("spillway:///var/cache/lance?memory=256MiB&disk=8GiB")?;
+//! let index_cache = lance_core::cache::LanceCache::with_backend(backend);
+//! ```
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lance_core::cache::{
+    self as lc, BackendConfig, CacheCodec, CacheDecode, CacheMissReason, CACHE_KEY_FORMAT,
+};
+
+use crate::{
+    ByteSize, CacheBackend, CacheEntry, CacheTier, Codec, CodecError, CodecRegistry, Config,
+    InternalCacheKey, TwoTierCacheBackend,
+};
+
+/// The backend kind under which [`register`] makes spillway available to
+/// `lance_core::cache::build_from_uri`.
+pub const BACKEND_KIND: &str = "spillway";
+
+/// Lance keys carry no type tag of their own (the type is hashed into them).
+const TYPE_TAG: &str = "lance";
+
+/// The namespace of every Lance key on disk. It names Lance's key format, so
+/// keys of a future format are cold misses, never aliases of today's.
+fn prefix() -> Arc<str> {
+    static PREFIX: OnceLock<Arc<str>> = OnceLock::new();
+    PREFIX
+        .get_or_init(|| Arc::from(format!("lance/{CACHE_KEY_FORMAT}")))
+        .clone()
+}
+
+fn key_of(key: &lc::InternalCacheKey) -> InternalCacheKey {
+    let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    InternalCacheKey::new(prefix(), hex, TYPE_TAG)
+}
+
+/// A Lance codec as a spillway [`Codec`]. Lance's own envelope (type id and
+/// body version) travels inside spillway's payload; its `Miss` is a miss.
+#[derive(Debug)]
+struct LanceCodec(CacheCodec);
+
+fn codec_of(codec: Option<CacheCodec>) -> Option<Arc<dyn Codec>> {
+    codec.map(|c| Arc::new(LanceCodec(c)) as Arc<dyn Codec>)
+}
+
+impl Codec for LanceCodec {
+    fn type_version(&self) -> u32 {
+        // Lance versions the body in its own envelope.
+        1
+    }
+
+    fn encode(&self, entry: &CacheEntry, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.0
+            .serialize(entry, out)
+            .map_err(|e| CodecError::Failed(e.to_string()))
+    }
+
+    fn decode(&self, _type_version: u32, payload: &[u8]) -> Result<CacheEntry, CodecError> {
+        match self.0.deserialize(&Bytes::copy_from_slice(payload)) {
+            CacheDecode::Hit(entry) => Ok(entry),
+            CacheDecode::Miss(
+                reason @ (CacheMissReason::VersionTooNew | CacheMissReason::TypeMismatch),
+            ) => Err(CodecError::Incompatible(format!("{reason:?}"))),
+            CacheDecode::Miss(reason) => Err(CodecError::Failed(format!("{reason:?}"))),
+        }
+    }
+}
+
+/// spillway's [`TwoTierCacheBackend`] as a Lance cache backend.
+#[derive(Debug, Clone)]
+pub struct LanceBackend {
+    cache: TwoTierCacheBackend,
+}
+
+impl LanceBackend {
+    /// Wraps a two-tier cache. Entries Lance hands over with a codec spill
+    /// through it; entries without one stay in memory.
+    pub fn new(cache: TwoTierCacheBackend) -> Self {
+        Self { cache }
+    }
+
+    /// The two-tier cache underneath (statistics, `flush`, `close`).
+    pub fn cache(&self) -> &TwoTierCacheBackend {
+        &self.cache
+    }
+}
+
+/// Registers the `spillway` backend kind with Lance's backend registry.
+/// Registering twice is harmless.
+pub fn register() -> lance_core::Result<()> {
+    match lc::register_backend(BACKEND_KIND, build) {
+        Ok(()) => Ok(()),
+        Err(e) if e.to_string().contains("already registered") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Builds from `spillway:///DIR?memory=SIZE&disk=SIZE[&block_size=SIZE]`.
+/// Lance's constructors are synchronous, so this blocks on spillway's async
+/// build; it needs a multi-threaded tokio runtime (the cache's background
+/// tasks run there).
+fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>> {
+    let bad = |option: &str, value: &str, why: &str| {
+        lance_core::Error::invalid_input(format!("spillway cache option {option}={value:?}: {why}"))
+    };
+    let mut c = Config::default();
+    for (option, value) in &config.options {
+        let size = || {
+            value
+                .parse::<ByteSize>()
+                .map_err(|e| bad(option, value, &e))
+        };
+        match option.as_str() {
+            "path" => c.disk.dir = Some(value.into()),
+            "memory" => c.memory.capacity = size()?,
+            "disk" => c.disk.capacity = size()?,
+            "block_size" => c.disk.block_size = size()?,
+            _ => {
+                return Err(bad(
+                    option,
+                    value,
+                    "unknown option (known: path, memory, disk, block_size)",
+                ))
+            }
+        }
+    }
+    if c.disk.dir.is_none() {
+        return Err(bad(
+            "path",
+            "",
+            "a cache directory is required: spillway:///DIR",
+        ));
+    }
+    c.validate()
+        .map_err(|e| lance_core::Error::invalid_input(e.to_string()))?;
+    let handle = tokio::runtime::Handle::try_current()
+        .ok()
+        .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        .ok_or_else(|| {
+            lance_core::Error::invalid_input(
+                "spillway cache: build it inside a multi-threaded tokio runtime",
+            )
+        })?;
+    let cache = tokio::task::block_in_place(|| {
+        handle.block_on(TwoTierCacheBackend::from_config(&c, CodecRegistry::new()))
+    })
+    .map_err(|e| lance_core::Error::io(e.to_string()))?;
+    Ok(Arc::new(LanceBackend::new(cache)))
+}
+
+fn tier(t: CacheTier) -> lc::CacheTier {
+    match t {
+        CacheTier::Resident => lc::CacheTier::Resident,
+        CacheTier::Local => lc::CacheTier::Local,
+        CacheTier::Absent => lc::CacheTier::Absent,
+    }
+}
+
+#[async_trait]
+impl lc::CacheBackend for LanceBackend {
+    async fn get_resident(&self, key: &lc::InternalCacheKey) -> Option<CacheEntry> {
+        self.cache.get_resident(&key_of(key)).await
+    }
+
+    async fn peek_resident(&self, key: &lc::InternalCacheKey) -> bool {
+        CacheBackend::peek_tier(&self.cache, &key_of(key)).await == CacheTier::Resident
+    }
+
+    async fn peek_tier(&self, key: &lc::InternalCacheKey) -> lc::CacheTier {
+        tier(CacheBackend::peek_tier(&self.cache, &key_of(key)).await)
+    }
+
+    async fn get_without_promotion(
+        &self,
+        key: &lc::InternalCacheKey,
+        codec: Option<CacheCodec>,
+    ) -> Option<CacheEntry> {
+        self.cache
+            .get_with_codec(&key_of(key), codec_of(codec), false)
+            .await
+    }
+
+    async fn get(
+        &self,
+        key: &lc::InternalCacheKey,
+        codec: Option<CacheCodec>,
+    ) -> Option<CacheEntry> {
+        let key = key_of(key);
+        // The codec is only wrapped when a lower tier needs it.
+        if let Some(hit) = self.cache.get_resident(&key).await {
+            return Some(hit);
+        }
+        self.cache.get_with_codec(&key, codec_of(codec), true).await
+    }
+
+    async fn insert(
+        &self,
+        key: &lc::InternalCacheKey,
+        entry: CacheEntry,
+        size_bytes: usize,
+        codec: Option<CacheCodec>,
+    ) {
+        self.cache
+            .insert_with_codec(&key_of(key), entry, size_bytes, codec_of(codec))
+            .await;
+    }
+
+    async fn get_or_insert<'a>(
+        &self,
+        key: &lc::InternalCacheKey,
+        loader: std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = lance_core::Result<(CacheEntry, usize)>>
+                    + Send
+                    + 'a,
+            >,
+        >,
+        codec: Option<CacheCodec>,
+    ) -> lance_core::Result<(CacheEntry, bool)> {
+        let loader = Box::pin(async move { loader.await.map_err(crate::Error::external) });
+        self.cache
+            .get_or_insert_with_codec(&key_of(key), loader, codec_of(codec))
+            .await
+            .map_err(|e| lance_core::Error::io(e.to_string()))
+    }
+
+    async fn clear(&self) {
+        CacheBackend::clear(&self.cache).await;
+    }
+
+    async fn num_entries(&self) -> usize {
+        CacheBackend::num_entries(&self.cache).await
+    }
+
+    async fn size_bytes(&self) -> usize {
+        CacheBackend::size_bytes(&self.cache).await
+    }
+
+    fn approx_num_entries(&self) -> usize {
+        CacheBackend::approx_num_entries(&self.cache)
+    }
+
+    fn approx_size_bytes(&self) -> usize {
+        CacheBackend::approx_size_bytes(&self.cache)
+    }
+
+    fn capacity_bytes(&self) -> Option<usize> {
+        usize::try_from(self.cache.memory_capacity()).ok()
+    }
+}
