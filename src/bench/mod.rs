@@ -181,7 +181,7 @@ fn budgets(base: &Config, working_set: u64, fraction: f64) -> Config {
     c.memory.spill_queue = None;
     let block = c.disk.block_size.0;
     let disk = (working_set * 2).div_ceil(block).max(16) * block;
-    c.disk.capacity = ByteSize(disk.max(c.disk.capacity.0.min(disk)));
+    c.disk.capacity = ByteSize(disk);
     c.disk.dir = None;
     c
 }

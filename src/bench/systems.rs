@@ -72,7 +72,7 @@ impl System {
     }
 
     /// foyer's own hybrid cache with the same memory and disk budgets.
-    pub async fn foyer(config: &Config, dir: &Path) -> anyhow_free::Result<Self> {
+    pub async fn foyer(config: &Config, dir: &Path) -> Result<Self, String> {
         let d = &config.disk;
         let device = FsDeviceBuilder::new(dir)
             .with_capacity(d.capacity.as_usize())
@@ -153,9 +153,4 @@ async fn read_backend(c: &dyn CacheBackend, id: usize, len: usize, cost: Duratio
         Ok((_, true)) => Served::Memory,
         _ => Served::Loader,
     }
-}
-
-/// Errors of the foyer baseline, which speaks its own error type.
-pub mod anyhow_free {
-    pub type Result<T> = std::result::Result<T, String>;
 }
