@@ -236,3 +236,41 @@ async fn build_from_uri_builds_spillway_and_names_bad_options() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_tier_and_get_without_promotion_through_lance_trait() {
+    use lance_core::cache::{CacheBackend as _, CacheTier, InternalCacheKey};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = common::small(dir.path()).build().await.unwrap();
+    let backend = LanceBackend::new(cache.clone());
+    let codec = Some(CacheCodec::from_impl::<Postings<1>>());
+    let key = |i: u32| {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&i.to_le_bytes());
+        InternalCacheKey::from_bytes(bytes)
+    };
+    for i in 0..60 {
+        let entry: lance_core::cache::CacheEntry = Arc::new(postings::<1>(i));
+        backend.insert(&key(i), entry, 8 << 10, codec).await;
+    }
+    cache.flush().await;
+    assert_eq!(backend.peek_tier(&key(0)).await, CacheTier::Local);
+    assert!(!backend.peek_resident(&key(0)).await);
+    let hit = backend
+        .get_without_promotion(&key(0), codec)
+        .await
+        .expect("disk hit");
+    assert_eq!(hit.downcast_ref::<Postings<1>>(), Some(&postings(0)));
+    assert_eq!(
+        backend.peek_tier(&key(0)).await,
+        CacheTier::Local,
+        "not promoted"
+    );
+    assert!(backend.get(&key(0), codec).await.is_some());
+    assert_eq!(
+        backend.peek_tier(&key(0)).await,
+        CacheTier::Resident,
+        "promoted"
+    );
+    assert!(backend.get_resident(&key(0)).await.is_some());
+}
