@@ -7,7 +7,10 @@
 //! `storage().load`, which does not populate foyer's memory either. spillway's
 //! moka tier is the only memory tier.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Waker};
 
 use bytes::Bytes;
 use foyer::{
@@ -196,8 +199,22 @@ impl DiskTier {
     }
 
     /// Waits until everything enqueued so far has been written (or dropped).
+    #[cfg(test)]
     pub(crate) async fn wait(&self) {
         self.cache.storage().wait().await;
+    }
+
+    /// A wait that covers exactly what was enqueued before this call, even
+    /// if more is enqueued before it is awaited: foyer takes a wait request
+    /// when its future is first polled, so it is polled once here.
+    pub(crate) fn wait_from_now(&self) -> Written<'_> {
+        let mut future: Pin<Box<dyn Future<Output = ()> + Send + '_>> =
+            Box::pin(self.cache.storage().wait());
+        let done = future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready();
+        Written { future, done }
     }
 
     pub(crate) async fn clear(&self) -> Result<()> {
@@ -219,6 +236,20 @@ impl DiskTier {
     /// Bytes foyer has written to the device.
     pub(crate) fn bytes_written(&self) -> u64 {
         self.cache.statistics().disk_write_bytes() as u64
+    }
+}
+
+/// The pending end of [`DiskTier::wait_from_now`].
+pub(crate) struct Written<'a> {
+    future: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    done: bool,
+}
+
+impl Written<'_> {
+    pub(crate) async fn wait(self) {
+        if !self.done {
+            self.future.await;
+        }
     }
 }
 

@@ -143,12 +143,16 @@ impl Spiller {
     /// foyer did not write anyway is counted, never assumed.
     pub(crate) async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<SpillItem>) {
         let mut carry: Option<(SpillItem, Bytes)> = None;
+        // The batch foyer is writing while the next one is prepared: at most
+        // two batches of half a flusher buffer are ever unconfirmed, so the
+        // buffer cannot overflow, and encoding overlaps the disk writes.
+        let mut in_flight: Option<(Vec<(SpillItem, usize)>, crate::disk::Written<'_>)> = None;
         loop {
             let mut batch = Vec::new();
             let mut used = 0usize;
             if let Some((item, record)) = carry.take() {
                 used += self.submit(item, record, &mut batch);
-            } else {
+            } else if in_flight.is_none() {
                 let Some(item) = rx.recv().await else { return };
                 if let Some(record) = self.prepare_or_finish(&item) {
                     used += self.submit(item, record, &mut batch);
@@ -165,10 +169,12 @@ impl Spiller {
                 }
                 used += self.submit(item, record, &mut batch);
             }
-            if !batch.is_empty() {
-                self.disk.wait().await;
-                self.confirm(batch);
+            let submitted = (!batch.is_empty()).then(|| (batch, self.disk.wait_from_now()));
+            if let Some((previous, written)) = in_flight.take() {
+                written.wait().await;
+                self.confirm(previous);
             }
+            in_flight = submitted;
             self.progress.notify_waiters();
             if self.journal.appended_bytes()
                 > COMPACT_AFTER_BYTES.max(self.placements.len() as u64 * 256)
