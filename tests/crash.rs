@@ -132,11 +132,7 @@ async fn child(dir: PathBuf, log: PathBuf, seed: u64, scenario: &str) {
                 match rng.below(100) {
                     0..45 => {
                         let v = id();
-                        log.line(format!("B I {k} {v}"));
-                        cache
-                            .insert(&crash_key(k), Arc::new(value(v)) as CacheEntry, VALUE_LEN)
-                            .await;
-                        log.line("A".into());
+                        logged_insert(&cache, &mut log, k, v).await;
                         model.insert(k, Some(v));
                     }
                     45..60 => {
@@ -182,11 +178,7 @@ async fn child(dir: PathBuf, log: PathBuf, seed: u64, scenario: &str) {
         "replace" | "invalidate" | "clear" => {
             for k in 0..2 * KEYS_PER_PREFIX {
                 let v = id();
-                log.line(format!("B I {k} {v}"));
-                cache
-                    .insert(&crash_key(k), Arc::new(value(v)) as CacheEntry, VALUE_LEN)
-                    .await;
-                log.line("A".into());
+                logged_insert(&cache, &mut log, k, v).await;
             }
             push_out(&cache).await;
             for k in 0..2 * KEYS_PER_PREFIX {
@@ -202,11 +194,7 @@ async fn child(dir: PathBuf, log: PathBuf, seed: u64, scenario: &str) {
                     // v2 lives in memory only when the kill comes; v1 is on disk.
                     for k in 0..KEYS_PER_PREFIX {
                         let v = id();
-                        log.line(format!("B I {k} {v}"));
-                        cache
-                            .insert(&crash_key(k), Arc::new(value(v)) as CacheEntry, VALUE_LEN)
-                            .await;
-                        log.line("A".into());
+                        logged_insert(&cache, &mut log, k, v).await;
                     }
                 }
                 "invalidate" => {
@@ -225,6 +213,15 @@ async fn child(dir: PathBuf, log: PathBuf, seed: u64, scenario: &str) {
         }
         other => panic!("unknown scenario {other}"),
     }
+}
+
+/// An insert under the log protocol: `B` before the call, `A` once it returned.
+async fn logged_insert(cache: &spillway::TwoTierCacheBackend, log: &mut Log, k: usize, v: u64) {
+    log.line(format!("B I {k} {v}"));
+    cache
+        .insert(&crash_key(k), Arc::new(value(v)) as CacheEntry, VALUE_LEN)
+        .await;
+    log.line("A".into());
 }
 
 /// Evicts everything spillable with memory-only fillers and waits for the spills.

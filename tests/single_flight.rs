@@ -63,6 +63,21 @@ async fn contend<B: CacheBackend + 'static>(
     (runs.load(Ordering::SeqCst), results)
 }
 
+/// `contend` on a two-tier cache, watching its own parked-waiters gauge.
+async fn contend_two_tier(
+    cache: &Arc<TwoTierCacheBackend>,
+    fail: bool,
+) -> (usize, Vec<spillway::Result<(CacheEntry, bool)>>) {
+    let c = cache.clone();
+    contend(
+        cache.clone(),
+        move || c.stats().loader_waiters,
+        key("a", 1),
+        fail,
+    )
+    .await
+}
+
 fn check_one_loader_ran(runs: usize, results: &[spillway::Result<(CacheEntry, bool)>]) {
     assert_eq!(runs, 1, "loaders run");
     let values: Vec<_> = results
@@ -90,14 +105,7 @@ async fn moka_one_loader_for_parked_contenders() {
 async fn two_tier_one_loader_across_a_memory_and_disk_miss() {
     let dir = tempfile::tempdir().unwrap();
     let cache = two_tier(dir.path()).await;
-    let c = cache.clone();
-    let (runs, results) = contend(
-        cache.clone(),
-        move || c.stats().loader_waiters,
-        key("a", 1),
-        false,
-    )
-    .await;
+    let (runs, results) = contend_two_tier(&cache, false).await;
     check_one_loader_ran(runs, &results);
     assert_eq!(cache.stats().loader_runs, 1);
 }
@@ -133,14 +141,7 @@ async fn two_tier_disk_resident_key_runs_no_loader() {
 async fn a_loader_error_reaches_every_waiter() {
     let dir = tempfile::tempdir().unwrap();
     let cache = two_tier(dir.path()).await;
-    let c = cache.clone();
-    let (runs, results) = contend(
-        cache.clone(),
-        move || c.stats().loader_waiters,
-        key("a", 1),
-        true,
-    )
-    .await;
+    let (runs, results) = contend_two_tier(&cache, true).await;
     assert_eq!(runs, 1);
     for r in results {
         let err = r.expect_err("every caller sees the error");
