@@ -206,6 +206,20 @@ impl TwoTierBuilder {
         self
     }
 
+    /// Write-behind (`disk.persist_after`): an entry resident this long is
+    /// also written to disk in the background, so that dropping the cache
+    /// without `close()`, or a crash, leaves it warm. Default 2 s; zero
+    /// turns it off.
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().persist_after(std::time::Duration::from_secs(1));
+    /// # let _ = b;
+    /// ```
+    pub fn persist_after(mut self, after: Duration) -> Self {
+        self.config.disk.persist_after = crate::Millis(after);
+        self
+    }
+
     /// The codecs that make entry types spillable.
     ///
     /// ```
@@ -271,6 +285,7 @@ impl TwoTierBuilder {
             replay,
             recovery_time: started.elapsed(),
             warm_on_open: d.warm_on_open,
+            persist_after: d.persist_after.0,
             cache_dir,
         }))
     }

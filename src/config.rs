@@ -58,6 +58,52 @@ impl ByteSize {
     }
 }
 
+/// A duration, written in TOML as milliseconds or as a string with a unit:
+/// `"2s"`, `"500ms"`, `"1m"`.
+///
+/// ```
+/// let d: spillway::Millis = "2s".parse().unwrap();
+/// assert_eq!(d.0, std::time::Duration::from_secs(2));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Millis(pub std::time::Duration);
+
+impl std::str::FromStr for Millis {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Millis)
+            .map_err(|e| format!("not a duration ({e}); write e.g. \"2s\" or \"500ms\""))
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => u64::try_from(n)
+                .map(|ms| Millis(std::time::Duration::from_millis(ms)))
+                .map_err(|_| serde::de::Error::custom("a duration cannot be negative")),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The smallest `memory.capacity` accepted: below it the memory tier could
+/// not hold a typical entry next to its spill queue.
+pub const MIN_MEMORY_CAPACITY: u64 = 16 << 10;
+
 /// How the memory tier chooses what to evict.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -122,6 +168,10 @@ pub struct DiskConfig {
     /// On open, load the entries resident at the last close back into memory
     /// (in the background, up to the memory budget).
     pub warm_on_open: bool,
+    /// Write-behind: an entry resident this long is written to disk as well,
+    /// so that a dropped or killed cache comes back warm. `0` turns it off
+    /// (then only `close()` persists what is resident).
+    pub persist_after: Millis,
 }
 
 impl Default for DiskConfig {
@@ -137,6 +187,7 @@ impl Default for DiskConfig {
             fsync: false,
             reset_incompatible: false,
             warm_on_open: true,
+            persist_after: Millis(std::time::Duration::from_secs(2)),
         }
     }
 }
@@ -248,12 +299,19 @@ impl Config {
             })
         };
         let (m, d) = (&self.memory, &self.disk);
+        if m.capacity.0 < MIN_MEMORY_CAPACITY {
+            return bad(
+                "memory.capacity",
+                m.capacity.0.to_string(),
+                "must be at least 16 KiB (16384 bytes) to hold anything",
+            );
+        }
         if let Some(q) = m.spill_queue {
-            if q > m.capacity {
+            if q.0 == 0 || q.0 >= m.capacity.0 {
                 return bad(
                     "memory.spill_queue",
                     q.0.to_string(),
-                    "must not exceed memory.capacity",
+                    "must be more than 0 and less than memory.capacity",
                 );
             }
         }
@@ -272,11 +330,12 @@ impl Config {
             );
         }
         if d.capacity.0 < 8 * d.block_size.0 {
-            return bad(
-                "disk.capacity",
-                d.capacity.0.to_string(),
-                "must hold at least 8 blocks of disk.block_size",
+            let reason = format!(
+                "must hold at least 8 blocks of disk.block_size: at least {} bytes with blocks of {}",
+                8 * d.block_size.0,
+                d.block_size.0
             );
+            return bad("disk.capacity", d.capacity.0.to_string(), &reason);
         }
         if d.flushers == 0 {
             return bad("disk.flushers", "0".into(), "must be at least 1");

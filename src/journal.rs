@@ -90,7 +90,8 @@ pub(crate) struct Recovered {
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
     pub live: HashMap<InternalCacheKey, Recovered>,
-    /// Keys resident at the last close, in the order they were recorded.
+    /// Keys recorded as resident (at a close, or by write-behind), most
+    /// recently recorded first.
     pub resident: Vec<InternalCacheKey>,
     pub next_seq: u64,
     pub facts: u64,
@@ -226,9 +227,10 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
     }
     let by_hash: HashMap<u64, &InternalCacheKey> =
         replay.live.keys().map(|k| (k.disk_hash(), k)).collect();
-    for (hash, seq) in resident {
+    let mut seen = std::collections::HashSet::new();
+    for (hash, seq) in resident.into_iter().rev() {
         if let Some(k) = by_hash.get(&hash) {
-            if replay.live[*k].seq == seq {
+            if replay.live[*k].seq == seq && seen.insert(hash) {
                 replay.resident.push((*k).clone());
             }
         }
@@ -285,6 +287,11 @@ impl Journal {
                 len: r.len,
             })
             .collect();
+        // Oldest first, as replay reverses them.
+        facts.extend(replay.resident.iter().rev().map(|k| Fact::Resident {
+            hash: k.disk_hash(),
+            seq: replay.live[k].seq,
+        }));
         let upto = replay.next_seq + RESERVE_BLOCK;
         facts.push(Fact::Reserved { upto });
         write_snapshot(dir, generation, &facts)?;

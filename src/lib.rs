@@ -54,6 +54,8 @@ mod config;
 mod disk;
 mod envelope;
 mod error;
+mod flow;
+mod health;
 mod inspect;
 mod journal;
 mod key;
@@ -67,12 +69,16 @@ mod stats;
 mod two_tier;
 mod typed;
 mod weigher;
+mod write_behind;
 
 pub use backend::{CacheBackend, CacheTier, Loader};
 pub use builder::TwoTierBuilder;
 pub use cache_dir::{DirMeta, DISK_FORMAT_VERSION};
 pub use codec::{Codec, CodecError, CodecRegistry, SerdeCodec};
-pub use config::{ByteSize, Config, DiskConfig, EvictionPolicy, MemoryConfig, DEFAULT_CONFIG_TOML};
+pub use config::{
+    ByteSize, Config, DiskConfig, EvictionPolicy, MemoryConfig, Millis, DEFAULT_CONFIG_TOML,
+    MIN_MEMORY_CAPACITY,
+};
 pub use disk::IoEngine;
 pub use error::{Error, Result};
 pub use inspect::DirReport;

@@ -31,6 +31,9 @@ pub(crate) enum Place {
     /// In moka. `on_disk`: the same version is also on disk (it was promoted
     /// and not changed since), so evicting it needs no rewrite.
     Memory { on_disk: bool },
+    /// In moka, and write-behind has handed the same version to foyer; not
+    /// yet confirmed written.
+    Persisting,
     /// Evicted and waiting in the spill queue; still readable from RAM.
     Queued(Arc<Resident>),
     /// Handed to foyer, not yet confirmed written; still readable from RAM.
@@ -44,7 +47,7 @@ impl Place {
     pub(crate) fn may_be_on_disk(&self) -> bool {
         matches!(
             self,
-            Place::Writing(_) | Place::Disk | Place::Memory { on_disk: true }
+            Place::Writing(_) | Place::Disk | Place::Memory { on_disk: true } | Place::Persisting
         )
     }
 
@@ -60,6 +63,11 @@ impl Place {
                 false
             }
         }
+    }
+
+    /// Whether a read may be served from this version's disk record.
+    pub(crate) fn readable_on_disk(&self) -> bool {
+        matches!(self, Place::Disk | Place::Memory { on_disk: true })
     }
 
     /// The RAM copy held outside moka, if any.
@@ -116,6 +124,16 @@ impl Placements {
             for (k, s) in shard.lock().iter() {
                 f(k, s);
             }
+        }
+    }
+
+    /// Keeps the slots for which `keep` returns true (it may change them).
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&InternalCacheKey, &mut Slot) -> bool) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let before = shard.len();
+            shard.retain(|k, s| keep(k, s));
+            self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
         }
     }
 

@@ -2,31 +2,49 @@
 //! background worker that writes them to the disk tier, paced so that foyer
 //! never silently drops a record, and confirms each write.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::disk::DiskTier;
 use crate::envelope;
+use crate::flow::FlowControl;
+use crate::health::DiskHealth;
 use crate::journal::{Fact, Journal};
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::stats::{NotWrittenReason, Stats};
 use crate::InternalCacheKey;
 
-/// After this many consecutive batches of which nothing was written (a full
-/// or failing disk), spilling is switched off and the memory tier goes on alone.
-const FAILED_BATCHES_BEFORE_DISABLE: u32 = 3;
 /// The journal is compacted once this much has been appended since the last
-/// snapshot (and the appended part outweighs the live state).
-const COMPACT_AFTER_BYTES: u64 = 8 << 20;
+/// snapshot (and the appended part outweighs the live state): journal size
+/// stays proportional to what the disk holds, not to what passed through it.
+const COMPACT_AFTER_BYTES: u64 = 64 << 10;
 
-/// A spill waiting for the worker: the key and the version that was evicted.
+/// Why an item was handed to the worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// A capacity eviction: the record is the only copy once written.
+    Evicted,
+    /// Write-behind: the entry stays in memory; the record makes it survive
+    /// a drop or a crash.
+    Persist,
+}
+
+/// A spill waiting for the worker: the key and the version to write.
 pub(crate) struct SpillItem {
     key: InternalCacheKey,
     hash: u64,
     seq: u64,
+    why: Why,
+    /// For write-behind: the version, not kept alive by the queue.
+    version: Weak<Resident>,
+}
+
+/// The bytes an entry is weighed at in the spill queue and its reservations.
+pub(crate) fn queue_weight(key: &InternalCacheKey, size: usize) -> u64 {
+    (key.footprint() as u64).saturating_add(size as u64)
 }
 
 /// State shared by the eviction listener, the worker and the read path.
@@ -35,56 +53,66 @@ pub(crate) struct Spiller {
     pub disk: DiskTier,
     pub journal: Journal,
     pub stats: Stats,
+    pub flow: FlowControl,
+    pub health: DiskHealth,
     /// Held by invalidations, clears and journal compactions: a compaction
     /// must not drop a kill fact while the keys it covers are still being removed.
     pub admin: tokio::sync::Mutex<()>,
-    queue_capacity: u64,
-    disabled: AtomicBool,
-    failed_batches: AtomicU32,
     /// Items sent to the worker and not yet finished with (written, counted or
     /// found superseded); `flush` waits for this to reach zero.
     unprocessed: AtomicU64,
+    /// Record bytes written since placements were last checked against
+    /// foyer's index; see `sweep`.
+    written_since_sweep: AtomicU64,
     /// Woken whenever the worker finishes a round, for `flush`.
     progress: Notify,
 }
 
-/// Returns the RAM a queued slot held to the queue gauges.
-pub(crate) fn release_queued(stats: &Stats, place: &Place) {
-    if let Some(r) = place.queued() {
-        stats.queue_entries.sub(1);
-        stats.queue_bytes.sub(r.size as u64);
-    }
-}
-
 impl Spiller {
+    /// Returns the RAM a queued slot held to the queue's accounting.
+    pub(crate) fn release_queued(&self, key: &InternalCacheKey, place: &Place) {
+        if let Some(r) = place.queued() {
+            self.stats.queue_entries.sub(1);
+            self.flow.dequeued(queue_weight(key, r.size));
+        }
+    }
+
+    fn hold_queued(&self, key: &InternalCacheKey, res: &Resident) {
+        self.stats.queue_entries.add(1);
+        self.flow.enqueued(queue_weight(key, res.size));
+    }
+
     pub(crate) fn new(
         placements: Placements,
         disk: DiskTier,
         journal: Journal,
         queue_capacity: u64,
     ) -> Self {
+        let health = DiskHealth::new(disk.dir());
         Self {
             placements,
             disk,
             journal,
             stats: Stats::default(),
+            flow: FlowControl::new(queue_capacity),
+            health,
             admin: tokio::sync::Mutex::new(()),
-            queue_capacity,
-            disabled: AtomicBool::new(false),
-            failed_batches: AtomicU32::new(0),
             unprocessed: AtomicU64::new(0),
+            written_since_sweep: AtomicU64::new(0),
             progress: Notify::new(),
         }
     }
 
-    /// Stops all further spills (after `close`, or a failing disk).
+    /// Stops all further spills for good (after `close`, or when the cache
+    /// is dropped).
     pub(crate) fn disable(&self) {
-        self.disabled.store(true, Ordering::Relaxed);
+        self.health.close();
         self.progress.notify_waiters();
     }
 
     /// Called by moka's eviction listener for a capacity eviction of `res`.
-    /// Never blocks: it only moves the slot and queues the work.
+    /// Never blocks and never refuses for lack of room: the room was
+    /// reserved by the write that caused the eviction (see `flow`).
     pub(crate) fn offer(
         &self,
         key: &InternalCacheKey,
@@ -99,10 +127,13 @@ impl Spiller {
         let Some(slot) = shard.current(key, res.seq) else {
             return;
         };
-        let reason = match slot.place {
-            Place::Memory { on_disk: true } => {
-                slot.place = Place::Disk;
-                return;
+        match slot.place {
+            Place::Memory { on_disk: true } => slot.place = Place::Disk,
+            // Write-behind is writing this very version: its batch settles
+            // the slot; until then the RAM copy is held outside moka.
+            Place::Persisting => {
+                self.hold_queued(key, &res);
+                slot.place = Place::Writing(res);
             }
             Place::Memory { on_disk: false } => {
                 if res.codec.is_none() {
@@ -110,30 +141,47 @@ impl Spiller {
                     self.stats.evicted_memory_only.incr();
                     return;
                 }
-                if self.disabled.load(Ordering::Relaxed) {
-                    NotWrittenReason::DiskDisabled
-                } else if self.stats.queue_bytes.get() + res.size as u64 > self.queue_capacity {
-                    NotWrittenReason::QueueFull
-                } else {
-                    self.stats.queue_entries.add(1);
-                    self.stats.queue_bytes.add(res.size as u64);
-                    self.stats.spills_queued.incr();
-                    let seq = res.seq;
-                    slot.place = Place::Queued(res);
-                    if !self.send(tx, key, hash, seq) {
-                        // The worker is gone (runtime shut down): undo.
-                        if let Some(slot) = shard.remove(key) {
-                            release_queued(&self.stats, &slot.place);
-                        }
-                        self.stats.not_written(NotWrittenReason::DiskDisabled);
-                    }
+                if !self.health.accepting() {
+                    shard.remove(key);
+                    self.stats.not_written(NotWrittenReason::DiskDisabled);
                     return;
                 }
+                self.hold_queued(key, &res);
+                self.stats.spills_queued.incr();
+                let seq = res.seq;
+                slot.place = Place::Queued(res);
+                if !self.send(tx, key, hash, seq, Why::Evicted, Weak::new()) {
+                    // The worker is gone (runtime shut down): undo.
+                    if let Some(slot) = shard.remove(key) {
+                        self.release_queued(key, &slot.place);
+                    }
+                    self.stats.not_written(NotWrittenReason::DiskDisabled);
+                }
             }
-            Place::Queued(_) | Place::Writing(_) | Place::Disk => return,
-        };
-        shard.remove(key);
-        self.stats.not_written(reason);
+            Place::Queued(_) | Place::Writing(_) | Place::Disk => {}
+        }
+    }
+
+    /// Hands a resident version to the worker for write-behind, if it is
+    /// still current and not on disk yet.
+    pub(crate) fn offer_persist(
+        &self,
+        key: &InternalCacheKey,
+        res: &Arc<Resident>,
+        tx: &mpsc::UnboundedSender<SpillItem>,
+    ) {
+        if res.codec.is_none() || !self.health.accepting() {
+            return;
+        }
+        let hash = key.disk_hash();
+        let shard = self.placements.lock(hash);
+        let due = shard.get(key).is_some_and(|s| {
+            s.seq == res.seq && matches!(s.place, Place::Memory { on_disk: false })
+        });
+        drop(shard);
+        if due {
+            self.send(tx, key, hash, res.seq, Why::Persist, Arc::downgrade(res));
+        }
     }
 
     /// The worker: batches of at most `batch_budget` bytes are handed to
@@ -141,7 +189,15 @@ impl Spiller {
     /// submitting more. That keeps foyer's flush buffers from overflowing (its
     /// silent drop), and the write of every record is then confirmed: a record
     /// foyer did not write anyway is counted, never assumed.
-    pub(crate) async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<SpillItem>) {
+    ///
+    /// Evictions come first: write-behind items are taken only when no
+    /// eviction is waiting, so they never delay a spill by more than the
+    /// batch already in flight.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        mut evictions: mpsc::UnboundedReceiver<SpillItem>,
+        mut persists: mpsc::UnboundedReceiver<SpillItem>,
+    ) {
         let mut carry: Option<(SpillItem, Bytes)> = None;
         // The batch foyer is writing while the next one is prepared: at most
         // two batches of half a flusher buffer are ever unconfirmed, so the
@@ -150,15 +206,35 @@ impl Spiller {
         loop {
             let mut batch = Vec::new();
             let mut used = 0usize;
-            if let Some((item, record)) = carry.take() {
-                used += self.submit(item, record, &mut batch);
-            } else if in_flight.is_none() {
-                let Some(item) = rx.recv().await else { return };
-                if let Some(record) = self.prepare_or_finish(&item) {
-                    used += self.submit(item, record, &mut batch);
+            let mut first = carry.take();
+            if first.is_none() {
+                let item = if in_flight.is_none() {
+                    tokio::select! {
+                        biased;
+                        item = evictions.recv() => item,
+                        item = persists.recv() => item,
+                    }
+                } else {
+                    next_now(&mut evictions, &mut persists)
+                };
+                match item {
+                    Some(item) => first = self.prepare_or_finish(&item).map(|r| (item, r)),
+                    None if in_flight.is_none() => return,
+                    None => {}
                 }
             }
-            while let Ok(item) = rx.try_recv() {
+            if let Some((item, record)) = first {
+                // A record larger than half a buffer must not meet the batch
+                // in flight in foyer's buffer: let that one land first.
+                if DiskTier::footprint(record.len()) > self.disk.batch_budget() {
+                    if let Some((previous, written)) = in_flight.take() {
+                        written.wait().await;
+                        self.confirm(previous);
+                    }
+                }
+                used += self.submit(item, record, &mut batch);
+            }
+            while let Some(item) = next_now(&mut evictions, &mut persists) {
                 let Some(record) = self.prepare_or_finish(&item) else {
                     continue;
                 };
@@ -177,7 +253,7 @@ impl Spiller {
             in_flight = submitted;
             self.progress.notify_waiters();
             if self.journal.appended_bytes()
-                > COMPACT_AFTER_BYTES.max(self.placements.len() as u64 * 256)
+                > COMPACT_AFTER_BYTES.max(self.placements.len() as u64 * 128)
             {
                 self.compact().await;
             }
@@ -193,13 +269,16 @@ impl Spiller {
         record
     }
 
-    /// Encodes the queued version of `item` into a sealed record, or returns
+    /// Encodes the version `item` names into a sealed record, or returns
     /// `None` when there is nothing (left) to write.
     fn prepare(&self, item: &SpillItem) -> Option<Bytes> {
         let res = {
             let mut shard = self.placements.lock(item.hash);
-            match shard.current(&item.key, item.seq).map(|s| &s.place) {
-                Some(Place::Queued(res)) => res.clone(),
+            let place = shard.current(&item.key, item.seq).map(|s| &s.place);
+            match (item.why, place) {
+                (Why::Evicted, Some(Place::Queued(res))) => res.clone(),
+                (Why::Persist, Some(Place::Memory { on_disk: false })) => item.version.upgrade()?,
+                (Why::Persist, _) => return None,
                 _ => {
                     self.stats.spills_superseded.incr();
                     return None;
@@ -224,17 +303,40 @@ impl Spiller {
         }
     }
 
-    /// Moves the slot from `Queued` to `Writing` and hands the record to foyer,
+    /// Moves the slot to its writing state and hands the record to foyer,
     /// both under the slot's lock, so that a concurrent replace (which deletes
     /// from foyer under the same lock) is ordered after the write. Returns the
     /// bytes the record takes in foyer's buffer (0 if it was superseded).
     fn submit(&self, item: SpillItem, record: Bytes, batch: &mut Vec<(SpillItem, usize)>) -> usize {
         let mut shard = self.placements.lock(item.hash);
-        let started = shard
-            .current(&item.key, item.seq)
-            .is_some_and(|slot| slot.place.start_writing());
+        let accepting = self.health.accepting();
+        let started =
+            shard
+                .current(&item.key, item.seq)
+                .is_some_and(|slot| match (item.why, &slot.place) {
+                    (Why::Evicted, Place::Queued(_)) if accepting => slot.place.start_writing(),
+                    (Why::Persist, Place::Memory { on_disk: false }) if accepting => {
+                        slot.place = Place::Persisting;
+                        true
+                    }
+                    _ => false,
+                });
         if !started {
-            self.stats.spills_superseded.incr();
+            if item.why == Why::Evicted {
+                if accepting {
+                    self.stats.spills_superseded.incr();
+                } else if let Some(Place::Queued(_)) =
+                    shard.current(&item.key, item.seq).map(|s| &s.place)
+                {
+                    // Spilling paused (failing disk) or closed while queued.
+                    if let Some(slot) = shard.remove(&item.key) {
+                        self.release_queued(&item.key, &slot.place);
+                    }
+                    self.stats.not_written(NotWrittenReason::DiskDisabled);
+                } else {
+                    self.stats.spills_superseded.incr();
+                }
+            }
             self.finished(1);
             return 0;
         }
@@ -246,35 +348,66 @@ impl Spiller {
     }
 
     fn drop_queued(&self, item: &SpillItem, reason: NotWrittenReason) {
+        if item.why == Why::Persist {
+            // The entry is still in memory; its eviction will try again and
+            // count the outcome then.
+            return;
+        }
         let mut shard = self.placements.lock(item.hash);
         if shard.current(&item.key, item.seq).is_some() {
             if let Some(slot) = shard.remove(&item.key) {
-                release_queued(&self.stats, &slot.place);
+                self.release_queued(&item.key, &slot.place);
             }
         }
         self.stats.not_written(reason);
     }
 
     fn confirm(&self, batch: Vec<(SpillItem, usize)>) {
-        let mut written_any = false;
+        let (mut written_n, mut lost_n) = (0, 0);
         let n = batch.len() as u64;
         let mut facts = Vec::with_capacity(batch.len());
         for (item, len) in batch {
             let written = self.disk.contains(item.hash);
             let mut shard = self.placements.lock(item.hash);
-            match shard.current(&item.key, item.seq) {
-                Some(slot) if matches!(slot.place, Place::Writing(_)) => {
-                    release_queued(&self.stats, &slot.place);
+            let Some(slot) = shard.current(&item.key, item.seq) else {
+                self.stats.spills_superseded.incr();
+                continue;
+            };
+            let persisted = matches!(slot.place, Place::Persisting);
+            match &slot.place {
+                Place::Writing(_) | Place::Persisting => {
+                    self.release_queued(&item.key, &slot.place);
                     if written {
-                        slot.place = Place::Disk;
+                        written_n += 1;
                         slot.record_len = u32::try_from(len).unwrap_or(u32::MAX);
                         facts.push(Fact::written(&item.key, item.seq, slot.size as usize, len));
-                        written_any = true;
-                        self.stats.spills_written.incr();
-                        self.stats.spill_bytes.add(len as u64);
+                        if persisted {
+                            slot.place = Place::Memory { on_disk: true };
+                            facts.push(Fact::Resident {
+                                hash: item.hash,
+                                seq: item.seq,
+                            });
+                        } else {
+                            slot.place = Place::Disk;
+                        }
+                        if item.why == Why::Persist {
+                            self.stats.persisted.incr();
+                            self.stats.persisted_bytes.add(len as u64);
+                        } else {
+                            self.stats.spills_written.incr();
+                            self.stats.spill_bytes.add(len as u64);
+                        }
+                        self.written_since_sweep
+                            .fetch_add(DiskTier::footprint(len) as u64, Ordering::Relaxed);
                     } else {
-                        shard.remove(&item.key);
-                        self.stats.not_written(NotWrittenReason::DiskDropped);
+                        lost_n += 1;
+                        if persisted {
+                            // Still in memory: its eviction spills it again.
+                            slot.place = Place::Memory { on_disk: false };
+                        } else {
+                            shard.remove(&item.key);
+                            self.stats.not_written(NotWrittenReason::DiskDropped);
+                        }
                     }
                 }
                 // Replaced, promoted back or invalidated while being written.
@@ -286,14 +419,7 @@ impl Spiller {
         // between (and journaled its kill fact first) still wins on replay.
         self.journal_append(&facts, false);
         self.finished(n);
-        if written_any {
-            self.failed_batches.store(0, Ordering::Relaxed);
-        } else if self.failed_batches.fetch_add(1, Ordering::Relaxed) + 1
-            >= FAILED_BATCHES_BEFORE_DISABLE
-        {
-            tracing::error!(dir = %self.disk.dir().display(), "disk tier wrote nothing in {FAILED_BATCHES_BEFORE_DISABLE} batches; spilling disabled");
-            self.disable();
-        }
+        self.health.batch(written_n, lost_n);
     }
 
     /// Appends facts; a failure is logged and counted, never fatal.
@@ -307,17 +433,58 @@ impl Spiller {
         }
     }
 
-    /// The facts describing the current state: every version on disk.
+    /// Drops the slots of records foyer has evicted (or lost), and marks
+    /// resident entries whose disk copy is gone as not on disk. Keeps the
+    /// placements, and with them the journal's snapshots, bounded by what
+    /// the disk holds. Runs once the disk has taken about a quarter of its
+    /// capacity in new records since the last sweep, so its O(entries) cost
+    /// is spread over at least that many writes.
+    pub(crate) fn sweep_if_due(&self) -> Vec<(InternalCacheKey, u64)> {
+        let due = (self.disk.capacity() as u64 / 4).max(1);
+        if self.written_since_sweep.load(Ordering::Relaxed) < due {
+            return Vec::new();
+        }
+        self.written_since_sweep.store(0, Ordering::Relaxed);
+        self.sweep()
+    }
+
+    /// `sweep_if_due`, now. Returns the resident versions that lost their
+    /// disk copy (write-behind may persist them again).
+    pub(crate) fn sweep(&self) -> Vec<(InternalCacheKey, u64)> {
+        let mut lost_copies = Vec::new();
+        let disk = &self.disk;
+        self.placements.retain(|key, slot| match slot.place {
+            Place::Disk => disk.contains(key.disk_hash()),
+            Place::Memory { on_disk: true } => {
+                if !disk.contains(key.disk_hash()) {
+                    slot.place = Place::Memory { on_disk: false };
+                    lost_copies.push((key.clone(), slot.seq));
+                }
+                true
+            }
+            _ => true,
+        });
+        lost_copies
+    }
+
+    /// The facts describing the current state: every version on disk, and
+    /// which of them are resident in memory too.
     pub(crate) fn snapshot_facts(&self) -> Vec<Fact> {
         let mut facts = Vec::new();
         self.placements.for_each(|key, slot| {
-            if matches!(slot.place, Place::Disk | Place::Memory { on_disk: true }) {
+            if slot.place.readable_on_disk() {
                 facts.push(Fact::written(
                     key,
                     slot.seq,
                     slot.size as usize,
                     slot.record_len as usize,
                 ));
+            }
+            if matches!(slot.place, Place::Memory { on_disk: true }) {
+                facts.push(Fact::Resident {
+                    hash: key.disk_hash(),
+                    seq: slot.seq,
+                });
             }
         });
         facts
@@ -326,11 +493,7 @@ impl Spiller {
     /// Rewrites the journal as a snapshot of the current state. Appends go
     /// to a fresh file from the rotation on, so nothing is lost meanwhile.
     pub(crate) async fn compact(&self) {
-        self.compact_with(Vec::new()).await;
-    }
-
-    /// `compact`, adding `extra` facts to the snapshot.
-    pub(crate) async fn compact_with(&self, extra: Vec<Fact>) {
+        self.sweep();
         let _admin = self.admin.lock().await;
         let rotated = match self.journal.rotate() {
             Ok(r) => r,
@@ -340,15 +503,14 @@ impl Spiller {
                 return;
             }
         };
-        let mut facts = self.snapshot_facts();
-        facts.extend(extra);
+        let facts = self.snapshot_facts();
         if let Err(e) = self.journal.install_snapshot(rotated, facts) {
             tracing::error!(error = %e, "journal snapshot failed; the older files stay and remain correct");
             self.stats.journal_errors.incr();
         }
     }
 
-    /// Waits until the worker has finished with every spill handed to it.
+    /// Waits until the worker has finished with every item handed to it.
     pub(crate) async fn drained(&self) {
         loop {
             let notified = self.progress.notified();
@@ -361,24 +523,8 @@ impl Spiller {
         }
     }
 
-    /// Backpressure for writers: waits while the spill queue is more than half
-    /// full, so that the evictions an insert triggers find room in the queue
-    /// instead of being dropped. Returns at once when spilling is off.
-    pub(crate) async fn make_room(&self) {
-        loop {
-            let notified = self.progress.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.stats.queue_bytes.get() <= self.queue_capacity / 2
-                || self.disabled.load(Ordering::Relaxed)
-            {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Queues a memory-resident version for writing (used by `close`).
+    /// Queues a memory-resident version for writing (used by `close`): one
+    /// never written, or one whose disk copy foyer has since evicted.
     pub(crate) fn queue_resident(
         &self,
         key: &InternalCacheKey,
@@ -390,19 +536,19 @@ impl Spiller {
         }
         let hash = key.disk_hash();
         let mut shard = self.placements.lock(hash);
-        let Some(Slot {
-            place: place @ Place::Memory { on_disk: false },
-            ..
-        }) = shard.current(key, res.seq)
-        else {
+        let Some(Slot { place, .. }) = shard.current(key, res.seq) else {
             return false;
         };
-        self.stats.queue_entries.add(1);
-        self.stats.queue_bytes.add(res.size as u64);
+        match place {
+            Place::Memory { on_disk: false } => {}
+            Place::Memory { on_disk: true } if !self.disk.contains(hash) => {}
+            _ => return false,
+        }
+        self.hold_queued(key, &res);
         self.stats.spills_queued.incr();
         let seq = res.seq;
         *place = Place::Queued(res);
-        self.send(tx, key, hash, seq)
+        self.send(tx, key, hash, seq, Why::Evicted, Weak::new())
     }
 
     fn send(
@@ -411,12 +557,16 @@ impl Spiller {
         key: &InternalCacheKey,
         hash: u64,
         seq: u64,
+        why: Why,
+        version: Weak<Resident>,
     ) -> bool {
         self.unprocessed.fetch_add(1, Ordering::AcqRel);
         let item = SpillItem {
             key: key.clone(),
             hash,
             seq,
+            why,
+            version,
         };
         if tx.send(item).is_err() {
             self.finished(1);
@@ -429,4 +579,12 @@ impl Spiller {
     fn finished(&self, n: u64) {
         self.unprocessed.fetch_sub(n, Ordering::AcqRel);
     }
+}
+
+/// The next item without waiting: evictions first.
+fn next_now(
+    evictions: &mut mpsc::UnboundedReceiver<SpillItem>,
+    persists: &mut mpsc::UnboundedReceiver<SpillItem>,
+) -> Option<SpillItem> {
+    evictions.try_recv().or_else(|_| persists.try_recv()).ok()
 }

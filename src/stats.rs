@@ -82,7 +82,6 @@ pub(crate) enum DecodeMiss {
 /// Why an evicted entry that should have spilled was not written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NotWrittenReason {
-    QueueFull,
     EncodeFailed,
     Oversize,
     DiskDropped,
@@ -105,8 +104,10 @@ pub(crate) struct Stats {
     pub(crate) spill_bytes: Counter,
     pub(crate) spills_superseded: Counter,
     pub(crate) queue_entries: Gauge,
-    pub(crate) queue_bytes: Gauge,
-    pub(crate) not_written: [Counter; 5],
+    pub(crate) persisted: Counter,
+    pub(crate) persisted_bytes: Counter,
+    pub(crate) promotions_deferred: Counter,
+    pub(crate) not_written: [Counter; 4],
     pub(crate) decode_misses: [Counter; 5],
     pub(crate) disk_vanished: Counter,
     pub(crate) loader_runs: Counter,
@@ -128,18 +129,18 @@ impl Stats {
 }
 
 /// Spills that were due but not written, by reason. Every one is also a lost
-/// entry: the next read of its key misses.
+/// entry: the next read of its key misses. The spill queue never drops for
+/// lack of room (writers wait instead), so these are the only reasons.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NotWritten {
-    /// The spill queue was at its byte limit when the entry was evicted.
-    pub queue_full: u64,
     /// The codec failed to encode the value.
     pub encode_failed: u64,
     /// The encoded record is larger than one disk block.
     pub oversize: u64,
-    /// Handed to foyer but not written (its flush buffer overflowed or the write failed).
+    /// Handed to foyer but not written: the device failed the write (an I/O
+    /// error or a full disk).
     pub disk_dropped: u64,
-    /// Spilling was disabled after repeated write failures (for example a full disk).
+    /// Evicted while spilling was paused by a failing or full disk (or after `close`).
     pub disk_disabled: u64,
 }
 
@@ -147,15 +148,11 @@ impl NotWritten {
     /// All spills not written, whatever the reason.
     ///
     /// ```
-    /// let n = spillway::NotWritten { queue_full: 2, oversize: 1, ..Default::default() };
+    /// let n = spillway::NotWritten { disk_dropped: 2, oversize: 1, ..Default::default() };
     /// assert_eq!(n.total(), 3);
     /// ```
     pub fn total(&self) -> u64 {
-        self.queue_full
-            + self.encode_failed
-            + self.oversize
-            + self.disk_dropped
-            + self.disk_disabled
+        self.encode_failed + self.oversize + self.disk_dropped + self.disk_disabled
     }
 }
 
@@ -201,6 +198,9 @@ pub struct MemoryStats {
     pub evicted_memory_only: u64,
     /// Disk hits admitted back into memory.
     pub promotions: u64,
+    /// Disk hits served without promotion because the spill queue had no
+    /// room: readers never wait for the disk writer.
+    pub promotions_deferred: u64,
 }
 
 /// The disk tier's share of a [`StatsSnapshot`].
@@ -235,8 +235,15 @@ pub struct SpillStats {
     pub not_written: NotWritten,
     /// Entries waiting in the spill queue now.
     pub queue_entries: u64,
-    /// Bytes waiting in the spill queue now.
+    /// Bytes waiting in the spill queue now (declared sizes plus keys).
     pub queue_bytes: u64,
+    /// Resident entries written by write-behind (`disk.persist_after`), not
+    /// counted in `written`.
+    pub persisted: u64,
+    /// Bytes of the records write-behind wrote.
+    pub persisted_bytes: u64,
+    /// Whether spilling is paused now because the disk is failing or full.
+    pub paused: bool,
 }
 
 /// What opening the cache directory recovered, and the warm-up after it.
@@ -329,6 +336,7 @@ impl Stats {
                 evictions: self.evictions.get(),
                 evicted_memory_only: self.evicted_memory_only.get(),
                 promotions: self.promotions.get(),
+                promotions_deferred: self.promotions_deferred.get(),
                 ..Default::default()
             },
             disk: DiskStats {
@@ -343,14 +351,15 @@ impl Stats {
                 written_bytes: self.spill_bytes.get(),
                 superseded: self.spills_superseded.get(),
                 not_written: NotWritten {
-                    queue_full: nw(NotWrittenReason::QueueFull),
                     encode_failed: nw(NotWrittenReason::EncodeFailed),
                     oversize: nw(NotWrittenReason::Oversize),
                     disk_dropped: nw(NotWrittenReason::DiskDropped),
                     disk_disabled: nw(NotWrittenReason::DiskDisabled),
                 },
                 queue_entries: self.queue_entries.get(),
-                queue_bytes: self.queue_bytes.get(),
+                persisted: self.persisted.get(),
+                persisted_bytes: self.persisted_bytes.get(),
+                ..Default::default()
             },
             decode_misses: DecodeMisses {
                 corrupt: dm(DecodeMiss::Corrupt),

@@ -3,10 +3,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Inner, TwoTierCacheBackend};
-use crate::journal::Fact;
 use crate::placement::Place;
 use crate::{InternalCacheKey, Result};
 
@@ -25,7 +24,8 @@ impl TwoTierCacheBackend {
         self.inner.spiller.compact().await;
     }
 
-    /// Spills every memory-resident entry that is not already on disk, waits
+    /// Spills every memory-resident entry that is not already on disk (or
+    /// whose disk copy foyer has since evicted), waits
     /// until the disk tier has written everything, and closes it. Afterwards
     /// the cache keeps serving from memory but spills nothing more.
     ///
@@ -41,14 +41,15 @@ impl TwoTierCacheBackend {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        // Stop maintenance and warm-up, so that no background task keeps the
-        // cache (and its directory lock) alive once the caller drops it.
+        // Stop maintenance, warm-up and write-behind first.
         let tasks: Vec<_> = self.inner.background.lock().drain(..).collect();
         for task in tasks {
             task.abort();
             let _ = task.await;
         }
-        self.inner.memory.run_pending_tasks().await;
+        self.maintain().await;
+        // Everything resident that the disk does not hold: never written, or
+        // promoted and since evicted from the disk by foyer.
         for (key, res) in self.inner.memory.iter() {
             self.inner
                 .spiller
@@ -56,29 +57,26 @@ impl TwoTierCacheBackend {
         }
         self.inner.spiller.drained().await;
         self.inner.spiller.disable();
-        // Record what is resident so the next open can warm it, then compact
-        // the journal to a snapshot of what is on disk.
-        let mut resident = Vec::new();
+        // What is resident and on disk is recorded as resident, so the next
+        // open warms it; the compaction writes that into its snapshot.
         for (key, res) in self.inner.memory.iter() {
-            let shard = self.inner.spiller.placements.lock(key.disk_hash());
-            let on_disk = shard.get(&key).is_some_and(|s| {
-                s.seq == res.seq && matches!(s.place, Place::Disk | Place::Memory { on_disk: true })
-            });
-            if on_disk {
-                resident.push(Fact::Resident {
-                    hash: key.disk_hash(),
-                    seq: res.seq,
-                });
+            let mut shard = self.inner.spiller.placements.lock(key.disk_hash());
+            if let Some(slot) = shard.current(&key, res.seq) {
+                if matches!(slot.place, Place::Disk) {
+                    slot.place = Place::Memory { on_disk: true };
+                }
             }
         }
-        self.inner.spiller.compact_with(resident).await;
+        self.inner.spiller.compact().await;
         self.inner.spiller.disk.close().await
     }
 }
 
-/// Loads the entries resident at the last close back into memory, until the
-/// memory tier's budget is used. Runs in the background; reads meanwhile are
-/// served as usual (a warming read is an ordinary promotion).
+/// Loads the entries resident at the last close (or persisted as resident
+/// by write-behind) back into memory, most recent first, until the memory
+/// tier's budget is used. Runs in the background; reads meanwhile are served
+/// as usual (a warming read is an ordinary promotion, under the same flow
+/// control as an insert).
 pub(super) async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget: u64) {
     let started = std::time::Instant::now();
     let mut used = 0u64;
@@ -96,12 +94,10 @@ pub(super) async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget
         if used + size > budget {
             break;
         }
-        let cache = TwoTierCacheBackend {
-            inner: inner.clone(),
-        };
-        if cache.lower_tiers(&key, None, true, false).await.is_some() {
+        let cache = TwoTierCacheBackend::internal(inner);
+        if cache.lower_tiers(&key, None, true, true).await.is_some() {
             used += size;
-            inner.spiller.stats.warmed.incr();
+            cache.stats_ref().warmed.incr();
         }
     }
     if let Some(inner) = inner.upgrade() {
@@ -112,14 +108,36 @@ pub(super) async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget
 }
 
 /// Drives moka's maintenance so that an idle cache still evicts, and
-/// therefore still spills: moka only evicts while maintenance runs.
+/// therefore still spills (moka only evicts while maintenance runs); probes
+/// a paused disk; and drops the slots of records foyer has evicted.
 pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        inner.unmaintained.store(0, Ordering::Relaxed);
-        inner.memory.run_pending_tasks().await;
+        inner.spiller.health.probe_if_due();
+        inner.spiller.sweep_if_due();
+        TwoTierCacheBackend::internal(inner).maintain().await;
+    }
+}
+
+/// Write-behind: hands entries that have been resident for `persist_after`
+/// to the spill worker, which writes them when no eviction is waiting.
+pub(super) async fn persist(inner: Weak<Inner>) {
+    let every = match inner.upgrade() {
+        Some(inner) => inner.write_behind.tick(),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        for (key, version) in inner.write_behind.take_due(Instant::now()) {
+            inner
+                .spiller
+                .offer_persist(&key, &version, &inner.persist_tx);
+        }
     }
 }

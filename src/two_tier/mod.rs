@@ -25,14 +25,15 @@ use crate::disk::DiskTier;
 use crate::journal::{Fact, Journal, Replay};
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::single_flight::SingleFlight;
-use crate::spill::{release_queued, SpillItem, Spiller};
+use crate::spill::{SpillItem, Spiller};
 use crate::stats::Stats;
 use crate::weigher::ByteWeigher;
+use crate::write_behind::WriteBehind;
 use crate::{
     CacheBackend, CacheEntry, CacheTier, Codec, CodecRegistry, Config, InternalCacheKey, Result,
     StatsSnapshot,
 };
-use lifecycle::{maintain, warm};
+use lifecycle::{maintain, persist, warm};
 
 /// A cache whose memory tier (moka) spills capacity evictions to a disk tier
 /// (foyer) and promotes disk hits back into memory.
@@ -43,8 +44,26 @@ use lifecycle::{maintain, warm};
 ///   `type_name` has no codec live in memory only.
 /// * A read never returns a version older than the latest insert of its key,
 ///   nor anything invalidated or cleared after it was written.
-/// * `size_bytes` is RAM: the memory tier plus the spill queue; both together
-///   stay within `memory_capacity`.
+/// * `size_bytes` is RAM: the memory tier plus the spill queue. Together they
+///   stay within `memory_capacity`, except briefly by at most the largest
+///   single entry (and its key): moka evicts whole entries, so one eviction
+///   may overshoot what the write that caused it reserved, and an entry
+///   larger than the spill queue's share is admitted when the queue is empty.
+///   The excess lasts until the spill worker has written that entry.
+///
+/// # Flow control
+///
+/// Nothing is lost for lack of queue room while the disk has room: every
+/// write that may evict (insert, a loader's result, warm-up) first reserves
+/// its size in the spill queue and waits while the queue is full, so
+/// writers are slowed to the disk's pace instead. Readers never wait for
+/// the disk writer: a disk hit found while the queue is full is served
+/// without promotion (counted as `memory.promotions_deferred`). The only
+/// spills not written are those the disk cannot take: a record larger than
+/// a disk block, a codec that fails to encode, or a failing or full disk
+/// (`spill.not_written`, by reason). On a failing disk spilling pauses, the
+/// memory tier keeps serving, and a probe write every half second resumes
+/// spilling once the disk works again.
 ///
 /// # Restarts and crashes
 ///
@@ -55,12 +74,20 @@ use lifecycle::{maintain, warm};
 /// in memory at [`close`](Self::close) are loaded back in the background.
 ///
 /// * After `close()`, everything spillable that was resident is on disk too.
-/// * Dropping the cache without `close()` (or a crash) loses what was only in
-///   memory or still in the spill queue, and writes foyer had not finished;
-///   it never makes a read return an older version, an invalidated entry or
-///   damaged bytes. Replacements, invalidations and clears are durable
-///   against a process crash once the call returns, and against power loss
-///   too with the `fsync` setting.
+/// * Write-behind: an entry that stays in memory for `disk.persist_after`
+///   (default 2 s) is written to disk in the background as well, and
+///   recorded as resident. So a cache that is dropped without `close()`, or
+///   a process that is killed, comes back warm: after it idled for twice
+///   `persist_after`, everything spillable it held is served again without
+///   the loader, and warmed back into memory.
+/// * Dropping the last handle releases the directory at once (background
+///   tasks hold no reference that keeps it locked). What is lost on a drop
+///   or a crash is what was not yet persisted: entries younger than
+///   `persist_after`, the spill queue, and writes foyer had not finished.
+///   A drop or crash never makes a read return an older version, an
+///   invalidated entry or damaged bytes. Replacements, invalidations and
+///   clears are durable against a process crash once the call returns, and
+///   against power loss too with the `fsync` setting.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -85,6 +112,25 @@ use lifecycle::{maintain, warm};
 #[derive(Clone)]
 pub struct TwoTierCacheBackend {
     inner: Arc<Inner>,
+    /// Shared by the handles a user holds, never by background tasks: when
+    /// the last one drops, the directory is released at once.
+    _owner: Option<Arc<Owner>>,
+}
+
+/// Owns the directory lock on behalf of the user's handles.
+struct Owner {
+    inner: Arc<Inner>,
+    _dir: CacheDir,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // No more writes to a directory another cache may open next.
+        self.inner.spiller.disable();
+        for task in self.inner.background.lock().drain(..) {
+            task.abort();
+        }
+    }
 }
 
 struct Inner {
@@ -93,17 +139,15 @@ struct Inner {
     memory_capacity: u64,
     spiller: Arc<Spiller>,
     spill_tx: mpsc::UnboundedSender<SpillItem>,
+    persist_tx: mpsc::UnboundedSender<SpillItem>,
+    write_behind: WriteBehind,
     codecs: CodecRegistry,
     flights: SingleFlight,
     seq: AtomicU64,
-    /// Bytes written to moka since its maintenance last ran; see `note_write`.
-    unmaintained: AtomicU64,
-    /// When `unmaintained` reaches this, the writer runs maintenance itself.
+    /// When this many reserved bytes await maintenance, the writer runs it.
     maintain_every: u64,
     closed: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
-    /// Holds the directory lock; declared last so it is released last.
-    _dir: CacheDir,
 }
 
 impl Drop for Inner {
@@ -126,6 +170,7 @@ pub(crate) struct Parts {
     pub replay: Replay,
     pub recovery_time: Duration,
     pub warm_on_open: bool,
+    pub persist_after: Duration,
     pub cache_dir: CacheDir,
 }
 
@@ -177,7 +222,14 @@ impl TwoTierCacheBackend {
             .saturating_sub(parts.spill_queue_capacity);
         let placements = Placements::new(64);
         let mut recovered_bytes = 0;
+        let mut recovered = 0;
         for (key, r) in &parts.replay.live {
+            // Only records foyer still holds: the journal may name some that
+            // its block reclaim evicted since.
+            if !parts.disk.contains(key.disk_hash()) {
+                continue;
+            }
+            recovered += 1;
             recovered_bytes += u64::from(r.len);
             let slot = Slot {
                 seq: r.seq,
@@ -194,13 +246,14 @@ impl TwoTierCacheBackend {
             parts.spill_queue_capacity,
         ));
         *spiller.stats.recovery.lock() = crate::RecoveryStats {
-            entries: parts.replay.live.len() as u64,
+            entries: recovered,
             bytes: recovered_bytes,
             millis: parts.recovery_time.as_millis() as u64,
             torn_journal_tails: parts.replay.torn_tails,
             ..Default::default()
         };
         let (spill_tx, spill_rx) = mpsc::unbounded_channel();
+        let (persist_tx, persist_rx) = mpsc::unbounded_channel();
         let listener_spiller = spiller.clone();
         let listener_tx = spill_tx.clone();
         let memory = Cache::builder()
@@ -221,18 +274,22 @@ impl TwoTierCacheBackend {
             memory_capacity: parts.memory_capacity,
             spiller: spiller.clone(),
             spill_tx,
+            persist_tx,
+            write_behind: WriteBehind::new(parts.persist_after),
             codecs: parts.codecs,
             flights: SingleFlight::default(),
             seq: AtomicU64::new(parts.replay.next_seq),
-            unmaintained: AtomicU64::new(0),
             maintain_every: (parts.spill_queue_capacity / 4).max(1),
             closed: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
-            _dir: parts.cache_dir,
         });
         // The worker holds the spiller, not the cache: it ends by itself
         // when the cache (and with it moka's listener, the last sender) drops.
-        tokio::spawn(spiller.run(spill_rx));
+        tokio::spawn(spiller.run(spill_rx, persist_rx));
+        if inner.write_behind.enabled() {
+            let task = tokio::spawn(persist(Arc::downgrade(&inner)));
+            inner.background.lock().push(task);
+        }
         let maintenance =
             tokio::spawn(maintain(Arc::downgrade(&inner), parts.maintenance_interval));
         inner.background.lock().push(maintenance);
@@ -243,7 +300,22 @@ impl TwoTierCacheBackend {
         };
         let warmer = tokio::spawn(warm(Arc::downgrade(&inner), warm_keys, hot_capacity));
         inner.background.lock().push(warmer);
-        Self { inner }
+        let owner = Arc::new(Owner {
+            inner: inner.clone(),
+            _dir: parts.cache_dir,
+        });
+        Self {
+            inner,
+            _owner: Some(owner),
+        }
+    }
+
+    /// A handle for background work: it does not hold the directory.
+    fn internal(inner: Arc<Inner>) -> Self {
+        Self {
+            inner,
+            _owner: None,
+        }
     }
 
     /// The next sequence number, covered by a durable reservation.
@@ -280,7 +352,7 @@ impl TwoTierCacheBackend {
     /// # });
     /// ```
     pub async fn flush(&self) {
-        self.inner.memory.run_pending_tasks().await;
+        self.maintain().await;
         self.inner.spiller.drained().await;
     }
 
@@ -300,9 +372,12 @@ impl TwoTierCacheBackend {
         s.memory.bytes = self.inner.weigher.bytes(self.inner.memory.weighted_size());
         s.disk.bytes_written = self.inner.spiller.disk.bytes_written();
         s.disk.capacity = self.inner.spiller.disk.capacity() as u64;
+        s.spill.queue_bytes = self.inner.spiller.flow.queued();
+        s.spill.paused = self.inner.spiller.health.is_failing();
+        let disk = &self.inner.spiller.disk;
         let mut on_disk = 0;
-        self.inner.spiller.placements.for_each(|_, slot| {
-            if matches!(slot.place, Place::Disk | Place::Memory { on_disk: true }) {
+        self.inner.spiller.placements.for_each(|key, slot| {
+            if slot.place.readable_on_disk() && disk.contains(key.disk_hash()) {
                 on_disk += 1;
             }
         });
@@ -370,11 +445,11 @@ impl CacheBackend for TwoTierCacheBackend {
         let _admin = spiller.admin.lock().await;
         let seq = self.next_seq();
         spiller.journal_append(&[Fact::Cleared { seq }], true);
-        let stats = self.stats_ref();
-        self.inner
-            .spiller
+        let spiller = &self.inner.spiller;
+        spiller
             .placements
-            .drain(|_, slot| release_queued(stats, &slot.place));
+            .drain(|key, slot| spiller.release_queued(key, &slot.place));
+        self.inner.write_behind.clear();
         self.inner.memory.invalidate_all();
         if let Err(e) = self.inner.spiller.disk.clear().await {
             tracing::error!(error = %e, "clearing the disk tier failed; its records stay unreachable");
@@ -407,7 +482,7 @@ impl CacheBackend for TwoTierCacheBackend {
 
     fn approx_size_bytes(&self) -> usize {
         let memory = self.inner.weigher.bytes(self.inner.memory.weighted_size());
-        (memory + self.stats_ref().queue_bytes.get()) as usize
+        (memory + self.inner.spiller.flow.queued()) as usize
     }
 
     async fn peek_tier(&self, key: &InternalCacheKey) -> CacheTier {

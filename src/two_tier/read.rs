@@ -8,6 +8,7 @@ use moka::ops::compute::Op;
 use super::TwoTierCacheBackend;
 use crate::envelope;
 use crate::placement::{Place, Resident};
+use crate::spill::queue_weight;
 use crate::stats::DecodeMiss;
 use crate::{CacheEntry, CacheTier, Codec, CodecError, InternalCacheKey};
 
@@ -90,22 +91,24 @@ impl TwoTierCacheBackend {
             self.stats_ref().memory_hits.incr();
             return Some((res.entry.clone(), CacheTier::Resident));
         }
-        let found = self.lower_tiers(key, codec, promote, true).await;
+        let found = self.lower_tiers(key, codec, promote, false).await;
         if found.is_none() {
             self.stats_ref().misses.incr();
         }
         found.map(|entry| (entry, CacheTier::Local))
     }
 
-    /// The spill queue and the disk tier, in that order.
-    /// `count`: whether a hit counts as a read (warming reads do not).
+    /// The spill queue and the disk tier, in that order. `warming`: the
+    /// read is the background warm-up's, which is not counted as a read and
+    /// waits for room to promote instead of skipping the promotion.
     pub(super) async fn lower_tiers(
         &self,
         key: &InternalCacheKey,
         codec: Option<Arc<dyn Codec>>,
         promote: bool,
-        count: bool,
+        warming: bool,
     ) -> Option<CacheEntry> {
+        let count = !warming;
         let hash = key.disk_hash();
         let seq = {
             let shard = self.inner.spiller.placements.lock(hash);
@@ -123,7 +126,7 @@ impl TwoTierCacheBackend {
                 // the disk holds the same bytes.
                 Place::Disk | Place::Memory { on_disk: true } => slot.seq,
                 // moka has just evicted it and the listener has not run yet.
-                Place::Memory { on_disk: false } => return None,
+                Place::Memory { on_disk: false } | Place::Persisting => return None,
             }
         };
         let stats = self.stats_ref();
@@ -185,9 +188,23 @@ impl TwoTierCacheBackend {
         }
         let entry = res.entry.clone();
         if promote {
-            let size = res.size;
-            self.promote(key, hash, res).await;
-            self.note_write(size).await;
+            // A promotion may evict: it needs room in the spill queue. A
+            // reader does not wait for the disk writer to make some; the
+            // entry is served unpromoted and the next read tries again.
+            let weight = queue_weight(key, res.size);
+            let room = if warming {
+                Some(self.reserve(weight).await)
+            } else {
+                self.try_reserve(weight).await
+            };
+            match room {
+                Some(room) => {
+                    self.promote(key, hash, res).await;
+                    drop(room);
+                    self.maintain_if_due().await;
+                }
+                None => stats.promotions_deferred.incr(),
+            }
         }
         Some(entry)
     }
@@ -220,12 +237,7 @@ impl TwoTierCacheBackend {
                 } else {
                     let mut shard = inner.spiller.placements.lock(hash);
                     match shard.current(key, res.seq) {
-                        Some(slot)
-                            if matches!(
-                                slot.place,
-                                Place::Disk | Place::Memory { on_disk: true }
-                            ) =>
-                        {
+                        Some(slot) if slot.place.readable_on_disk() => {
                             slot.place = Place::Memory { on_disk: true };
                             self.stats_ref().promotions.incr();
                             Op::Put(Arc::new(res))

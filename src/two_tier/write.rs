@@ -1,15 +1,15 @@
 //! The write path: inserts, removals, and backpressure.
 
 use std::future::ready;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use moka::ops::compute::Op;
 
 use super::TwoTierCacheBackend;
+use crate::flow::{Blocked, Reservation};
 use crate::journal::Fact;
 use crate::placement::{Place, Resident, Slot};
-use crate::spill::release_queued;
+use crate::spill::queue_weight;
 use crate::{CacheEntry, Codec, InternalCacheKey};
 
 impl TwoTierCacheBackend {
@@ -38,8 +38,7 @@ impl TwoTierCacheBackend {
         let codec = self.codec_for(key, codec);
         self.stats_ref().inserts.incr();
         // Any insert may evict spillable entries, whatever its own type.
-        self.inner.spiller.make_room().await;
-        self.note_write(size_bytes).await;
+        let room = self.reserve(queue_weight(key, size_bytes)).await;
         let hash = key.disk_hash();
         let inner = &self.inner;
         inner
@@ -63,40 +62,80 @@ impl TwoTierCacheBackend {
                         let tombstone = Fact::Tombstone { hash, seq };
                         inner.spiller.journal_append(&[tombstone], true);
                     }
-                    self.retire(hash, &prev.place);
+                    self.retire(key, hash, &prev.place);
                 }
                 drop(shard);
-                ready(Op::Put(Arc::new(Resident {
+                let spillable = codec.is_some();
+                let version = Arc::new(Resident {
                     entry,
                     size: size_bytes,
                     seq,
                     codec,
-                })))
+                });
+                if spillable {
+                    inner.write_behind.schedule(key, &version);
+                }
+                ready(Op::Put(version))
             })
+            .await;
+        drop(room);
+        self.maintain_if_due().await;
+    }
+
+    /// Takes room in the spill queue for a write of `bytes` that may evict,
+    /// waiting while there is none. See `flow` for why this is a
+    /// reservation taken before the write.
+    pub(super) async fn reserve(&self, bytes: u64) -> Reservation<'_> {
+        let flow = &self.inner.spiller.flow;
+        loop {
+            let room = flow.room_changed();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match flow.try_reserve(bytes) {
+                Ok(reservation) => return reservation,
+                Err(Blocked::Maintain) => self.maintain().await,
+                Err(Blocked::Wait) => room.await,
+            }
+        }
+    }
+
+    /// Room for a promotion, without waiting for the disk writer.
+    pub(super) async fn try_reserve(&self, bytes: u64) -> Option<Reservation<'_>> {
+        let flow = &self.inner.spiller.flow;
+        match flow.try_reserve(bytes) {
+            Ok(reservation) => Some(reservation),
+            Err(Blocked::Maintain) => {
+                self.maintain().await;
+                flow.try_reserve(bytes).ok()
+            }
+            Err(Blocked::Wait) => None,
+        }
+    }
+
+    /// Runs moka's pending work (its evictions queue their spills) and
+    /// releases the reservations it applied.
+    pub(super) async fn maintain(&self) {
+        let memory = &self.inner.memory;
+        self.inner
+            .spiller
+            .flow
+            .maintained(memory.run_pending_tasks())
             .await;
     }
 
-    /// moka applies writes, and evicts, only when its maintenance runs, and
-    /// then evicts everything that is over budget at once. Running maintenance
-    /// after every quarter spill queue of writes keeps one run's evictions
-    /// within what the queue can take (`make_room` keeps it at most half
-    /// full), so bursts are written, not dropped.
-    pub(super) async fn note_write(&self, bytes: usize) {
-        let inner = &self.inner;
-        let pending = inner
-            .unmaintained
-            .fetch_add(bytes as u64, Ordering::Relaxed)
-            + bytes as u64;
-        if pending >= inner.maintain_every {
-            inner.unmaintained.store(0, Ordering::Relaxed);
-            inner.memory.run_pending_tasks().await;
+    /// moka applies writes, and evicts, only when its maintenance runs.
+    /// Running it once a quarter of the queue's budget is reserved keeps
+    /// writers from queueing up behind a maintenance run nobody started.
+    pub(super) async fn maintain_if_due(&self) {
+        if self.inner.spiller.flow.unmaintained() >= self.inner.maintain_every {
+            self.maintain().await;
         }
     }
 
     /// Drops what a superseded slot held outside moka. Called under the slot's
     /// shard lock, so the foyer delete is ordered after any write of it.
-    pub(super) fn retire(&self, hash: u64, place: &Place) {
-        release_queued(self.stats_ref(), place);
+    pub(super) fn retire(&self, key: &InternalCacheKey, hash: u64, place: &Place) {
+        self.inner.spiller.release_queued(key, place);
         if place.may_be_on_disk() {
             self.inner.spiller.disk.delete(hash);
         }
@@ -111,7 +150,7 @@ impl TwoTierCacheBackend {
             .and_compute_with(|current| {
                 let mut shard = self.inner.spiller.placements.lock(hash);
                 if let Some(prev) = shard.remove(key) {
-                    self.retire(hash, &prev.place);
+                    self.retire(key, hash, &prev.place);
                 }
                 ready(if current.is_some() {
                     Op::Remove

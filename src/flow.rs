@@ -1,0 +1,189 @@
+//! Flow control between the memory tier and the spill queue.
+//!
+//! moka evicts only while its maintenance runs, and one run evicts whatever
+//! is over budget at that moment, possibly several entries for one insert.
+//! So the spill queue cannot refuse an eviction once it happens: the room
+//! must have been taken *before* the write that causes it. Every source of
+//! capacity eviction (insert, a loader's result, promotion, warm-up) first
+//! takes a [`Reservation`] of its own size against the queue's budget, in one
+//! critical section with the check (never a check followed by an act).
+//!
+//! A reservation lives through two stages, both counted against the budget:
+//! *inserting* while its write is on its way into moka, then *unmaintained*
+//! until the next maintenance run has applied that write (and queued the
+//! evictions it caused). Only then are the bytes released. Evicted bytes are
+//! then in the queue itself and are counted there until the spill worker is
+//! done with them. Overlaps (an eviction both queued and still reserved) only
+//! make the count conservative.
+//!
+//! An entry larger than the whole budget is admitted when nothing else is
+//! queued or reserved: it spills alone while later writers wait.
+//!
+//! # The bound on RAM
+//!
+//! The queue plus reservations never exceed the queue's budget, except that
+//! one maintenance run may evict one entry more than was reserved (moka evicts
+//! whole entries, and the last one can be of any size), and an oversized
+//! entry is admitted alone. So RAM stays within `memory_capacity` plus the
+//! largest single entry (and its key), and only until the spill worker has
+//! written that entry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// The queue's byte budget and the reservations against it.
+pub(crate) struct FlowControl {
+    capacity: u64,
+    credit: Mutex<Credit>,
+    /// Bytes in the spill queue (evicted, not yet written or dropped).
+    queued: AtomicU64,
+    /// Woken whenever room may have appeared.
+    room: Notify,
+    /// One maintenance run at a time, so each releases exactly the
+    /// reservations that were made before it started.
+    maintenance: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Credit {
+    inserting: u64,
+    unmaintained: u64,
+}
+
+/// Room taken in the spill queue for one write. Dropping it (whether the
+/// write happened or was cancelled) hands its bytes on to the next
+/// maintenance run, which releases them.
+#[must_use]
+pub(crate) struct Reservation<'a> {
+    flow: &'a FlowControl,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut credit = self.flow.credit.lock();
+        credit.inserting -= self.bytes;
+        credit.unmaintained += self.bytes;
+    }
+}
+
+/// What a caller that found no room should do next.
+pub(crate) enum Blocked {
+    /// Writes are waiting for maintenance: run it, then try again.
+    Maintain,
+    /// The queue itself is full: wait for the spill worker.
+    Wait,
+}
+
+impl FlowControl {
+    pub(crate) fn new(capacity: u64) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            credit: Mutex::new(Credit::default()),
+            queued: AtomicU64::new(0),
+            room: Notify::new(),
+            maintenance: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Bytes in the spill queue now.
+    pub(crate) fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Bytes reserved by writes not yet applied by maintenance.
+    pub(crate) fn unmaintained(&self) -> u64 {
+        self.credit.lock().unmaintained
+    }
+
+    /// Takes room for `bytes` if there is some (or if nothing at all is
+    /// queued or reserved, whatever the size), without waiting.
+    pub(crate) fn try_reserve(&self, bytes: u64) -> Result<Reservation<'_>, Blocked> {
+        let mut credit = self.credit.lock();
+        let used = self.queued() + credit.inserting + credit.unmaintained;
+        if used == 0 || used.saturating_add(bytes) <= self.capacity {
+            credit.inserting += bytes;
+            return Ok(Reservation { flow: self, bytes });
+        }
+        if credit.unmaintained > 0 {
+            Err(Blocked::Maintain)
+        } else {
+            Err(Blocked::Wait)
+        }
+    }
+
+    /// Waits until room may have appeared. Call it with a `room_changed`
+    /// future taken (and enabled) before the failed `try_reserve`, so that
+    /// no wake-up in between is lost.
+    pub(crate) fn room_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.notified()
+    }
+
+    /// Runs `maintain` (moka's pending work), then releases the reservations
+    /// made before it started: their writes, and the evictions those caused,
+    /// have been applied.
+    pub(crate) async fn maintained<F: std::future::Future<Output = ()>>(&self, maintain: F) {
+        let _one = self.maintenance.lock().await;
+        let applied = self.credit.lock().unmaintained;
+        maintain.await;
+        self.credit.lock().unmaintained -= applied;
+        if applied > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// An evicted entry of `bytes` entered the queue.
+    pub(crate) fn enqueued(&self, bytes: u64) {
+        self.queued.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// `bytes` left the queue (written, dropped or superseded).
+    pub(crate) fn dequeued(&self, bytes: u64) {
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_is_a_reservation_not_a_check() {
+        let flow = FlowControl::new(100);
+        let a = flow.try_reserve(60).ok().expect("room");
+        // The first reservation is not applied yet, but it still counts.
+        assert!(matches!(flow.try_reserve(60), Err(Blocked::Wait)));
+        drop(a);
+        assert!(matches!(flow.try_reserve(60), Err(Blocked::Maintain)));
+        assert!(flow.try_reserve(40).is_ok());
+    }
+
+    #[test]
+    fn an_oversized_write_is_admitted_alone() {
+        let flow = FlowControl::new(100);
+        let big = flow.try_reserve(1000).ok().expect("admitted alone");
+        assert!(flow.try_reserve(1).is_err());
+        drop(big);
+    }
+
+    #[tokio::test]
+    async fn maintenance_releases_only_what_was_reserved_before_it() {
+        let flow = FlowControl::new(100);
+        drop(flow.try_reserve(50).ok().unwrap());
+        flow.maintained(async {
+            // A write reserved while maintenance runs stays reserved.
+            drop(flow.try_reserve(30).ok().unwrap());
+        })
+        .await;
+        assert_eq!(flow.unmaintained(), 30);
+        flow.enqueued(60);
+        assert!(flow.try_reserve(1).is_ok());
+        assert!(matches!(flow.try_reserve(10), Err(Blocked::Maintain)));
+        flow.dequeued(60);
+        flow.maintained(async {}).await;
+        assert_eq!(flow.unmaintained(), 0);
+    }
+}
