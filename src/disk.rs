@@ -17,7 +17,10 @@ use foyer::{
     BlockEngineConfig, DeviceBuilder, FileDeviceBuilder, HybridCache, HybridCacheBuilder,
     IoEngineConfig, Load, PsyncIoEngineConfig, RecoverMode,
 };
+use futures::FutureExt;
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::{Error, Result};
 
@@ -53,7 +56,11 @@ pub(crate) struct DiskOptions {
 }
 
 pub(crate) struct DiskTier {
-    cache: HybridCache<u64, Bytes>,
+    /// Replaced by `reopen` after a device failure: foyer 0.22's flusher
+    /// does not survive a failed write (it panics on its next round), so a
+    /// disk that works again needs a fresh instance on the same file.
+    cache: RwLock<HybridCache<u64, Bytes>>,
+    opts: DiskOptions,
     dir: PathBuf,
     capacity: usize,
     max_record: usize,
@@ -73,60 +80,65 @@ fn align_up(n: usize) -> usize {
     n.div_ceil(PAGE) * PAGE
 }
 
+/// A foyer instance on the device file in `opts.dir` (created if missing).
+async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
+    let disk_err = |op: &'static str| {
+        let dir = opts.dir.clone();
+        move |e: foyer::Error| Error::Disk {
+            dir,
+            op,
+            message: e.to_string(),
+        }
+    };
+    // One file for the whole device, not one per block: foyer 0.22 never
+    // releases a device after close and drop (its flusher tasks and block
+    // manager reference each other), so each open keeps its descriptors
+    // for the life of the process. One file keeps that to one per open.
+    let device = FileDeviceBuilder::new(opts.dir.join("blocks"))
+        .with_capacity(opts.capacity)
+        .with_direct(opts.direct_io)
+        .build()
+        .map_err(disk_err("open device"))?;
+    let io_engine: Box<dyn IoEngineConfig> = match opts.io_engine {
+        IoEngine::Psync => PsyncIoEngineConfig::new().into(),
+        #[cfg(target_os = "linux")]
+        IoEngine::IoUring => Box::new(foyer::UringIoEngineConfig::new()),
+        #[cfg(not(target_os = "linux"))]
+        IoEngine::IoUring => {
+            return Err(Error::Config {
+                field: "disk.io_engine".into(),
+                value: "io_uring".into(),
+                reason: "io_uring needs Linux".into(),
+            })
+        }
+    };
+    let engine = BlockEngineConfig::new(device)
+        .with_block_size(opts.block_size)
+        .with_flushers(opts.flushers)
+        .with_buffer_pool_size(opts.buffer_pool);
+    HybridCacheBuilder::new()
+        .with_name("spillway")
+        .with_flush_on_close(false)
+        .memory(1)
+        .with_shards(1)
+        .storage()
+        .with_io_engine_config(io_engine)
+        .with_engine_config(engine)
+        // foyer rebuilds its index from the block files; which of those
+        // records are current is the journal's call, not foyer's (it
+        // would resurrect deleted ones: its tombstone log is off).
+        .with_recover_mode(RecoverMode::Quiet)
+        .build()
+        .await
+        .map_err(disk_err("build disk cache"))
+}
+
 impl DiskTier {
     pub(crate) async fn open(opts: &DiskOptions) -> Result<Self> {
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| Error::io("create cache directory", &opts.dir, e))?;
         probe_writable(&opts.dir)?;
-        let disk_err = |op: &'static str| {
-            let dir = opts.dir.clone();
-            move |e: foyer::Error| Error::Disk {
-                dir,
-                op,
-                message: e.to_string(),
-            }
-        };
-        // One file for the whole device, not one per block: foyer 0.22 never
-        // releases a device after close and drop (its flusher tasks and block
-        // manager reference each other), so each open keeps its descriptors
-        // for the life of the process. One file keeps that to one per open.
-        let device = FileDeviceBuilder::new(opts.dir.join("blocks"))
-            .with_capacity(opts.capacity)
-            .with_direct(opts.direct_io)
-            .build()
-            .map_err(disk_err("open device"))?;
-        let io_engine: Box<dyn IoEngineConfig> = match opts.io_engine {
-            IoEngine::Psync => PsyncIoEngineConfig::new().into(),
-            #[cfg(target_os = "linux")]
-            IoEngine::IoUring => Box::new(foyer::UringIoEngineConfig::new()),
-            #[cfg(not(target_os = "linux"))]
-            IoEngine::IoUring => {
-                return Err(Error::Config {
-                    field: "disk.io_engine".into(),
-                    value: "io_uring".into(),
-                    reason: "io_uring needs Linux".into(),
-                })
-            }
-        };
-        let engine = BlockEngineConfig::new(device)
-            .with_block_size(opts.block_size)
-            .with_flushers(opts.flushers)
-            .with_buffer_pool_size(opts.buffer_pool);
-        let cache = HybridCacheBuilder::new()
-            .with_name("spillway")
-            .with_flush_on_close(false)
-            .memory(1)
-            .with_shards(1)
-            .storage()
-            .with_io_engine_config(io_engine)
-            .with_engine_config(engine)
-            // foyer rebuilds its index from the block files; which of those
-            // records are current is the journal's call, not foyer's (it
-            // would resurrect deleted ones: its tombstone log is off).
-            .with_recover_mode(RecoverMode::Quiet)
-            .build()
-            .await
-            .map_err(disk_err("build disk cache"))?;
+        let cache = build(opts).await?;
         // Each flusher owns buffer_pool / flushers bytes and drops what does not
         // fit while its previous write is in flight. Submitting at most half of
         // that between waits keeps any one flusher's share below its buffer
@@ -137,12 +149,23 @@ impl DiskTier {
             .min(io_buffer)
             .saturating_sub(FOYER_ENTRY_OVERHEAD);
         Ok(Self {
-            cache,
+            cache: RwLock::new(cache),
+            opts: opts.clone(),
             dir: opts.dir.clone(),
             capacity: opts.capacity,
             max_record,
             batch_budget,
         })
+    }
+
+    /// Replaces the foyer instance by a fresh one on the same device file,
+    /// which recovers the records written so far. The old instance is
+    /// dropped, not closed: after a failed write its flusher is gone.
+    pub(crate) async fn reopen(&self) -> Result<()> {
+        let fresh = build(&self.opts).await?;
+        let old = std::mem::replace(&mut *self.cache.write(), fresh);
+        drop(old);
+        Ok(())
     }
 
     /// Largest sealed record the disk tier can hold.
@@ -172,12 +195,26 @@ impl DiskTier {
     /// sequence against later `delete`s of the same hash.
     pub(crate) fn enqueue(&self, hash: u64, record: Bytes) {
         // A phantom entry: foyer sends it to the disk queue when the handle drops.
-        drop(self.cache.storage_writer(hash).force().insert(record));
+        let cache = self.cache.read();
+        // foyer 0.22 panics here once a failed write has poisoned it; the
+        // record is then simply not written (and counted so by the caller).
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            drop(cache.storage_writer(hash).force().insert(record));
+        }));
     }
 
     /// Reads a record; `Ok(None)` when foyer has nothing under `hash`.
     pub(crate) async fn load(&self, hash: u64) -> Result<Option<Bytes>> {
-        match self.cache.storage().load(&hash).await {
+        let cache = self.cache.read().clone();
+        let loaded = AssertUnwindSafe(async move { cache.storage().load(&hash).await })
+            .catch_unwind()
+            .await
+            .map_err(|_| Error::Disk {
+                dir: self.dir.clone(),
+                op: "load record",
+                message: "the disk tier failed (foyer panicked after a device error)".into(),
+            })?;
+        match loaded {
             Ok(Load::Entry { value, .. }) => Ok(Some(value)),
             Ok(Load::Piece { piece, .. }) => Ok(Some(piece.value().clone())),
             Ok(Load::Miss | Load::Throttled) => Ok(None),
@@ -191,25 +228,34 @@ impl DiskTier {
 
     /// Whether foyer holds (or is writing) a record under `hash`.
     pub(crate) fn contains(&self, hash: u64) -> bool {
-        self.cache.storage().may_contains(&hash)
+        let cache = self.cache.read();
+        catch_unwind(AssertUnwindSafe(|| cache.storage().may_contains(&hash))).unwrap_or(false)
     }
 
     pub(crate) fn delete(&self, hash: u64) {
-        self.cache.remove(&hash);
+        let cache = self.cache.read();
+        let _ = catch_unwind(AssertUnwindSafe(|| cache.remove(&hash)));
     }
 
     /// Waits until everything enqueued so far has been written (or dropped).
     #[cfg(test)]
     pub(crate) async fn wait(&self) {
-        self.cache.storage().wait().await;
+        let cache = self.cache.read().clone();
+        cache.storage().wait().await;
     }
 
     /// A wait that covers exactly what was enqueued before this call, even
     /// if more is enqueued before it is awaited: foyer takes a wait request
     /// when its future is first polled, so it is polled once here.
-    pub(crate) fn wait_from_now(&self) -> Written<'_> {
-        let mut future: Pin<Box<dyn Future<Output = ()> + Send + '_>> =
-            Box::pin(self.cache.storage().wait());
+    pub(crate) fn wait_from_now(&self) -> Written {
+        let cache = self.cache.read().clone();
+        let mut future: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            // A panic inside foyer's wait (a poisoned block manager after
+            // a device error) must not take the spill worker down.
+            let _ = AssertUnwindSafe(cache.storage().wait())
+                .catch_unwind()
+                .await;
+        });
         let done = future
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
@@ -218,7 +264,8 @@ impl DiskTier {
     }
 
     pub(crate) async fn clear(&self) -> Result<()> {
-        self.cache.clear().await.map_err(|e| Error::Disk {
+        let cache = self.cache.read().clone();
+        cache.clear().await.map_err(|e| Error::Disk {
             dir: self.dir.clone(),
             op: "clear",
             message: e.to_string(),
@@ -226,7 +273,8 @@ impl DiskTier {
     }
 
     pub(crate) async fn close(&self) -> Result<()> {
-        self.cache.close().await.map_err(|e| Error::Disk {
+        let cache = self.cache.read().clone();
+        cache.close().await.map_err(|e| Error::Disk {
             dir: self.dir.clone(),
             op: "close",
             message: e.to_string(),
@@ -235,17 +283,17 @@ impl DiskTier {
 
     /// Bytes foyer has written to the device.
     pub(crate) fn bytes_written(&self) -> u64 {
-        self.cache.statistics().disk_write_bytes() as u64
+        self.cache.read().statistics().disk_write_bytes() as u64
     }
 }
 
 /// The pending end of [`DiskTier::wait_from_now`].
-pub(crate) struct Written<'a> {
-    future: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+pub(crate) struct Written {
+    future: Pin<Box<dyn Future<Output = ()> + Send>>,
     done: bool,
 }
 
-impl Written<'_> {
+impl Written {
     pub(crate) async fn wait(self) {
         if !self.done {
             self.future.await;

@@ -67,6 +67,11 @@ impl DiskHealth {
         }
     }
 
+    /// The disk tier stopped answering: pause at once.
+    pub(crate) fn stalled(&self) {
+        self.pause("a disk write never completed");
+    }
+
     fn pause(&self, cause: &str) {
         if !self.failing.swap(true, Ordering::AcqRel) {
             *self.next_probe.lock() = Instant::now() + PROBE_EVERY;
@@ -74,8 +79,9 @@ impl DiskHealth {
         }
     }
 
-    /// While paused, probes the disk at most every `PROBE_EVERY`; resumes
-    /// spilling when a probe write succeeds. Returns true when it resumed.
+    /// While paused, probes the disk at most every `PROBE_EVERY`. True when
+    /// a probe write succeeded: the caller then makes the disk tier usable
+    /// again and calls [`DiskHealth::resume`].
     pub(crate) fn probe_if_due(&self) -> bool {
         if !self.is_failing() || self.closed.load(Ordering::Acquire) {
             return false;
@@ -88,17 +94,19 @@ impl DiskHealth {
             *next = Instant::now() + PROBE_EVERY;
         }
         match probe(&self.dir) {
-            Ok(()) => {
-                self.failed_batches.store(0, Ordering::Relaxed);
-                self.failing.store(false, Ordering::Release);
-                tracing::warn!(dir = %self.dir.display(), "spilling resumed: the disk tier takes writes again");
-                true
-            }
+            Ok(()) => true,
             Err(e) => {
                 tracing::debug!(dir = %self.dir.display(), error = %e, "disk probe failed; spilling stays paused");
                 false
             }
         }
+    }
+
+    /// Spilling goes on.
+    pub(crate) fn resume(&self) {
+        self.failed_batches.store(0, Ordering::Relaxed);
+        self.failing.store(false, Ordering::Release);
+        tracing::warn!(dir = %self.dir.display(), "spilling resumed: the disk tier takes writes again");
     }
 }
 
@@ -138,6 +146,8 @@ mod tests {
         health.pause("test");
         *health.next_probe.lock() = Instant::now();
         assert!(health.probe_if_due());
+        assert!(!health.accepting(), "resumed only by the caller");
+        health.resume();
         assert!(health.accepting());
         assert!(!dir.path().join(".spillway-probe").exists());
     }

@@ -35,6 +35,14 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// The bench's kill-phase child: runs the workload, prints `ready`, idles until killed.
+    #[command(hide = true)]
+    BenchKillChild {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Show a cache directory's format, budgets and what a reopen recovers.
     Inspect {
         /// The cache directory.
@@ -59,6 +67,9 @@ fn main() -> ExitCode {
             )
             .and_then(|config| bench::run(bench::Options { config, quick, out })),
         Command::Inspect { dir, json } => inspect(&dir, json),
+        Command::BenchKillChild { config, dir } => {
+            Config::from_file(&config).and_then(|config| bench::kill_child(&config, dir))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,8 @@ use crate::InternalCacheKey;
 /// snapshot (and the appended part outweighs the live state): journal size
 /// stays proportional to what the disk holds, not to what passed through it.
 const COMPACT_AFTER_BYTES: u64 = 64 << 10;
+/// How long one batch of at most half a flush buffer may take to land.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why an item was handed to the worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,7 +204,7 @@ impl Spiller {
         // The batch foyer is writing while the next one is prepared: at most
         // two batches of half a flusher buffer are ever unconfirmed, so the
         // buffer cannot overflow, and encoding overlaps the disk writes.
-        let mut in_flight: Option<(Vec<(SpillItem, usize)>, crate::disk::Written<'_>)> = None;
+        let mut in_flight: Option<(Vec<(SpillItem, usize)>, crate::disk::Written)> = None;
         loop {
             let mut batch = Vec::new();
             let mut used = 0usize;
@@ -228,7 +230,7 @@ impl Spiller {
                 // in flight in foyer's buffer: let that one land first.
                 if DiskTier::footprint(record.len()) > self.disk.batch_budget() {
                     if let Some((previous, written)) = in_flight.take() {
-                        written.wait().await;
+                        self.landed(written).await;
                         self.confirm(previous);
                     }
                 }
@@ -247,7 +249,7 @@ impl Spiller {
             }
             let submitted = (!batch.is_empty()).then(|| (batch, self.disk.wait_from_now()));
             if let Some((previous, written)) = in_flight.take() {
-                written.wait().await;
+                self.landed(written).await;
                 self.confirm(previous);
             }
             in_flight = submitted;
@@ -257,6 +259,21 @@ impl Spiller {
             {
                 self.compact().await;
             }
+        }
+    }
+
+    /// Waits for foyer to finish a batch, but not forever: foyer 0.22's
+    /// flusher dies on a failed device write (a panic inside its task), and
+    /// its waiters are then never answered. A batch that takes that long is
+    /// treated as failed, which pauses spilling until the disk is probed
+    /// healthy and foyer reopened.
+    async fn landed(&self, written: crate::disk::Written) {
+        if tokio::time::timeout(WRITE_TIMEOUT, written.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(dir = %self.disk.dir().display(), "the disk tier did not finish a write in {WRITE_TIMEOUT:?}");
+            self.health.stalled();
         }
     }
 

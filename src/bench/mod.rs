@@ -3,6 +3,7 @@
 
 mod charts;
 mod device;
+mod kill;
 mod micro;
 mod report;
 mod systems;
@@ -16,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use spillway::{ByteSize, Config};
 
+pub use kill::child as kill_child;
 use report::{Latency, Report, RunReport};
 use systems::{Served, System};
 use workload::{value_size, KeyPicker, Rng, SizeDistribution};
@@ -114,8 +116,9 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     let working_set: u64 = (0..bench.keys)
         .map(|id| value_size(id, bench.value_size.as_usize(), bench.value_sizes) as u64)
         .sum();
-    let systems = ["spillway", "moka", "foyer-hybrid"];
-    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 3;
+    // "spillway-no-wb": write-behind off, to show what it costs in the same run.
+    let systems = ["spillway", "spillway-no-wb", "moka", "foyer-hybrid"];
+    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 4;
     let progress = ProgressBar::new(steps);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -140,6 +143,23 @@ pub fn run(opts: Options) -> spillway::Result<()> {
             progress.inc(1);
         }
     }
+
+    // The kill phase, at the middle memory budget: a child process runs the
+    // workload, idles twice `persist_after`, and is SIGKILLed.
+    let fraction = bench.memory_fractions[bench.memory_fractions.len() / 2];
+    progress.set_message(format!(
+        "kill: SIGKILL after idle at {:.0}% memory",
+        fraction * 100.0
+    ));
+    let config = budgets(&opts.config, working_set, fraction);
+    let kill = kill::measure(&runtime, &config, &bench, scratch.path(), fraction)?;
+    if let Some(run) = runs
+        .iter_mut()
+        .find(|r| r.system == "spillway" && r.memory_fraction == fraction)
+    {
+        run.kill_hit_ratio = Some(kill);
+    }
+    progress.inc(1);
 
     progress.set_message("micro: memory hit and disk hit against raw moka and foyer");
     let micro = runtime.block_on(micro::measure(scratch.path(), opts.quick))?;
@@ -186,9 +206,14 @@ fn budgets(base: &Config, working_set: u64, fraction: f64) -> Config {
     c
 }
 
-async fn open(name: &str, config: &Config, dir: &Path) -> spillway::Result<System> {
+pub(crate) async fn open(name: &str, config: &Config, dir: &Path) -> spillway::Result<System> {
     Ok(match name {
         "spillway" => System::spillway(config, dir).await?,
+        "spillway-no-wb" => {
+            let mut config = config.clone();
+            config.disk.persist_after = spillway::Millis(Duration::ZERO);
+            System::spillway(&config, dir).await?
+        }
         "moka" => System::moka(config),
         _ => {
             std::fs::create_dir_all(dir).map_err(err("create", dir))?;
@@ -205,7 +230,7 @@ async fn open(name: &str, config: &Config, dir: &Path) -> spillway::Result<Syste
 
 /// What one phase measured.
 #[derive(Default)]
-struct Phase {
+pub(crate) struct Phase {
     ops: u64,
     secs: f64,
     memory: u64,
@@ -215,7 +240,7 @@ struct Phase {
 }
 
 impl Phase {
-    fn hit_ratio(&self) -> f64 {
+    pub(crate) fn hit_ratio(&self) -> f64 {
         let reads = self.memory + self.disk + self.loader;
         if reads == 0 {
             0.0
@@ -274,6 +299,7 @@ async fn run_system(
             spills: a.spill.written - b.spill.written,
             spill_mib_s: bytes as f64 / (1 << 20) as f64 / steady.secs,
             not_written: a.spill.not_written.total() - b.spill.not_written.total(),
+            persisted: a.spill.persisted - b.spill.persisted,
             promotions: a.memory.promotions - b.memory.promotions,
             write_amplification: if bytes == 0 {
                 0.0
@@ -302,6 +328,7 @@ async fn run_system(
         spill: spilled,
         pre_restart_hit_ratio,
         restart_hit_ratio,
+        kill_hit_ratio: None,
         reopen_ms,
     })
 }
@@ -315,7 +342,7 @@ fn stats_of(system: &System) -> Option<spillway::StatsSnapshot> {
 
 /// One phase: `bench.ops` operations split over `bench.tasks` tasks. With
 /// `series`, spill bandwidth is sampled every 100 ms.
-async fn phase(
+pub(crate) async fn phase(
     system: &Arc<System>,
     picker: &Arc<KeyPicker>,
     bench: &BenchConfig,

@@ -41,6 +41,8 @@ pub struct SpillReport {
     pub spills: u64,
     pub spill_mib_s: f64,
     pub not_written: u64,
+    /// Resident entries written by write-behind during the phase.
+    pub persisted: u64,
     pub promotions: u64,
     /// Bytes foyer wrote to the device per byte of spilled record.
     pub write_amplification: f64,
@@ -68,6 +70,9 @@ pub struct RunReport {
     pub pre_restart_hit_ratio: Option<f64>,
     /// Hit ratio replaying them right after reopening.
     pub restart_hit_ratio: Option<f64>,
+    /// Hit ratio replaying them after a child process ran the workload,
+    /// idled twice `persist_after` and was SIGKILLed (no `close()`).
+    pub kill_hit_ratio: Option<f64>,
     pub reopen_ms: Option<f64>,
 }
 
@@ -226,6 +231,21 @@ impl Report {
                     meets: ratio >= 0.99,
                 });
             }
+            if let (Some(killed), Some(closed)) = (r.kill_hit_ratio, r.restart_hit_ratio) {
+                let ratio = if closed == 0.0 { 1.0 } else { killed / closed };
+                t.push(Target {
+                    name: format!(
+                        "restart after SIGKILL (idle 2× persist_after) at {:.0}% memory",
+                        r.memory_fraction * 100.0
+                    ),
+                    measured: format!(
+                        "hit ratio {killed:.4} after the kill vs {closed:.4} after close()"
+                    ),
+                    ratio,
+                    goal: "≥ 0.95× of a clean restart".into(),
+                    meets: ratio >= 0.95,
+                });
+            }
         }
         t
     }
@@ -242,17 +262,17 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| memory | system | ops/s | hit | mem hit | disk hit | loader runs | p99 mem µs | p99 disk µs | p99 miss µs | spills | not written | write amp | hit after restart |"
+            "| memory | system | ops/s | hit | mem hit | disk hit | loader runs | p99 mem µs | p99 disk µs | p99 miss µs | spills | persisted | not written | write amp | hit after restart | hit after kill |"
         );
         let _ = writeln!(
             s,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in &self.runs {
             let spill = r.spill.as_ref();
             let _ = writeln!(
                 s,
-                "| {:.0}% | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                "| {:.0}% | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 r.memory_fraction * 100.0,
                 r.system,
                 r.ops_per_sec,
@@ -264,9 +284,11 @@ impl Report {
                 r.latency_disk.p99_us,
                 r.latency_miss.p99_us,
                 spill.map_or("-".into(), |s| s.spills.to_string()),
+                spill.map_or("-".into(), |s| s.persisted.to_string()),
                 spill.map_or("-".into(), |s| s.not_written.to_string()),
                 spill.map_or("-".into(), |s| format!("{:.2}", s.write_amplification)),
                 r.restart_hit_ratio.map_or("-".into(), |h| format!("{h:.3}")),
+                r.kill_hit_ratio.map_or("-".into(), |h| format!("{h:.3}")),
             );
         }
         s

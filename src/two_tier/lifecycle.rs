@@ -116,8 +116,21 @@ pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        inner.spiller.health.probe_if_due();
-        inner.spiller.sweep_if_due();
+        let spiller = &inner.spiller;
+        if spiller.health.probe_if_due() {
+            // The device takes writes again; foyer's instance does not
+            // survive a failed write, so a fresh one takes over the file.
+            match spiller.disk.reopen().await {
+                Ok(()) => {
+                    spiller.sweep();
+                    spiller.health.resume();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reopening the disk tier failed; spilling stays paused")
+                }
+            }
+        }
+        spiller.sweep_if_due();
         TwoTierCacheBackend::internal(inner).maintain().await;
     }
 }

@@ -138,7 +138,14 @@ impl TwoTierCacheBackend {
             }
             return None;
         };
-        let disk = &self.inner.spiller.disk;
+        let spiller = &self.inner.spiller;
+        if spiller.health.is_failing() {
+            // foyer 0.22 does not survive a failed device write: until the
+            // disk is probed healthy and foyer reopened, its instance is not
+            // read either (a read could wait forever). The slot stays.
+            return None;
+        }
+        let disk = &spiller.disk;
         let bytes = match disk.load(hash).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
@@ -147,9 +154,10 @@ impl TwoTierCacheBackend {
                 return None;
             }
             Err(e) => {
+                // An I/O error is not proof the record is gone (the device
+                // may recover): a miss now, the slot stays.
                 tracing::warn!(key = %key, error = %e, "disk read failed; treated as a miss");
                 stats.disk_vanished.incr();
-                self.forget(key, hash, seq, false);
                 return None;
             }
         };
