@@ -103,7 +103,10 @@ pub fn register() -> lance_core::Result<()> {
     }
 }
 
-/// Builds from `spillway:///DIR?memory=SIZE&disk=SIZE[&block_size=SIZE]`.
+/// Builds from `spillway:///DIR?memory=SIZE&disk=SIZE[&block_size=SIZE][&persist_after=DURATION]`.
+/// `persist_after` (default 2s, `0` off) is write-behind: a backend that is
+/// dropped without `close()`, as an `Arc<dyn CacheBackend>` is, still comes
+/// back warm. A bad value is an error naming the URI option.
 /// Lance's constructors are synchronous, so this blocks on spillway's async
 /// build; it needs a multi-threaded tokio runtime (the cache's background
 /// tasks run there).
@@ -123,11 +126,16 @@ fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>
             "memory" => c.memory.capacity = size()?,
             "disk" => c.disk.capacity = size()?,
             "block_size" => c.disk.block_size = size()?,
+            "persist_after" => {
+                c.disk.persist_after = value
+                    .parse::<crate::Millis>()
+                    .map_err(|e| bad(option, value, &e))?
+            }
             _ => {
                 return Err(bad(
                     option,
                     value,
-                    "unknown option (known: path, memory, disk, block_size)",
+                    "unknown option (known: path, memory, disk, block_size, persist_after)",
                 ))
             }
         }
@@ -139,8 +147,24 @@ fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>
             "a cache directory is required: spillway:///DIR",
         ));
     }
-    c.validate()
-        .map_err(|e| lance_core::Error::invalid_input(e.to_string()))?;
+    c.validate().map_err(|e| match e {
+        // Name the URI option the user wrote, not the config field.
+        crate::Error::Config {
+            field,
+            value,
+            reason,
+        } => {
+            let option = match field.as_str() {
+                "memory.capacity" => "memory",
+                "disk.capacity" => "disk",
+                "disk.block_size" => "block_size",
+                "disk.persist_after" => "persist_after",
+                other => other,
+            };
+            bad(option, &value, &reason.replace(&field, option))
+        }
+        other => lance_core::Error::invalid_input(other.to_string()),
+    })?;
     let handle = tokio::runtime::Handle::try_current()
         .ok()
         .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
