@@ -32,6 +32,28 @@ const FOYER_ENTRY_OVERHEAD: usize = 128;
 /// foyer reserves this much of each block for its blob index (its default).
 const BLOB_INDEX: usize = 4096;
 
+/// How long one foyer operation (a batch of at most half a flush buffer, a
+/// load, a clear, a close) may take before the disk tier counts as failing:
+/// after a device error foyer's waiters may never be answered.
+pub(crate) const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a foyer future with a time bound, turning its panics (foyer 0.22
+/// panics after a device error) into errors.
+async fn bounded<T>(dir: &Path, op: &'static str, fut: impl Future<Output = T>) -> Result<T> {
+    let failed = |message: String| Error::Disk {
+        dir: dir.to_path_buf(),
+        op,
+        message,
+    };
+    match tokio::time::timeout(STALL_TIMEOUT, AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(failed(
+            "the disk tier failed (foyer panicked after a device error)".into(),
+        )),
+        Err(_) => Err(failed(format!("no answer within {STALL_TIMEOUT:?}"))),
+    }
+}
+
 /// How the disk tier performs I/O.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -206,14 +228,10 @@ impl DiskTier {
     /// Reads a record; `Ok(None)` when foyer has nothing under `hash`.
     pub(crate) async fn load(&self, hash: u64) -> Result<Option<Bytes>> {
         let cache = self.cache.read().clone();
-        let loaded = AssertUnwindSafe(async move { cache.storage().load(&hash).await })
-            .catch_unwind()
-            .await
-            .map_err(|_| Error::Disk {
-                dir: self.dir.clone(),
-                op: "load record",
-                message: "the disk tier failed (foyer panicked after a device error)".into(),
-            })?;
+        let loaded = bounded(&self.dir, "load record", async move {
+            cache.storage().load(&hash).await
+        })
+        .await?;
         match loaded {
             Ok(Load::Entry { value, .. }) => Ok(Some(value)),
             Ok(Load::Piece { piece, .. }) => Ok(Some(piece.value().clone())),
@@ -265,7 +283,8 @@ impl DiskTier {
 
     pub(crate) async fn clear(&self) -> Result<()> {
         let cache = self.cache.read().clone();
-        cache.clear().await.map_err(|e| Error::Disk {
+        let cleared = bounded(&self.dir, "clear", async move { cache.clear().await }).await?;
+        cleared.map_err(|e| Error::Disk {
             dir: self.dir.clone(),
             op: "clear",
             message: e.to_string(),
@@ -274,7 +293,8 @@ impl DiskTier {
 
     pub(crate) async fn close(&self) -> Result<()> {
         let cache = self.cache.read().clone();
-        cache.close().await.map_err(|e| Error::Disk {
+        let closed = bounded(&self.dir, "close", async move { cache.close().await }).await?;
+        closed.map_err(|e| Error::Disk {
             dir: self.dir.clone(),
             op: "close",
             message: e.to_string(),

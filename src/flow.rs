@@ -50,6 +50,22 @@ pub(crate) struct FlowControl {
 struct Credit {
     inserting: u64,
     unmaintained: u64,
+    /// Writers larger than the whole budget waiting for an empty queue:
+    /// while there are any, smaller writes are held back, or a steady stream
+    /// of them would starve the large one.
+    oversized_waiting: u32,
+}
+
+/// Held by a writer larger than the queue's budget while it waits.
+pub(crate) struct OversizedTicket<'a> {
+    flow: &'a FlowControl,
+}
+
+impl Drop for OversizedTicket<'_> {
+    fn drop(&mut self) {
+        self.flow.credit.lock().oversized_waiting -= 1;
+        self.flow.room.notify_waiters();
+    }
 }
 
 /// Room taken in the spill queue for one write. Dropping it (whether the
@@ -63,9 +79,14 @@ pub(crate) struct Reservation<'a> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut credit = self.flow.credit.lock();
-        credit.inserting -= self.bytes;
-        credit.unmaintained += self.bytes;
+        {
+            let mut credit = self.flow.credit.lock();
+            credit.inserting -= self.bytes;
+            credit.unmaintained += self.bytes;
+        }
+        // A writer that found no room because of this reservation can now
+        // run the maintenance that releases it.
+        self.flow.room.notify_waiters();
     }
 }
 
@@ -98,12 +119,29 @@ impl FlowControl {
         self.credit.lock().unmaintained
     }
 
+    /// Whether a write of `bytes` can only be admitted into an empty queue.
+    pub(crate) fn is_oversized(&self, bytes: u64) -> bool {
+        bytes > self.capacity
+    }
+
+    /// Announces an oversized writer; see [`Credit::oversized_waiting`].
+    pub(crate) fn oversized_ticket(&self) -> OversizedTicket<'_> {
+        self.credit.lock().oversized_waiting += 1;
+        OversizedTicket { flow: self }
+    }
+
     /// Takes room for `bytes` if there is some (or if nothing at all is
-    /// queued or reserved, whatever the size), without waiting.
-    pub(crate) fn try_reserve(&self, bytes: u64) -> Result<Reservation<'_>, Blocked> {
+    /// queued or reserved, whatever the size), without waiting. `ticket`:
+    /// the caller is an oversized writer that announced itself.
+    pub(crate) fn try_reserve(
+        &self,
+        bytes: u64,
+        ticket: Option<&OversizedTicket<'_>>,
+    ) -> Result<Reservation<'_>, Blocked> {
         let mut credit = self.credit.lock();
         let used = self.queued() + credit.inserting + credit.unmaintained;
-        if used == 0 || used.saturating_add(bytes) <= self.capacity {
+        let held_back = ticket.is_none() && credit.oversized_waiting > 0;
+        if !held_back && (used == 0 || used.saturating_add(bytes) <= self.capacity) {
             credit.inserting += bytes;
             return Ok(Reservation { flow: self, bytes });
         }
@@ -153,35 +191,53 @@ mod tests {
     #[test]
     fn admission_is_a_reservation_not_a_check() {
         let flow = FlowControl::new(100);
-        let a = flow.try_reserve(60).ok().expect("room");
+        let a = flow.try_reserve(60, None).ok().expect("room");
         // The first reservation is not applied yet, but it still counts.
-        assert!(matches!(flow.try_reserve(60), Err(Blocked::Wait)));
+        assert!(matches!(flow.try_reserve(60, None), Err(Blocked::Wait)));
         drop(a);
-        assert!(matches!(flow.try_reserve(60), Err(Blocked::Maintain)));
-        assert!(flow.try_reserve(40).is_ok());
+        assert!(matches!(flow.try_reserve(60, None), Err(Blocked::Maintain)));
+        assert!(flow.try_reserve(40, None).is_ok());
+    }
+
+    #[test]
+    fn an_oversized_writer_is_not_starved_by_small_ones() {
+        let flow = FlowControl::new(100);
+        let small = flow.try_reserve(10, None).ok().unwrap();
+        let ticket = flow.oversized_ticket();
+        assert!(
+            flow.try_reserve(1000, Some(&ticket)).is_err(),
+            "not empty yet"
+        );
+        assert!(
+            flow.try_reserve(10, None).is_err(),
+            "small writes held back"
+        );
+        drop(small);
+        flow.credit.lock().unmaintained = 0;
+        assert!(flow.try_reserve(1000, Some(&ticket)).is_ok());
     }
 
     #[test]
     fn an_oversized_write_is_admitted_alone() {
         let flow = FlowControl::new(100);
-        let big = flow.try_reserve(1000).ok().expect("admitted alone");
-        assert!(flow.try_reserve(1).is_err());
+        let big = flow.try_reserve(1000, None).ok().expect("admitted alone");
+        assert!(flow.try_reserve(1, None).is_err());
         drop(big);
     }
 
     #[tokio::test]
     async fn maintenance_releases_only_what_was_reserved_before_it() {
         let flow = FlowControl::new(100);
-        drop(flow.try_reserve(50).ok().unwrap());
+        drop(flow.try_reserve(50, None).ok().unwrap());
         flow.maintained(async {
             // A write reserved while maintenance runs stays reserved.
-            drop(flow.try_reserve(30).ok().unwrap());
+            drop(flow.try_reserve(30, None).ok().unwrap());
         })
         .await;
         assert_eq!(flow.unmaintained(), 30);
         flow.enqueued(60);
-        assert!(flow.try_reserve(1).is_ok());
-        assert!(matches!(flow.try_reserve(10), Err(Blocked::Maintain)));
+        assert!(flow.try_reserve(1, None).is_ok());
+        assert!(matches!(flow.try_reserve(10, None), Err(Blocked::Maintain)));
         flow.dequeued(60);
         flow.maintained(async {}).await;
         assert_eq!(flow.unmaintained(), 0);

@@ -244,6 +244,10 @@ pub(crate) struct Journal {
     dir: PathBuf,
     current: Mutex<(u64, File)>,
     fsync: bool,
+    /// Set when the cache is dropped: the directory may belong to another
+    /// cache from then on, so nothing more is written to it. Checked under
+    /// `current`'s lock by every write.
+    detached: std::sync::atomic::AtomicBool,
     reserved: AtomicU64,
     appended: AtomicU64,
 }
@@ -303,6 +307,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             current: Mutex::new((generation + 1, file)),
             fsync,
+            detached: std::sync::atomic::AtomicBool::new(false),
             reserved: AtomicU64::new(upto),
             appended: AtomicU64::new(0),
         })
@@ -317,6 +322,9 @@ impl Journal {
             bytes.extend_from_slice(&frame(f));
         }
         let mut current = self.current.lock();
+        if self.detached.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let (generation, file) = &mut *current;
         let path = |g: u64| self.dir.join(format!("{FILE_PREFIX}{g}"));
         file.write_all(&bytes)
@@ -341,6 +349,12 @@ impl Journal {
         Ok(())
     }
 
+    /// Stops every further write to the directory (the cache was dropped).
+    pub(crate) fn detach(&self) {
+        let _current = self.current.lock();
+        self.detached.store(true, Ordering::Release);
+    }
+
     /// Bytes appended since the last snapshot.
     pub(crate) fn appended_bytes(&self) -> u64 {
         self.appended.load(Ordering::Relaxed)
@@ -351,6 +365,13 @@ impl Journal {
     /// caller after this returns the rotation) then supersedes everything older.
     pub(crate) fn rotate(&self) -> Result<u64> {
         let mut current = self.current.lock();
+        if self.detached.load(Ordering::Acquire) {
+            return Err(Error::Disk {
+                dir: self.dir.clone(),
+                op: "rotate journal",
+                message: "the cache was dropped".into(),
+            });
+        }
         let next = current.0 + 2;
         let file = create(&self.dir, next)?;
         *current = (next, file);
@@ -361,6 +382,11 @@ impl Journal {
     /// Second half of a compaction: writes the snapshot as generation
     /// `rotated - 1` and deletes every generation below it.
     pub(crate) fn install_snapshot(&self, rotated: u64, mut facts: Vec<Fact>) -> Result<()> {
+        // Held throughout, so a detach cannot slip in between.
+        let _current = self.current.lock();
+        if self.detached.load(Ordering::Acquire) {
+            return Ok(());
+        }
         facts.push(Fact::Reserved {
             upto: self.reserved.load(Ordering::Acquire),
         });

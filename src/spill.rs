@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
-use crate::disk::DiskTier;
+use crate::disk::{DiskTier, STALL_TIMEOUT};
 use crate::envelope;
 use crate::flow::FlowControl;
 use crate::health::DiskHealth;
@@ -21,8 +21,6 @@ use crate::InternalCacheKey;
 /// snapshot (and the appended part outweighs the live state): journal size
 /// stays proportional to what the disk holds, not to what passed through it.
 const COMPACT_AFTER_BYTES: u64 = 64 << 10;
-/// How long one batch of at most half a flush buffer may take to land.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why an item was handed to the worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +58,11 @@ pub(crate) struct Spiller {
     /// Held by invalidations, clears and journal compactions: a compaction
     /// must not drop a kill fact while the keys it covers are still being removed.
     pub admin: tokio::sync::Mutex<()>,
+    /// `confirm` checks slots and then appends their `Written` facts; a
+    /// compaction in between would snapshot without a kill fact appended
+    /// meanwhile (and delete it) while the late `Written` fact lands after
+    /// the snapshot. Confirms hold this shared, compactions exclusively.
+    facts_gate: parking_lot::RwLock<()>,
     /// Items sent to the worker and not yet finished with (written, counted or
     /// found superseded); `flush` waits for this to reach zero.
     unprocessed: AtomicU64,
@@ -99,6 +102,7 @@ impl Spiller {
             flow: FlowControl::new(queue_capacity),
             health,
             admin: tokio::sync::Mutex::new(()),
+            facts_gate: parking_lot::RwLock::new(()),
             unprocessed: AtomicU64::new(0),
             written_since_sweep: AtomicU64::new(0),
             progress: Notify::new(),
@@ -226,13 +230,22 @@ impl Spiller {
                 }
             }
             if let Some((item, record)) = first {
-                // A record larger than half a buffer must not meet the batch
-                // in flight in foyer's buffer: let that one land first.
                 if DiskTier::footprint(record.len()) > self.disk.batch_budget() {
+                    // Larger than half a buffer: it must share foyer's buffer
+                    // with nothing, so the batch in flight lands first, and
+                    // this one lands before anything else is submitted.
                     if let Some((previous, written)) = in_flight.take() {
                         self.landed(written).await;
                         self.confirm(previous);
                     }
+                    let mut alone = Vec::new();
+                    self.submit(item, record, &mut alone);
+                    if !alone.is_empty() {
+                        self.landed(self.disk.wait_from_now()).await;
+                        self.confirm(alone);
+                    }
+                    self.progress.notify_waiters();
+                    continue;
                 }
                 used += self.submit(item, record, &mut batch);
             }
@@ -240,7 +253,10 @@ impl Spiller {
                 let Some(record) = self.prepare_or_finish(&item) else {
                     continue;
                 };
-                if used > 0 && used + DiskTier::footprint(record.len()) > self.disk.batch_budget() {
+                let footprint = DiskTier::footprint(record.len());
+                if footprint > self.disk.batch_budget()
+                    || (used > 0 && used + footprint > self.disk.batch_budget())
+                {
                     // Write what we have first; this one opens the next batch.
                     carry = Some((item, record));
                     break;
@@ -268,11 +284,11 @@ impl Spiller {
     /// treated as failed, which pauses spilling until the disk is probed
     /// healthy and foyer reopened.
     async fn landed(&self, written: crate::disk::Written) {
-        if tokio::time::timeout(WRITE_TIMEOUT, written.wait())
+        if tokio::time::timeout(STALL_TIMEOUT, written.wait())
             .await
             .is_err()
         {
-            tracing::warn!(dir = %self.disk.dir().display(), "the disk tier did not finish a write in {WRITE_TIMEOUT:?}");
+            tracing::warn!(dir = %self.disk.dir().display(), "the disk tier did not finish a write in {STALL_TIMEOUT:?}");
             self.health.stalled();
         }
     }
@@ -303,9 +319,13 @@ impl Spiller {
             }
         };
         let codec = res.codec.as_ref()?;
-        let sealed = envelope::seal(&item.key, item.seq, res.size, codec.type_version(), |out| {
-            codec.encode(&res.entry, out)
-        });
+        // A codec that panics must not take the spill worker down with it.
+        let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            envelope::seal(&item.key, item.seq, res.size, codec.type_version(), |out| {
+                codec.encode(&res.entry, out)
+            })
+        }))
+        .unwrap_or_else(|_| Err(crate::CodecError::Failed("the codec panicked".into())));
         match sealed {
             Ok(bytes) if bytes.len() <= self.disk.max_record() => Some(Bytes::from(bytes)),
             Ok(_) => {
@@ -380,6 +400,7 @@ impl Spiller {
     }
 
     fn confirm(&self, batch: Vec<(SpillItem, usize)>) {
+        let gate = self.facts_gate.read();
         let (mut written_n, mut lost_n) = (0, 0);
         let n = batch.len() as u64;
         let mut facts = Vec::with_capacity(batch.len());
@@ -435,6 +456,7 @@ impl Spiller {
         // order-independent, so a replace or invalidation that slipped in
         // between (and journaled its kill fact first) still wins on replay.
         self.journal_append(&facts, false);
+        drop(gate);
         self.finished(n);
         self.health.batch(written_n, lost_n);
     }
@@ -456,32 +478,42 @@ impl Spiller {
     /// the disk holds. Runs once the disk has taken about a quarter of its
     /// capacity in new records since the last sweep, so its O(entries) cost
     /// is spread over at least that many writes.
-    pub(crate) fn sweep_if_due(&self) -> Vec<(InternalCacheKey, u64)> {
+    pub(crate) fn sweep_if_due(&self) {
         let due = (self.disk.capacity() as u64 / 4).max(1);
-        if self.written_since_sweep.load(Ordering::Relaxed) < due {
-            return Vec::new();
+        if self.written_since_sweep.load(Ordering::Relaxed) >= due {
+            self.written_since_sweep.store(0, Ordering::Relaxed);
+            self.sweep();
         }
-        self.written_since_sweep.store(0, Ordering::Relaxed);
-        self.sweep()
     }
 
-    /// `sweep_if_due`, now. Returns the resident versions that lost their
-    /// disk copy (write-behind may persist them again).
-    pub(crate) fn sweep(&self) -> Vec<(InternalCacheKey, u64)> {
-        let mut lost_copies = Vec::new();
+    /// `sweep_if_due`, now. Each dropped or downgraded version gets a
+    /// tombstone: its `Written` fact stays in the journal until the next
+    /// compaction, and foyer's recovery may find the record on the device
+    /// again, so without one a restart could bring that version back after
+    /// a newer one was inserted.
+    pub(crate) fn sweep(&self) {
+        let mut tombstones = Vec::new();
         let disk = &self.disk;
-        self.placements.retain(|key, slot| match slot.place {
-            Place::Disk => disk.contains(key.disk_hash()),
-            Place::Memory { on_disk: true } => {
-                if !disk.contains(key.disk_hash()) {
-                    slot.place = Place::Memory { on_disk: false };
-                    lost_copies.push((key.clone(), slot.seq));
-                }
-                true
+        self.placements.retain(|key, slot| {
+            let readable = slot.place.readable_on_disk();
+            if !readable || disk.contains(key.disk_hash()) {
+                return true;
             }
-            _ => true,
+            tombstones.push(Fact::Tombstone {
+                hash: key.disk_hash(),
+                seq: slot.seq + 1,
+            });
+            match slot.place {
+                Place::Memory { .. } => {
+                    // Resident: its eviction (or `close`) writes it again.
+                    slot.place = Place::Memory { on_disk: false };
+                    slot.record_len = 0;
+                    true
+                }
+                _ => false,
+            }
         });
-        lost_copies
+        self.journal_append(&tombstones, false);
     }
 
     /// The facts describing the current state: every version on disk, and
@@ -512,6 +544,7 @@ impl Spiller {
     pub(crate) async fn compact(&self) {
         self.sweep();
         let _admin = self.admin.lock().await;
+        let _gate = self.facts_gate.write();
         let rotated = match self.journal.rotate() {
             Ok(r) => r,
             Err(e) => {

@@ -50,12 +50,16 @@ impl TwoTierCacheBackend {
         self.maintain().await;
         // Everything resident that the disk does not hold: never written, or
         // promoted and since evicted from the disk by foyer.
-        for (key, res) in self.inner.memory.iter() {
-            self.inner
-                .spiller
-                .queue_resident(&key, res, &self.inner.spill_tx);
+        // Twice: a write-behind write still in flight during the first pass
+        // may fail, leaving its entry resident and not on disk.
+        for _ in 0..2 {
+            for (key, res) in self.inner.memory.iter() {
+                self.inner
+                    .spiller
+                    .queue_resident(&key, res, &self.inner.spill_tx);
+            }
+            self.inner.spiller.drained().await;
         }
-        self.inner.spiller.drained().await;
         self.inner.spiller.disable();
         // What is resident and on disk is recorded as resident, so the next
         // open warms it; the compaction writes that into its snapshot.

@@ -127,6 +127,7 @@ impl Drop for Owner {
     fn drop(&mut self) {
         // No more writes to a directory another cache may open next.
         self.inner.spiller.disable();
+        self.inner.spiller.journal.detach();
         for task in self.inner.background.lock().drain(..) {
             task.abort();
         }

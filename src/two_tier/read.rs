@@ -228,6 +228,11 @@ impl TwoTierCacheBackend {
             if delete {
                 self.inner.spiller.disk.delete(hash);
             }
+            drop(shard);
+            // The journal still names this version; keep it dead across a
+            // restart even if foyer recovers the record.
+            let tombstone = crate::journal::Fact::Tombstone { hash, seq: seq + 1 };
+            self.inner.spiller.journal_append(&[tombstone], false);
         }
     }
 

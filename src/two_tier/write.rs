@@ -56,7 +56,9 @@ impl TwoTierCacheBackend {
                     record_len: 0,
                 };
                 if let Some(prev) = shard.insert(key.clone(), slot) {
-                    if prev.place.may_be_on_disk() {
+                    // `record_len`: a version of this key was written once,
+                    // and foyer may still hold (or resurrect) the record.
+                    if prev.place.may_be_on_disk() || prev.record_len > 0 {
                         // Before the insert is acknowledged: after a crash the
                         // old version on disk must stay dead.
                         let tombstone = Fact::Tombstone { hash, seq };
@@ -87,11 +89,12 @@ impl TwoTierCacheBackend {
     /// reservation taken before the write.
     pub(super) async fn reserve(&self, bytes: u64) -> Reservation<'_> {
         let flow = &self.inner.spiller.flow;
+        let ticket = flow.is_oversized(bytes).then(|| flow.oversized_ticket());
         loop {
             let room = flow.room_changed();
             tokio::pin!(room);
             room.as_mut().enable();
-            match flow.try_reserve(bytes) {
+            match flow.try_reserve(bytes, ticket.as_ref()) {
                 Ok(reservation) => return reservation,
                 Err(Blocked::Maintain) => self.maintain().await,
                 Err(Blocked::Wait) => room.await,
@@ -102,11 +105,11 @@ impl TwoTierCacheBackend {
     /// Room for a promotion, without waiting for the disk writer.
     pub(super) async fn try_reserve(&self, bytes: u64) -> Option<Reservation<'_>> {
         let flow = &self.inner.spiller.flow;
-        match flow.try_reserve(bytes) {
+        match flow.try_reserve(bytes, None) {
             Ok(reservation) => Some(reservation),
             Err(Blocked::Maintain) => {
                 self.maintain().await;
-                flow.try_reserve(bytes).ok()
+                flow.try_reserve(bytes, None).ok()
             }
             Err(Blocked::Wait) => None,
         }
