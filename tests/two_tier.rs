@@ -403,6 +403,52 @@ async fn a_codec_that_cannot_encode_is_counted_and_never_panics() {
     assert!(cache.get(&k).await.is_none());
 }
 
+/// A codec whose `encode` panics: user code the spill worker must survive.
+#[derive(Debug)]
+struct PanickingCodec;
+
+impl spillway::Codec for PanickingCodec {
+    fn type_version(&self) -> u32 {
+        1
+    }
+    fn encode(&self, _: &CacheEntry, _: &mut Vec<u8>) -> Result<(), spillway::CodecError> {
+        panic!("this codec always panics")
+    }
+    fn decode(&self, _: u32, _: &[u8]) -> Result<CacheEntry, spillway::CodecError> {
+        Err(spillway::CodecError::Failed("never written".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_codec_that_panics_is_counted_and_the_cache_keeps_spilling() {
+    let dir = tempfile::tempdir().unwrap();
+    let codecs = blob_codecs()
+        .register_codec("Panics", Arc::new(PanickingCodec))
+        .unwrap();
+    let cache = small(dir.path()).codecs(codecs).build().await.unwrap();
+    let bad = |i: usize| InternalCacheKey::new("bad", i.to_string(), "Panics");
+    for i in 0..40 {
+        cache
+            .insert(&bad(i), Arc::new(blob(i, 1)) as CacheEntry, VALUE)
+            .await;
+    }
+    for i in 0..60 {
+        insert(&cache, &key("good", i), blob(i, 1)).await;
+    }
+    // With the worker dead, this would never return, and writers would
+    // block on the spill queue.
+    cache.flush().await;
+    let s = cache.stats();
+    assert!(s.spill.not_written.encode_failed > 0, "{s:#?}");
+    for i in 0..60 {
+        let entry = cache
+            .get(&key("good", i))
+            .await
+            .expect("good entries spill");
+        assert_eq!(as_blob(&entry), &blob(i, 1));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupted_disk_files_read_as_counted_misses_never_wrong_bytes() {
     let dir = tempfile::tempdir().unwrap();
