@@ -30,20 +30,34 @@ impl std::str::FromStr for ByteSize {
     }
 }
 
+/// A TOML value written either as a plain non-negative integer (read by
+/// `from_int`) or as a string with a unit (read by `FromStr`).
+fn int_or_text<'de, D, T>(
+    d: D,
+    from_int: impl FnOnce(u64) -> T,
+    negative: &'static str,
+) -> std::result::Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => u64::try_from(n)
+            .map(from_int)
+            .map_err(|_| serde::de::Error::custom(negative)),
+        Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => u64::try_from(n)
-                .map(ByteSize)
-                .map_err(|_| serde::de::Error::custom("a size cannot be negative")),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        int_or_text(d, ByteSize, "a size cannot be negative")
     }
 }
 
@@ -85,18 +99,8 @@ impl Serialize for Millis {
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => u64::try_from(n)
-                .map(|ms| Millis(std::time::Duration::from_millis(ms)))
-                .map_err(|_| serde::de::Error::custom("a duration cannot be negative")),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        let from_ms = |ms| Millis(std::time::Duration::from_millis(ms));
+        int_or_text(d, from_ms, "a duration cannot be negative")
     }
 }
 

@@ -108,3 +108,39 @@ fn a_missing_file_names_the_path() {
     let err = Config::from_file("/definitely/not/here.toml").unwrap_err();
     assert!(err.to_string().contains("/definitely/not/here.toml"));
 }
+
+#[test]
+fn persist_after_takes_a_duration_or_milliseconds() {
+    use std::time::Duration;
+    let c = Config::from_toml_str("[disk]\npersist_after = \"500ms\"").unwrap();
+    assert_eq!(c.disk.persist_after.0, Duration::from_millis(500));
+    let c = Config::from_toml_str("[disk]\npersist_after = 3000").unwrap();
+    assert_eq!(c.disk.persist_after.0, Duration::from_secs(3));
+    let c = Config::from_toml_str("[disk]\npersist_after = 0").unwrap();
+    assert!(c.disk.persist_after.0.is_zero(), "0 turns write-behind off");
+    assert!(
+        Config::default().disk.persist_after.0 <= Duration::from_secs(5),
+        "the default keeps a cache idle for 10 s fully persisted"
+    );
+    assert_eq!(
+        field_and_value("[disk]\npersist_after = \"soon\""),
+        ("disk.persist_after".into(), "\"soon\"".into())
+    );
+    assert_eq!(
+        field_and_value("[disk]\npersist_after = -1").0,
+        "disk.persist_after"
+    );
+}
+
+#[test]
+fn a_memory_budget_too_small_to_hold_anything_names_memory_capacity() {
+    for bad in ["0", "1", "16383"] {
+        let (field, value) = field_and_value(&format!("[memory]\ncapacity = {bad}"));
+        assert_eq!((field.as_str(), value.as_str()), ("memory.capacity", bad));
+    }
+    let err = Config::from_toml_str("[memory]\ncapacity = 0").unwrap_err();
+    assert!(
+        err.to_string().contains("16384"),
+        "the minimum is stated: {err}"
+    );
+}
