@@ -7,13 +7,13 @@
 //! DIR/foyer/           foyer's block files
 //! ```
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{private_fs, Error, Result};
 
 /// Bumped when the directory layout, the journal or the record envelope
 /// changes incompatibly.
@@ -39,6 +39,8 @@ pub(crate) struct CacheDir {
     root: PathBuf,
     _lock: File,
     held: PathBuf,
+    /// The format file was damaged and the directory reset on open.
+    damaged: bool,
 }
 
 /// Directories held by caches of this process. `flock` belongs to an open
@@ -60,7 +62,7 @@ impl CacheDir {
     /// `expected`: an incompatible directory is an error, or is emptied and
     /// reused when `reset` is set.
     pub(crate) fn open(root: &Path, expected: &DirMeta, reset: bool) -> Result<Self> {
-        std::fs::create_dir_all(root).map_err(|e| Error::io("create cache directory", root, e))?;
+        private_fs::create_dir(root)?;
         let held = root
             .canonicalize()
             .map_err(|e| Error::io("resolve cache directory", root, e))?;
@@ -76,32 +78,69 @@ impl CacheDir {
             registry.push(held.clone());
             lock
         };
-        let dir = Self {
+        let mut dir = Self {
             root: root.to_path_buf(),
             _lock: lock,
             held,
+            damaged: false,
         };
+        // Temporary files a kill left behind (a snapshot or format file
+        // being written): never part of the state.
+        dir.remove_leftovers()?;
         let meta_path = root.join(META_FILE);
-        match read_meta(&meta_path)? {
-            Some(found) if found == *expected => {}
-            Some(found) if reset => {
+        private_fs::refuse_symlink(&meta_path)?;
+        let mut write_meta = true;
+        match read_meta(&meta_path) {
+            Ok(Some(found)) if found == *expected => write_meta = false,
+            Ok(Some(found)) if reset => {
                 tracing::warn!(dir = %root.display(), ?found, ?expected, "incompatible cache directory reset");
                 dir.wipe()?;
             }
-            Some(found) => {
+            Ok(Some(found)) => {
                 return Err(Error::IncompatibleDir {
                     dir: root.to_path_buf(),
                     found: format!("{found:?}"),
                     expected: format!("{expected:?}"),
                 });
             }
-            None => dir.wipe()?,
+            Ok(None) => dir.wipe()?,
+            // Written atomically, so only damage (or an older spillway that
+            // wrote it in place, killed mid-write) leaves it unreadable: the
+            // cache starts empty rather than refusing to open.
+            Err(Error::IncompatibleDir { found, .. }) => {
+                tracing::warn!(dir = %root.display(), %found, "damaged format file; the cache directory is reset and starts empty");
+                dir.damaged = true;
+                dir.wipe()?;
+            }
+            Err(e) => return Err(e),
         }
-        let text = toml::to_string(expected).unwrap_or_default();
-        std::fs::write(&meta_path, text).map_err(|e| Error::io("write", &meta_path, e))?;
-        std::fs::create_dir_all(dir.foyer_dir())
-            .map_err(|e| Error::io("create", dir.foyer_dir(), e))?;
+        if write_meta {
+            let text = toml::to_string(expected).unwrap_or_default();
+            write_atomically(root, &meta_path, text.as_bytes())?;
+        }
+        private_fs::create_dir(&dir.foyer_dir())?;
         Ok(dir)
+    }
+
+    /// Whether the directory's state was damaged and reset on open.
+    pub(crate) fn was_reset(&self) -> bool {
+        self.damaged
+    }
+
+    fn remove_leftovers(&self) -> Result<()> {
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::io("list cache directory", &self.root, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list cache directory", &self.root, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = name.starts_with("journal.") || name.starts_with(META_FILE);
+            if ours && name.ends_with(".tmp") {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| Error::io("remove leftover", &path, e))?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -157,9 +196,26 @@ pub(crate) fn read_dir_meta(root: &Path) -> Result<Option<DirMeta>> {
     read_meta(&root.join(META_FILE))
 }
 
+/// Replaces `path` by `bytes` so that a kill at any moment leaves either
+/// the old file or the new one: a temporary file, synced, renamed, and the
+/// directory synced.
+pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = private_fs::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("install", path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync cache directory", dir, e))
+}
+
 fn lock(root: &Path) -> Result<File> {
     let path = root.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
+    let mut file = private_fs::options()
         .create(true)
         .truncate(false)
         .read(true)

@@ -157,10 +157,13 @@ async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
 
 impl DiskTier {
     pub(crate) async fn open(opts: &DiskOptions) -> Result<Self> {
-        std::fs::create_dir_all(&opts.dir)
-            .map_err(|e| Error::io("create cache directory", &opts.dir, e))?;
+        crate::private_fs::create_dir(&opts.dir)?;
         probe_writable(&opts.dir)?;
+        // foyer opens its device file itself, following symlinks.
+        let device = opts.dir.join("blocks");
+        crate::private_fs::refuse_symlink(&device)?;
         let cache = build(opts).await?;
+        crate::private_fs::make_private(&device)?;
         // Each flusher owns buffer_pool / flushers bytes and drops what does not
         // fit while its previous write is in flight. Submitting at most half of
         // that between waits keeps any one flusher's share below its buffer
@@ -324,7 +327,9 @@ impl Written {
 /// Fails early, with the directory named, when it cannot be written.
 fn probe_writable(dir: &Path) -> Result<()> {
     let probe = dir.join(".spillway-write-probe");
-    std::fs::write(&probe, b"ok").map_err(|e| Error::io("write to cache directory", dir, e))?;
+    crate::private_fs::create(&probe)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"ok"))
+        .map_err(|e| Error::io("write to cache directory", dir, e))?;
     std::fs::remove_file(&probe).map_err(|e| Error::io("remove write probe in", dir, e))
 }
 

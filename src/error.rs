@@ -67,6 +67,15 @@ pub enum Error {
         /// What this cache was configured with.
         expected: String,
     },
+    /// A cache directory (or a file in it) that is not safe to use: owned
+    /// by another user, writable by others, or a planted symlink.
+    #[error("refusing cache directory path {}: {reason}", dir.display())]
+    UnsafeDir {
+        /// The directory or file.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A `type_name` was registered twice in one [`crate::CodecRegistry`].
     #[error("a codec for type name `{type_name}` is already registered")]
     DuplicateCodec {

@@ -113,7 +113,7 @@ impl DiskHealth {
 fn probe(dir: &Path) -> std::io::Result<()> {
     use std::io::Write;
     let path = dir.join(".spillway-probe");
-    let result = std::fs::File::create(&path).and_then(|mut f| {
+    let result = crate::private_fs::create(&path).and_then(|mut f| {
         f.write_all(&[0u8; PROBE_BYTES])?;
         f.sync_data()
     });

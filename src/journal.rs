@@ -20,7 +20,7 @@
 //! tail after a crash ends the replay of that file, never corrupts it.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -260,7 +260,7 @@ impl std::fmt::Debug for Journal {
 
 fn create(dir: &Path, generation: u64) -> Result<File> {
     let path = dir.join(format!("{FILE_PREFIX}{generation}"));
-    OpenOptions::new()
+    crate::private_fs::options()
         .create(true)
         .append(true)
         .open(&path)
@@ -409,7 +409,8 @@ fn write_snapshot(dir: &Path, generation: u64, facts: &[Fact]) -> Result<()> {
     for f in facts {
         bytes.extend_from_slice(&frame(f));
     }
-    let mut file = File::create(&tmp).map_err(|e| Error::io("create journal snapshot", &tmp, e))?;
+    let mut file = crate::private_fs::create(&tmp)
+        .map_err(|e| Error::io("create journal snapshot", &tmp, e))?;
     file.write_all(&bytes)
         .and_then(|_| file.sync_all())
         .map_err(|e| Error::io("write journal snapshot", &tmp, e))?;

@@ -63,6 +63,7 @@ mod key;
 pub mod lance;
 mod memory;
 mod placement;
+mod private_fs;
 mod single_flight;
 mod spill;
 mod stats;

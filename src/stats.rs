@@ -257,6 +257,9 @@ pub struct RecoveryStats {
     pub millis: u64,
     /// Journal files whose tail was torn by a crash (the tail is ignored).
     pub torn_journal_tails: u64,
+    /// The directory's format file was damaged, so the directory was reset
+    /// and the cache started empty (logged at `warn`).
+    pub dir_reset: bool,
     /// Entries loaded back into memory because they were resident at close.
     pub warmed: u64,
     /// Time the warm-up took (0 until it is done).

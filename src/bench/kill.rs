@@ -29,8 +29,8 @@ pub fn measure(
     scratch: &Path,
     fraction: f64,
 ) -> spillway::Result<f64> {
+    // spillway creates it, private to the owner.
     let dir = scratch.join(format!("kill-{fraction}"));
-    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     let mut config = config.clone();
     config.bench = Some(
         toml::Value::try_from(bench)

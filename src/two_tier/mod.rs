@@ -251,6 +251,7 @@ impl TwoTierCacheBackend {
             bytes: recovered_bytes,
             millis: parts.recovery_time.as_millis() as u64,
             torn_journal_tails: parts.replay.torn_tails,
+            dir_reset: parts.cache_dir.was_reset(),
             ..Default::default()
         };
         let (spill_tx, spill_rx) = mpsc::unbounded_channel();

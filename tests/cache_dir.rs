@@ -1,0 +1,165 @@
+//! The cache directory: private to its owner, never a planted symlink, and
+//! its metadata damaged by a kill (or anything else) never blocks an open.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use spillway::Error;
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_directory_and_its_files_are_private_to_the_owner() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("new/cache");
+    let cache = small(&dir).build().await.unwrap();
+    for i in 0..60 {
+        insert(&cache, &key("a", i), blob(i, 1)).await;
+    }
+    cache.close().await.unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    let mut files = 0;
+    for entry in walk(&dir) {
+        let m = mode(&entry);
+        if entry.is_dir() {
+            assert_eq!(m, 0o700, "{}", entry.display());
+        } else {
+            assert_eq!(m, 0o600, "{}", entry.display());
+            files += 1;
+        }
+    }
+    assert!(files >= 4, "lock, format file, journal, foyer's device");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_others_can_write_to_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = small(dir.path()).build().await.unwrap_err();
+    assert!(matches!(err, Error::UnsafeDir { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("write"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_another_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only root can give a directory away; elsewhere there is nothing to test.
+    if std::os::unix::fs::chown(dir.path(), Some(65534), None).is_err() {
+        eprintln!("skipped: cannot chown here (not root)");
+        return;
+    }
+    let err = small(dir.path()).build().await.unwrap_err();
+    assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_in_place_of_a_cache_file_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    for name in ["spillway.lock", "spillway.toml", "foyer/blocks"] {
+        // A cache directory in use before, then tampered with.
+        let dir = tempfile::tempdir().unwrap();
+        small(dir.path())
+            .build()
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+        let planted = dir.path().join(name);
+        std::fs::remove_file(&planted).unwrap();
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let err = small(dir.path()).build().await;
+        let err = err
+            .err()
+            .unwrap_or_else(|| panic!("{name}: the planted symlink was accepted"));
+        assert!(
+            err.to_string().contains(dir.path().to_str().unwrap()),
+            "{name}: {err}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_format_file_resets_the_directory_instead_of_blocking_it() {
+    for damage in ["", "format_version = ", "\u{0}\u{0}\u{0}garbage"] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let cache = small(dir.path()).build().await.unwrap();
+            for i in 0..60 {
+                insert(&cache, &key("a", i), blob(i, 1)).await;
+            }
+            cache.close().await.unwrap();
+        }
+        // What a kill in the middle of an in-place rewrite used to leave.
+        std::fs::write(dir.path().join("spillway.toml"), damage).unwrap();
+        std::fs::write(dir.path().join("journal.99.tmp"), b"half a snapshot").unwrap();
+        let cache = small(dir.path())
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{damage:?}: {e}"));
+        let s = cache.stats();
+        assert!(s.recovery.dir_reset, "{s:#?}");
+        assert_eq!(
+            s.recovery.entries, 0,
+            "nothing of unknown provenance is served"
+        );
+        assert!(cache.get(&key("a", 0)).await.is_none());
+        assert!(
+            !dir.path().join("journal.99.tmp").exists(),
+            "leftovers cleaned"
+        );
+        cache.close().await.unwrap();
+        drop(cache);
+        // And the next open is an ordinary one.
+        let again = small(dir.path()).build().await.unwrap();
+        assert!(!again.stats().recovery.dir_reset);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_format_file_is_not_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    small(dir.path())
+        .build()
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let meta = dir.path().join("spillway.toml");
+    let before = std::fs::metadata(&meta).unwrap().modified().unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&meta).unwrap());
+    small(dir.path())
+        .build()
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let after = std::fs::metadata(&meta).unwrap();
+    assert_eq!(after.modified().unwrap(), before);
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&after), inode);
+}
