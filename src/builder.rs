@@ -258,8 +258,17 @@ impl TwoTierBuilder {
             block_size: d.block_size.0,
             disk_capacity: d.capacity.0,
         };
-        let cache_dir = CacheDir::open(&dir, &meta, d.reset_incompatible)?;
-        let replay = journal::replay(cache_dir.root())?;
+        let mut cache_dir = CacheDir::open(&dir, &meta, d.reset_incompatible)?;
+        let mut replay = journal::replay(cache_dir.root())?;
+        if replay.corrupt {
+            // Damage, not a crash: kill facts may be lost, so no record on
+            // disk can be trusted. Start empty (counted in `recovery.dir_reset`).
+            cache_dir.reset()?;
+            replay = journal::Replay {
+                next_seq: 1,
+                ..journal::Replay::default()
+            };
+        }
         let disk = DiskTier::open(&DiskOptions {
             dir: cache_dir.foyer_dir(),
             capacity: d.capacity.as_usize(),

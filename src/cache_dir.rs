@@ -122,6 +122,24 @@ impl CacheDir {
         Ok(dir)
     }
 
+    /// Empties the directory (a damaged journal), keeping the lock and the
+    /// format file.
+    pub(crate) fn reset(&mut self) -> Result<()> {
+        self.damaged = true;
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::io("list cache directory", &self.root, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list cache directory", &self.root, e))?;
+            if entry.file_name().to_string_lossy().starts_with("journal.") {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+            }
+        }
+        let foyer = self.foyer_dir();
+        std::fs::remove_dir_all(&foyer).map_err(|e| Error::io("remove", &foyer, e))?;
+        private_fs::create_dir(&foyer)
+    }
+
     /// Whether the directory's state was damaged and reset on open.
     pub(crate) fn was_reset(&self) -> bool {
         self.damaged

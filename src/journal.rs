@@ -34,6 +34,9 @@ use crate::{Error, InternalCacheKey, Result};
 /// before a crash are never handed out again.
 const RESERVE_BLOCK: u64 = 1 << 20;
 const FILE_PREFIX: &str = "journal.";
+/// No fact is this long (the longest holds one key); a frame claiming more
+/// has a damaged length.
+const MAX_FRAME: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Fact {
@@ -96,6 +99,8 @@ pub(crate) struct Replay {
     pub next_seq: u64,
     pub facts: u64,
     pub torn_tails: u64,
+    /// A journal file is damaged in the middle: its state cannot be trusted.
+    pub corrupt: bool,
 }
 
 /// Type names are `&'static str` in keys; names read back from disk are
@@ -121,8 +126,21 @@ fn frame(fact: &Fact) -> Vec<u8> {
     out
 }
 
+/// How a journal file ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    Clean,
+    /// The last frame is incomplete, or followed only by zeros: what a crash
+    /// or power loss in the middle of an append leaves.
+    TornTail,
+    /// A bad frame followed by more data: damage, not a crash. Facts after
+    /// it (kill facts among them) are lost, so nothing in the journal can be
+    /// trusted.
+    Corrupt,
+}
+
 /// Reads the facts of one file up to the first damaged frame.
-fn read_facts(path: &Path, facts: &mut Vec<Fact>) -> Result<bool> {
+fn read_facts(path: &Path, facts: &mut Vec<Fact>) -> Result<Ending> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -130,23 +148,36 @@ fn read_facts(path: &Path, facts: &mut Vec<Fact>) -> Result<bool> {
     let mut at = 0;
     while at < bytes.len() {
         let Some(header) = bytes.get(at..at + 8) else {
-            return Ok(true);
+            return Ok(Ending::TornTail);
         };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
-            return Ok(true);
+            // Cut short: a torn append, unless the length itself is beyond
+            // any fact spillway writes (a damaged length field).
+            return Ok(if len > MAX_FRAME {
+                Ending::Corrupt
+            } else {
+                Ending::TornTail
+            });
         };
-        if crc32fast::hash(payload) != crc {
-            return Ok(true);
-        }
-        match postcard::from_bytes::<Fact>(payload) {
-            Ok(fact) => facts.push(fact),
-            Err(_) => return Ok(true),
+        let fact = (crc32fast::hash(payload) == crc)
+            .then(|| postcard::from_bytes::<Fact>(payload).ok())
+            .flatten();
+        match fact {
+            Some(fact) => facts.push(fact),
+            None => {
+                let rest = &bytes[(at + 8 + len).min(bytes.len())..];
+                return Ok(if rest.iter().all(|b| *b == 0) {
+                    Ending::TornTail
+                } else {
+                    Ending::Corrupt
+                });
+            }
         }
         at += 8 + len;
     }
-    Ok(false)
+    Ok(Ending::Clean)
 }
 
 /// The journal files in `dir`, with their generation numbers.
@@ -172,8 +203,23 @@ fn journal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 pub(crate) fn replay(dir: &Path) -> Result<Replay> {
     let mut facts = Vec::new();
     let mut torn = 0;
+    let mut corrupt = false;
     for (_, path) in journal_files(dir)? {
-        torn += u64::from(read_facts(&path, &mut facts)?);
+        match read_facts(&path, &mut facts)? {
+            Ending::Clean => {}
+            Ending::TornTail => torn += 1,
+            Ending::Corrupt => {
+                tracing::error!(file = %path.display(), "journal damaged in the middle; the disk tier is reset");
+                corrupt = true;
+            }
+        }
+    }
+    if corrupt {
+        return Ok(Replay {
+            corrupt: true,
+            next_seq: 1,
+            ..Replay::default()
+        });
     }
     let mut replay = Replay {
         facts: facts.len() as u64,
@@ -495,6 +541,36 @@ mod tests {
         let r = replay(dir.path()).unwrap();
         assert_eq!((r.live.len(), r.torn_tails), (1, 1));
         assert!(r.live.contains_key(&a));
+        assert!(!r.corrupt);
+    }
+
+    #[test]
+    fn a_bad_frame_followed_by_more_data_is_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = k("p", "a");
+        let tomb = Fact::Tombstone {
+            hash: a.disk_hash(),
+            seq: 5,
+        };
+        write_snapshot(dir.path(), 0, &[written(&a, 1), written(&a, 2), tomb]).unwrap();
+        let path = dir.path().join("journal.0");
+        let clean = std::fs::read(&path).unwrap();
+        // Damage the second frame: the tombstone after it would be lost.
+        let second = 8 + u32::from_le_bytes(clean[..4].try_into().unwrap()) as usize;
+        for at in [second + 3, second + 5, second + 9] {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0xff;
+            std::fs::write(&path, &bytes).unwrap();
+            let r = replay(dir.path()).unwrap();
+            assert!(r.corrupt, "damage at byte {at}");
+            assert!(r.live.is_empty(), "nothing trusted from a damaged journal");
+        }
+        // Zeros after a bad frame are what a power loss leaves: a torn tail.
+        let mut bytes = clean[..second + 3].to_vec();
+        bytes.resize(clean.len() + 100, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let r = replay(dir.path()).unwrap();
+        assert!(!r.corrupt && r.torn_tails == 1);
     }
 
     #[test]

@@ -257,8 +257,9 @@ pub struct RecoveryStats {
     pub millis: u64,
     /// Journal files whose tail was torn by a crash (the tail is ignored).
     pub torn_journal_tails: u64,
-    /// The directory's format file was damaged, so the directory was reset
-    /// and the cache started empty (logged at `warn`).
+    /// The directory's format file, or a journal file in the middle, was
+    /// damaged, so the directory was reset and the cache started empty
+    /// (logged). A torn journal tail, what a crash leaves, is not damage.
     pub dir_reset: bool,
     /// Entries loaded back into memory because they were resident at close.
     pub warmed: u64,

@@ -163,3 +163,51 @@ async fn an_unchanged_format_file_is_not_rewritten() {
     assert_eq!(after.modified().unwrap(), before);
     assert_eq!(std::os::unix::fs::MetadataExt::ino(&after), inode);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_damaged_in_the_middle_resets_the_disk_tier_and_serves_nothing_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = small(dir.path()).build().await.unwrap();
+        for i in 0..60 {
+            insert(&cache, &key("a", i), blob(i, 1)).await;
+        }
+        cache.close().await.unwrap();
+    }
+    let journal = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("journal.")
+        })
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&journal).unwrap();
+    assert!(bytes.len() > 200, "a snapshot of 60 entries");
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 23] {
+        *b = 0;
+    }
+    std::fs::write(&journal, &bytes).unwrap();
+    let cache = small(dir.path()).build().await.unwrap();
+    let s = cache.stats();
+    assert!(s.recovery.dir_reset, "{s:#?}");
+    assert_eq!(s.recovery.entries, 0);
+    for i in 0..60 {
+        assert!(
+            cache.get(&key("a", i)).await.is_none(),
+            "a/{i} served from a damaged journal"
+        );
+    }
+    // The reset directory works as a new one.
+    for i in 0..60 {
+        insert(&cache, &key("b", i), blob(i, 2)).await;
+    }
+    cache.close().await.unwrap();
+    drop(cache);
+    let cache = small(dir.path()).build().await.unwrap();
+    assert_eq!(cache.stats().recovery.entries, 60);
+}
