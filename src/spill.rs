@@ -63,6 +63,9 @@ pub(crate) struct Spiller {
     /// meanwhile (and delete it) while the late `Written` fact lands after
     /// the snapshot. Confirms hold this shared, compactions exclusively.
     facts_gate: parking_lot::RwLock<()>,
+    /// Resident keys whose disk copy a sweep found gone, for write-behind to
+    /// persist again (taken by the maintenance task).
+    lost_copies: parking_lot::Mutex<Vec<InternalCacheKey>>,
     /// Items sent to the worker and not yet finished with (written, counted or
     /// found superseded); `flush` waits for this to reach zero.
     unprocessed: AtomicU64,
@@ -103,6 +106,7 @@ impl Spiller {
             health,
             admin: tokio::sync::Mutex::new(()),
             facts_gate: parking_lot::RwLock::new(()),
+            lost_copies: parking_lot::Mutex::new(Vec::new()),
             unprocessed: AtomicU64::new(0),
             written_since_sweep: AtomicU64::new(0),
             progress: Notify::new(),
@@ -493,6 +497,7 @@ impl Spiller {
     /// a newer one was inserted.
     pub(crate) fn sweep(&self) {
         let mut tombstones = Vec::new();
+        let mut lost_copies = Vec::new();
         let disk = &self.disk;
         self.placements.retain(|key, slot| {
             let readable = slot.place.readable_on_disk();
@@ -508,12 +513,19 @@ impl Spiller {
                     // Resident: its eviction (or `close`) writes it again.
                     slot.place = Place::Memory { on_disk: false };
                     slot.record_len = 0;
+                    lost_copies.push(key.clone());
                     true
                 }
                 _ => false,
             }
         });
         self.journal_append(&tombstones, false);
+        self.lost_copies.lock().extend(lost_copies);
+    }
+
+    /// The resident keys whose disk copy was lost since the last call.
+    pub(crate) fn take_lost_copies(&self) -> Vec<InternalCacheKey> {
+        std::mem::take(&mut *self.lost_copies.lock())
     }
 
     /// The facts describing the current state: every version on disk, and

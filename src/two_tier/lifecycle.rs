@@ -135,7 +135,18 @@ pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
             }
         }
         spiller.sweep_if_due();
-        TwoTierCacheBackend::internal(inner).maintain().await;
+        // Resident entries whose disk copy foyer evicted: persisted again,
+        // so that a crash still finds them (only with write-behind on).
+        let lost = spiller.take_lost_copies();
+        let cache = TwoTierCacheBackend::internal(inner);
+        if cache.inner.write_behind.enabled() {
+            for key in lost {
+                if let Some(version) = cache.inner.memory.get(&key).await {
+                    cache.inner.write_behind.schedule(&key, &version);
+                }
+            }
+        }
+        cache.maintain().await;
     }
 }
 
