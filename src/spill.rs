@@ -490,11 +490,11 @@ impl Spiller {
         }
     }
 
-    /// `sweep_if_due`, now. Each dropped or downgraded version gets a
-    /// tombstone: its `Written` fact stays in the journal until the next
-    /// compaction, and foyer's recovery may find the record on the device
-    /// again, so without one a restart could bring that version back after
-    /// a newer one was inserted.
+    /// `sweep_if_due`, now. Each dropped version gets a tombstone: its
+    /// `Written` fact stays in the journal until the next compaction, and
+    /// foyer's recovery may find the record on the device again, so without
+    /// one a restart could bring that version back after a newer one was
+    /// inserted.
     pub(crate) fn sweep(&self) {
         let mut tombstones = Vec::new();
         let mut lost_copies = Vec::new();
@@ -504,19 +504,23 @@ impl Spiller {
             if !readable || disk.contains(key.disk_hash()) {
                 return true;
             }
-            tombstones.push(Fact::Tombstone {
-                hash: key.disk_hash(),
-                seq: slot.seq + 1,
-            });
             match slot.place {
                 Place::Memory { .. } => {
-                    // Resident: its eviction (or `close`) writes it again.
+                    // Resident: its eviction, write-behind or `close` writes
+                    // this same version again, so no tombstone may cover
+                    // it. `record_len` stays set: a replacing insert then
+                    // journals the tombstone that keeps this version dead.
                     slot.place = Place::Memory { on_disk: false };
-                    slot.record_len = 0;
                     lost_copies.push(key.clone());
                     true
                 }
-                _ => false,
+                _ => {
+                    tombstones.push(Fact::Tombstone {
+                        hash: key.disk_hash(),
+                        seq: slot.seq + 1,
+                    });
+                    false
+                }
             }
         });
         self.journal_append(&tombstones, false);

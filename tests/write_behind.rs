@@ -307,3 +307,56 @@ async fn persist_after_zero_keeps_the_old_behaviour() {
     let cache = builder(dir.path()).build().await.unwrap();
     assert_eq!(cache.stats().recovery.entries, 0);
 }
+
+/// A hot entry stays resident while the disk churns: when foyer evicts its
+/// disk copy, write-behind writes it again, so a crash still finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resident_entry_whose_disk_copy_was_evicted_is_persisted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 blocks of 64 KiB: 512 KiB of disk behind 256 KiB of memory.
+    let build = || {
+        small(dir.path())
+            .disk_capacity(512 << 10)
+            .persist_after(Duration::from_secs(2))
+            .build()
+    };
+    let hot = key("hot", 0);
+    {
+        let cache = build().await.unwrap();
+        insert(&cache, &hot, blob(0, 7)).await;
+        wait_for_stats(&cache, "the hot entry persisted", |s| {
+            s.spill.persisted >= 1
+        })
+        .await;
+        // 4 MiB of cold entries through it, the hot one read after each, so
+        // it stays resident while foyer evicts every block it had.
+        for i in 0..512 {
+            insert(&cache, &key("cold", i), blob(i, 1)).await;
+            assert!(cache.get(&hot).await.is_some());
+        }
+        // Memory-only fillers push the cold entries out of memory, so the
+        // hot one is the only spillable resident entry write-behind can see.
+        for i in 0..64 {
+            let plain = spillway::InternalCacheKey::new("plain", i.to_string(), "Plain");
+            cache
+                .insert(
+                    &plain,
+                    std::sync::Arc::new(i) as spillway::CacheEntry,
+                    VALUE,
+                )
+                .await;
+            assert!(cache.get(&hot).await.is_some());
+        }
+        wait_for_stats(&cache, "the hot entry persisted again", |s| {
+            s.spill.persisted >= 2
+        })
+        .await;
+        assert_eq!(cache.stats().spill.persisted, 2, "{:#?}", cache.stats());
+        // Dropped without close().
+    }
+    let cache = build().await.unwrap();
+    let loader = Box::pin(async { panic!("the hot entry needed its loader") });
+    let (entry, cached) = cache.get_or_insert(&hot, loader).await.unwrap();
+    assert!(cached);
+    assert_eq!(as_blob(&entry), &blob(0, 7));
+}
