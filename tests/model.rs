@@ -1,0 +1,195 @@
+//! Model-based property test: random sequences of operations on a two-tier
+//! cache with tiny budgets (so entries spill, get promoted, are persisted by
+//! write-behind and evicted from disk all the time), checked against a
+//! reference model of what each key's latest value is.
+//!
+//! Properties, after every step:
+//! * every read is a miss or the model's current value of the key (never an
+//!   older version, never an invalidated or cleared one, never other bytes);
+//! * `get_or_insert` reports `was_cached` only for a key the model holds, and
+//!   then returns that value;
+//! * across `close()` + reopen and drop + reopen, the same holds.
+//!
+//! `PROPTEST_CASES=500 cargo test --test model` runs more cases than CI's
+//! default. Shrinking prints the smallest failing sequence of operations.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use proptest::prelude::*;
+use spillway::{CacheBackend, CacheEntry, TwoTierBuilder, TwoTierCacheBackend};
+
+const PREFIXES: usize = 2;
+const KEYS: usize = 6;
+const LEN: usize = 3000;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(usize),
+    Get(usize),
+    GetOrInsert(usize),
+    Invalidate(usize),
+    Clear,
+    Flush,
+    CloseReopen,
+    DropReopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let k = 0..PREFIXES * KEYS;
+    prop_oneof![
+        8 => k.clone().prop_map(Op::Insert),
+        6 => k.clone().prop_map(Op::Get),
+        4 => k.prop_map(Op::GetOrInsert),
+        1 => (0..PREFIXES).prop_map(Op::Invalidate),
+        1 => Just(Op::Clear),
+        2 => Just(Op::Flush),
+        1 => Just(Op::CloseReopen),
+        1 => Just(Op::DropReopen),
+    ]
+}
+
+fn model_key(k: usize) -> spillway::InternalCacheKey {
+    spillway::InternalCacheKey::new(format!("p{}", k / KEYS), (k % KEYS).to_string(), BLOB)
+}
+
+/// A value that says which key and version it is, and is checkable.
+fn value(k: usize, version: u32) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..LEN)
+        .map(|i| (k as u32 * 31 + version * 7 + i as u32) as u8)
+        .collect();
+    v[..4].copy_from_slice(&(k as u32).to_le_bytes());
+    v[4..8].copy_from_slice(&version.to_le_bytes());
+    v
+}
+
+fn version_of(k: usize, bytes: &[u8]) -> u32 {
+    let version = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+    assert_eq!(
+        bytes,
+        value(k, version).as_slice(),
+        "damaged bytes for key {k}"
+    );
+    version
+}
+
+fn builder(dir: &std::path::Path) -> TwoTierBuilder {
+    small(dir)
+        .memory_capacity(32 << 10)
+        .spill_queue_capacity(8 << 10)
+        .disk_capacity(512 << 10)
+        .persist_after(Duration::from_millis(20))
+}
+
+/// A read of key `k` must be a miss or the model's current version.
+fn check(
+    model: &HashMap<usize, u32>,
+    step: usize,
+    op: &Op,
+    k: usize,
+    got: Option<&CacheEntry>,
+) -> Result<(), TestCaseError> {
+    if let Some(entry) = got {
+        let version = version_of(k, as_blob(entry));
+        prop_assert_eq!(
+            Some(version),
+            model.get(&k).copied(),
+            "step {}: after {:?}, key {} read version {}",
+            step,
+            op,
+            k,
+            version
+        );
+    }
+    Ok(())
+}
+
+async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cache: Option<TwoTierCacheBackend> = Some(builder(dir.path()).build().await.unwrap());
+    let mut model: HashMap<usize, u32> = HashMap::new();
+    let mut next = 1u32;
+    for (step, op) in ops.iter().enumerate() {
+        let c = cache.as_ref().unwrap();
+        match *op {
+            Op::Insert(k) => {
+                let v = next;
+                next += 1;
+                c.insert(&model_key(k), Arc::new(value(k, v)) as CacheEntry, LEN)
+                    .await;
+                model.insert(k, v);
+            }
+            Op::Get(k) => {
+                let got = c.get(&model_key(k)).await;
+                check(&model, step, op, k, got.as_ref())?;
+            }
+            Op::GetOrInsert(k) => {
+                let v = next;
+                next += 1;
+                let loader =
+                    Box::pin(async move { Ok((Arc::new(value(k, v)) as CacheEntry, LEN)) });
+                let (entry, cached) = c.get_or_insert(&model_key(k), loader).await.unwrap();
+                if cached {
+                    prop_assert!(
+                        model.contains_key(&k),
+                        "step {step}: was_cached for absent key {k}"
+                    );
+                    check(&model, step, op, k, Some(&entry))?;
+                } else {
+                    prop_assert_eq!(version_of(k, as_blob(&entry)), v);
+                    model.insert(k, v);
+                }
+            }
+            Op::Invalidate(p) => {
+                c.invalidate_prefix(&format!("p{p}")).await;
+                model.retain(|k, _| k / KEYS != p);
+            }
+            Op::Clear => {
+                c.clear().await;
+                model.clear();
+            }
+            Op::Flush => c.flush().await,
+            Op::CloseReopen => {
+                c.close().await.unwrap();
+                cache = None;
+                cache = Some(builder(dir.path()).build().await.unwrap());
+            }
+            Op::DropReopen => {
+                cache = None;
+                cache = Some(builder(dir.path()).build().await.unwrap());
+            }
+        }
+        // A miss is always allowed; a value must be the latest one.
+        let c = cache.as_ref().unwrap();
+        for k in 0..PREFIXES * KEYS {
+            let got = c.get_without_promotion(&model_key(k)).await;
+            check(&model, step, op, k, got.as_ref())?;
+        }
+    }
+    if let Some(c) = cache {
+        c.close().await.unwrap();
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_read_is_a_miss_or_the_latest_value(ops in proptest::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(run(ops))?;
+    }
+}
