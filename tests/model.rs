@@ -155,11 +155,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Flush => c.flush().await,
             Op::CloseReopen => {
                 c.close().await.unwrap();
-                cache = None;
+                drop(cache.take()); // releases the directory before the reopen
                 cache = Some(builder(dir.path()).build().await.unwrap());
             }
             Op::DropReopen => {
-                cache = None;
+                drop(cache.take()); // releases the directory before the reopen
                 cache = Some(builder(dir.path()).build().await.unwrap());
             }
         }
