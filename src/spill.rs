@@ -142,7 +142,9 @@ impl Spiller {
             // Write-behind is writing this very version: its batch settles
             // the slot; until then the RAM copy is held outside moka.
             Place::Persisting => {
+                // From here it is an eviction spill, counted as one.
                 self.hold_queued(key, &res);
+                self.stats.spills_queued.incr();
                 slot.place = Place::Writing(res);
             }
             Place::Memory { on_disk: false } => {
@@ -432,7 +434,7 @@ impl Spiller {
                         } else {
                             slot.place = Place::Disk;
                         }
-                        if item.why == Why::Persist {
+                        if persisted {
                             self.stats.persisted.incr();
                             self.stats.persisted_bytes.add(len as u64);
                         } else {

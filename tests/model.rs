@@ -8,7 +8,9 @@
 //!   older version, never an invalidated or cleared one, never other bytes);
 //! * `get_or_insert` reports `was_cached` only for a key the model holds, and
 //!   then returns that value;
-//! * across `close()` + reopen and drop + reopen, the same holds.
+//! * across `close()` + reopen and drop + reopen, the same holds;
+//! * after `flush()` the spill queue's accounting is back to zero, and no
+//!   spill went unwritten (the disk always has room here).
 //!
 //! `PROPTEST_CASES=500 cargo test --test model` runs more cases than CI's
 //! default. Shrinking prints the smallest failing sequence of operations.
@@ -152,7 +154,19 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 c.clear().await;
                 model.clear();
             }
-            Op::Flush => c.flush().await,
+            Op::Flush => {
+                c.flush().await;
+                // Every byte held for the spill queue was given back.
+                let s = c.stats();
+                prop_assert_eq!(
+                    (s.spill.queue_entries, s.spill.queue_bytes),
+                    (0, 0),
+                    "step {}: spill queue accounting after flush: {:#?}",
+                    step,
+                    s
+                );
+                prop_assert_eq!(s.spill.not_written.total(), 0, "step {}: {:#?}", step, s);
+            }
             Op::CloseReopen => {
                 c.close().await.unwrap();
                 drop(cache.take()); // releases the directory before the reopen
