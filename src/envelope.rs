@@ -184,4 +184,32 @@ mod tests {
         bytes[4] = 9;
         assert_eq!(open(&bytes).unwrap_err(), DecodeMiss::Incompatible);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_never_decode(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            proptest::prop_assert!(open(&bytes).is_err() || bytes == sample());
+        }
+
+        #[test]
+        fn damaged_or_cut_records_are_refused(
+            damage in proptest::collection::vec((0usize..4096, 1u8..=255), 1..8),
+            cut in 0usize..4096,
+        ) {
+            let good = sample();
+            let mut bad = good.clone();
+            for (at, xor) in damage {
+                let at = at % bad.len();
+                bad[at] ^= xor;
+            }
+            proptest::prop_assert!(bad == good || open(&bad).is_err());
+            let cut = cut % good.len();
+            proptest::prop_assert!(open(&good[..cut]).is_err());
+        }
+    }
 }
