@@ -47,6 +47,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod bookkeeping;
 mod builder;
 mod cache_dir;
 mod codec;

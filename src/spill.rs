@@ -17,11 +17,6 @@ use crate::placement::{Place, Placements, Resident, Slot};
 use crate::stats::{NotWrittenReason, Stats};
 use crate::InternalCacheKey;
 
-/// The journal is compacted once this much has been appended since the last
-/// snapshot (and the appended part outweighs the live state): journal size
-/// stays proportional to what the disk holds, not to what passed through it.
-const COMPACT_AFTER_BYTES: u64 = 64 << 10;
-
 /// Why an item was handed to the worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Why {
@@ -62,16 +57,16 @@ pub(crate) struct Spiller {
     /// compaction in between would snapshot without a kill fact appended
     /// meanwhile (and delete it) while the late `Written` fact lands after
     /// the snapshot. Confirms hold this shared, compactions exclusively.
-    facts_gate: parking_lot::RwLock<()>,
+    pub(crate) facts_gate: parking_lot::RwLock<()>,
     /// Resident keys whose disk copy a sweep found gone, for write-behind to
     /// persist again (taken by the maintenance task).
-    lost_copies: parking_lot::Mutex<Vec<InternalCacheKey>>,
+    pub(crate) lost_copies: parking_lot::Mutex<Vec<InternalCacheKey>>,
     /// Items sent to the worker and not yet finished with (written, counted or
     /// found superseded); `flush` waits for this to reach zero.
     unprocessed: AtomicU64,
     /// Record bytes written since placements were last checked against
     /// foyer's index; see `sweep`.
-    written_since_sweep: AtomicU64,
+    pub(crate) written_since_sweep: AtomicU64,
     /// Woken whenever the worker finishes a round, for `flush`.
     progress: Notify,
 }
@@ -276,11 +271,7 @@ impl Spiller {
             }
             in_flight = submitted;
             self.progress.notify_waiters();
-            if self.journal.appended_bytes()
-                > COMPACT_AFTER_BYTES.max(self.placements.len() as u64 * 128)
-            {
-                self.compact().await;
-            }
+            self.compact_if_due().await;
         }
     }
 
@@ -465,117 +456,6 @@ impl Spiller {
         drop(gate);
         self.finished(n);
         self.health.batch(written_n, lost_n);
-    }
-
-    /// Appends facts; a failure is logged and counted, never fatal.
-    pub(crate) fn journal_append(&self, facts: &[Fact], durable: bool) {
-        if facts.is_empty() {
-            return;
-        }
-        if let Err(e) = self.journal.append(facts, durable) {
-            tracing::error!(error = %e, "journal append failed; this change may not survive a restart");
-            self.stats.journal_errors.incr();
-        }
-    }
-
-    /// Drops the slots of records foyer has evicted (or lost), and marks
-    /// resident entries whose disk copy is gone as not on disk. Keeps the
-    /// placements, and with them the journal's snapshots, bounded by what
-    /// the disk holds. Runs once the disk has taken about a quarter of its
-    /// capacity in new records since the last sweep, so its O(entries) cost
-    /// is spread over at least that many writes.
-    pub(crate) fn sweep_if_due(&self) {
-        let due = (self.disk.capacity() as u64 / 4).max(1);
-        if self.written_since_sweep.load(Ordering::Relaxed) >= due {
-            self.written_since_sweep.store(0, Ordering::Relaxed);
-            self.sweep();
-        }
-    }
-
-    /// `sweep_if_due`, now. Each dropped version gets a tombstone: its
-    /// `Written` fact stays in the journal until the next compaction, and
-    /// foyer's recovery may find the record on the device again, so without
-    /// one a restart could bring that version back after a newer one was
-    /// inserted.
-    pub(crate) fn sweep(&self) {
-        let mut tombstones = Vec::new();
-        let mut lost_copies = Vec::new();
-        let disk = &self.disk;
-        self.placements.retain(|key, slot| {
-            let readable = slot.place.readable_on_disk();
-            if !readable || disk.contains(key.disk_hash()) {
-                return true;
-            }
-            match slot.place {
-                Place::Memory { .. } => {
-                    // Resident: its eviction, write-behind or `close` writes
-                    // this same version again, so no tombstone may cover
-                    // it. `record_len` stays set: a replacing insert then
-                    // journals the tombstone that keeps this version dead.
-                    slot.place = Place::Memory { on_disk: false };
-                    lost_copies.push(key.clone());
-                    true
-                }
-                _ => {
-                    tombstones.push(Fact::Tombstone {
-                        hash: key.disk_hash(),
-                        seq: slot.seq + 1,
-                    });
-                    false
-                }
-            }
-        });
-        self.journal_append(&tombstones, false);
-        self.lost_copies.lock().extend(lost_copies);
-    }
-
-    /// The resident keys whose disk copy was lost since the last call.
-    pub(crate) fn take_lost_copies(&self) -> Vec<InternalCacheKey> {
-        std::mem::take(&mut *self.lost_copies.lock())
-    }
-
-    /// The facts describing the current state: every version on disk, and
-    /// which of them are resident in memory too.
-    pub(crate) fn snapshot_facts(&self) -> Vec<Fact> {
-        let mut facts = Vec::new();
-        self.placements.for_each(|key, slot| {
-            if slot.place.readable_on_disk() {
-                facts.push(Fact::written(
-                    key,
-                    slot.seq,
-                    slot.size as usize,
-                    slot.record_len as usize,
-                ));
-            }
-            if matches!(slot.place, Place::Memory { on_disk: true }) {
-                facts.push(Fact::Resident {
-                    hash: key.disk_hash(),
-                    seq: slot.seq,
-                });
-            }
-        });
-        facts
-    }
-
-    /// Rewrites the journal as a snapshot of the current state. Appends go
-    /// to a fresh file from the rotation on, so nothing is lost meanwhile.
-    pub(crate) async fn compact(&self) {
-        self.sweep();
-        let _admin = self.admin.lock().await;
-        let _gate = self.facts_gate.write();
-        let rotated = match self.journal.rotate() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "journal rotation failed");
-                self.stats.journal_errors.incr();
-                return;
-            }
-        };
-        let facts = self.snapshot_facts();
-        if let Err(e) = self.journal.install_snapshot(rotated, facts) {
-            tracing::error!(error = %e, "journal snapshot failed; the older files stay and remain correct");
-            self.stats.journal_errors.incr();
-        }
     }
 
     /// Waits until the worker has finished with every item handed to it.
