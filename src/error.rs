@@ -69,7 +69,7 @@ pub enum Error {
     },
     /// A cache directory (or a file in it) that is not safe to use: owned
     /// by another user, writable by others, or a planted symlink.
-    #[error("refusing cache directory path {}: {reason}", dir.display())]
+    #[error("refusing disk.dir path {}: {reason}", dir.display())]
     UnsafeDir {
         /// The directory or file.
         dir: PathBuf,

@@ -20,11 +20,19 @@ use crate::{Error, Result};
 /// private_fs::create_dir(Path::new("/var/cache/myapp"))?;
 /// ```
 pub(crate) fn create_dir(dir: &Path) -> Result<()> {
+    let bad = |reason: String| Error::Config {
+        field: "disk.dir".into(),
+        value: dir.display().to_string(),
+        reason,
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(bad("it is a file, not a directory".into()));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| Error::io("create cache directory", dir, e))?;
+        .map_err(|e| bad(format!("cannot create the cache directory: {e}")))?;
     check_dir(dir)
 }
 

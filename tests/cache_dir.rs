@@ -211,3 +211,16 @@ async fn a_journal_damaged_in_the_middle_resets_the_disk_tier_and_serves_nothing
     let cache = small(dir.path()).build().await.unwrap();
     assert_eq!(cache.stats().recovery.entries, 60);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_or_an_uncreatable_path_names_disk_dir_and_the_path() {
+    let parent = tempfile::tempdir().unwrap();
+    let file = parent.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    for path in [file.clone(), file.join("below")] {
+        let err = small(&path).build().await.unwrap_err().to_string();
+        assert!(err.contains("disk.dir"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+}
