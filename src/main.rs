@@ -54,18 +54,34 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Warnings (a paused disk tier, a damaged directory) go to stderr;
+    // RUST_LOG=spillway=debug shows more. stdout stays for reports.
+    // foyer warns on every open that a file device is not a raw block
+    // device: advice, not a problem here, so its device module logs errors only.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,foyer_storage::io::device=error")
+    });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::DefaultConfig => {
             print!("{}", spillway::DEFAULT_CONFIG_TOML);
             Ok(())
         }
-        Command::Bench { config, quick, out } => config
-            .map_or_else(
-                || Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML),
-                Config::from_file,
-            )
-            .and_then(|config| bench::run(bench::Options { config, quick, out })),
+        Command::Bench { config, quick, out } => {
+            if quick {
+                eprintln!("warning: --quick runs a quarter of the work on two budgets; its figures are not representative");
+            }
+            config
+                .map_or_else(
+                    || Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML),
+                    Config::from_file,
+                )
+                .and_then(|config| bench::run(bench::Options { config, quick, out }))
+        }
         Command::Inspect { dir, json } => inspect(&dir, json),
         Command::BenchKillChild { config, dir } => {
             Config::from_file(&config).and_then(|config| bench::kill_child(&config, dir))
