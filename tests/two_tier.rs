@@ -565,3 +565,26 @@ async fn a_reader_without_the_codec_misses_but_leaves_the_record_intact() {
         .expect("record kept");
     assert_eq!(as_blob(&e), &blob(1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_close_could_not_spill_is_still_invalidated_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = small(dir.path()).build().await.unwrap();
+    // Larger than a 64 KiB disk block: close() cannot write it, and it stays
+    // in memory, where the closed cache keeps serving it.
+    let big = key("a", 0);
+    cache
+        .insert(
+            &big,
+            Arc::new(vec![1u8; 100 << 10]) as CacheEntry,
+            100 << 10,
+        )
+        .await;
+    cache.close().await.unwrap();
+    assert!(cache.get(&big).await.is_some(), "still served from memory");
+    cache.invalidate_prefix("a").await;
+    assert!(
+        cache.get(&big).await.is_none(),
+        "served after its invalidation"
+    );
+}

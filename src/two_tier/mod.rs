@@ -437,6 +437,13 @@ impl CacheBackend for TwoTierCacheBackend {
                 doomed.push(key.clone());
             }
         });
+        // moka too: after `close()`, a spill that failed leaves its entry in
+        // memory without a slot, and it must not outlive the invalidation.
+        for (key, _) in self.inner.memory.iter() {
+            if key.starts_with(prefix) {
+                doomed.push((*key).clone());
+            }
+        }
         for key in doomed {
             self.remove(&key).await;
         }
