@@ -184,9 +184,16 @@ impl DiskTier {
     }
 
     /// Replaces the foyer instance by a fresh one on the same device file,
-    /// which recovers the records written so far. The old instance is
-    /// dropped, not closed: after a failed write its flusher is gone.
+    /// which recovers the records written so far. The old instance is closed
+    /// first, within `STALL_TIMEOUT` (after a failed write its flusher is
+    /// gone and the close fails or never ends), then dropped.
     pub(crate) async fn reopen(&self) -> Result<()> {
+        // A stall on a slow but healthy disk also pauses spilling: let that
+        // instance finish (bounded) before another one opens the same file.
+        let old = self.cache.read().clone();
+        if let Err(e) = bounded(&self.dir, "close", async move { old.close().await }).await {
+            tracing::debug!(error = %e, "the failed disk tier instance did not close");
+        }
         let fresh = build(&self.opts).await?;
         let old = std::mem::replace(&mut *self.cache.write(), fresh);
         drop(old);
