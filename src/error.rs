@@ -67,6 +67,14 @@ pub enum Error {
         /// What this cache was configured with.
         expected: String,
     },
+    /// `spillway inspect` found no spillway cache directory there.
+    #[error("{} is not a spillway cache directory: {reason}", dir.display())]
+    NotACacheDir {
+        /// The directory inspected.
+        dir: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
     /// A cache directory (or a file in it) that is not safe to use: owned
     /// by another user, writable by others, or a planted symlink.
     #[error("refusing disk.dir path {}: {reason}", dir.display())]

@@ -49,11 +49,20 @@ impl DirReport {
     /// ```
     pub fn read(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let format = read_dir_meta(dir)?.ok_or_else(|| Error::IncompatibleDir {
+        // Read-only: it reports what it finds and never suggests a reset.
+        let not_ours = |reason: &str| Error::NotACacheDir {
             dir: dir.to_path_buf(),
-            found: "no spillway format file".into(),
-            expected: "a spillway cache directory".into(),
-        })?;
+            reason: reason.into(),
+        };
+        if !dir.is_dir() {
+            return Err(not_ours("no such directory"));
+        }
+        let format = match read_dir_meta(dir) {
+            Ok(Some(format)) => format,
+            Ok(None) => return Err(not_ours("it has no spillway.toml format file")),
+            Err(Error::IncompatibleDir { found, .. }) => return Err(not_ours(&found)),
+            Err(e) => return Err(e),
+        };
         let started = Instant::now();
         let replay = journal::replay(dir)?;
         Ok(Self {

@@ -224,3 +224,22 @@ async fn a_file_or_an_uncreatable_path_names_disk_dir_and_the_path() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
 }
+
+#[test]
+fn inspect_says_what_it_found_and_never_suggests_a_reset() {
+    let missing = spillway::DirReport::read("/no/such/spillway/dir")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("/no/such/spillway/dir") && missing.contains("no such directory"),
+        "{missing}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let other = spillway::DirReport::read(empty.path())
+        .unwrap_err()
+        .to_string();
+    assert!(other.contains("not a spillway cache directory"), "{other}");
+    for err in [&missing, &other] {
+        assert!(!err.contains("reset") && !err.contains("wipe"), "{err}");
+    }
+}
