@@ -126,18 +126,8 @@ impl CacheDir {
     /// format file.
     pub(crate) fn reset(&mut self) -> Result<()> {
         self.damaged = true;
-        let entries = std::fs::read_dir(&self.root)
-            .map_err(|e| Error::io("list cache directory", &self.root, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list cache directory", &self.root, e))?;
-            if entry.file_name().to_string_lossy().starts_with("journal.") {
-                let path = entry.path();
-                std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
-            }
-        }
-        let foyer = self.foyer_dir();
-        std::fs::remove_dir_all(&foyer).map_err(|e| Error::io("remove", &foyer, e))?;
-        private_fs::create_dir(&foyer)
+        self.remove_entries(|name| name == "foyer" || name.starts_with("journal."))?;
+        private_fs::create_dir(&self.foyer_dir())
     }
 
     /// Whether the directory's state was damaged and reset on open.
@@ -146,19 +136,9 @@ impl CacheDir {
     }
 
     fn remove_leftovers(&self) -> Result<()> {
-        let entries = std::fs::read_dir(&self.root)
-            .map_err(|e| Error::io("list cache directory", &self.root, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list cache directory", &self.root, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let ours = name.starts_with("journal.") || name.starts_with(META_FILE);
-            if ours && name.ends_with(".tmp") {
-                let path = entry.path();
-                std::fs::remove_file(&path).map_err(|e| Error::io("remove leftover", &path, e))?;
-            }
-        }
-        Ok(())
+        self.remove_entries(|name| {
+            (name.starts_with("journal.") || name.starts_with(META_FILE)) && name.ends_with(".tmp")
+        })
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -171,19 +151,25 @@ impl CacheDir {
 
     /// Removes everything spillway keeps in the directory except the lock.
     fn wipe(&self) -> Result<()> {
+        self.remove_entries(|name| {
+            name == "foyer" || name == META_FILE || name.starts_with("journal.")
+        })
+    }
+
+    /// Removes the entries of the directory whose names `which` accepts
+    /// (a directory with everything in it).
+    fn remove_entries(&self, which: impl Fn(&str) -> bool) -> Result<()> {
         let entries = std::fs::read_dir(&self.root)
             .map_err(|e| Error::io("list cache directory", &self.root, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list cache directory", &self.root, e))?;
-            let path = entry.path();
-            let name = entry.file_name();
-            let ours = name == "foyer"
-                || name == META_FILE
-                || name.to_string_lossy().starts_with("journal.");
-            if !ours {
+            if !which(&entry.file_name().to_string_lossy()) {
                 continue;
             }
-            let removed = if path.is_dir() {
+            let path = entry.path();
+            // Not `is_dir`: a symlink planted in our place is removed, never followed.
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let removed = if is_dir {
                 std::fs::remove_dir_all(&path)
             } else {
                 std::fs::remove_file(&path)
