@@ -106,13 +106,7 @@ async fn a_symlink_planted_in_place_of_a_cache_file_is_refused() {
 async fn a_damaged_format_file_resets_the_directory_instead_of_blocking_it() {
     for damage in ["", "format_version = ", "\u{0}\u{0}\u{0}garbage"] {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let cache = small(dir.path()).build().await.unwrap();
-            for i in 0..60 {
-                insert(&cache, &key("a", i), blob(i, 1)).await;
-            }
-            cache.close().await.unwrap();
-        }
+        fill_and_close(small(dir.path()), "a", 60).await;
         // What a kill in the middle of an in-place rewrite used to leave.
         std::fs::write(dir.path().join("spillway.toml"), damage).unwrap();
         std::fs::write(dir.path().join("journal.99.tmp"), b"half a snapshot").unwrap();
@@ -167,13 +161,7 @@ async fn an_unchanged_format_file_is_not_rewritten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_damaged_in_the_middle_resets_the_disk_tier_and_serves_nothing_stale() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let cache = small(dir.path()).build().await.unwrap();
-        for i in 0..60 {
-            insert(&cache, &key("a", i), blob(i, 1)).await;
-        }
-        cache.close().await.unwrap();
-    }
+    fill_and_close(small(dir.path()), "a", 60).await;
     let journal = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())

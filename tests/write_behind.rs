@@ -115,13 +115,7 @@ async fn a_persisted_entry_evicted_unchanged_is_not_written_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropping_the_last_handle_releases_the_directory_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let cache = builder(dir.path()).build().await.unwrap();
-        for i in 0..ENTRIES {
-            insert(&cache, &key("a", i), blob(i, 1)).await;
-        }
-        cache.close().await.unwrap();
-    }
+    fill_and_close(builder(dir.path()), "a", ENTRIES).await;
     for round in 0..30 {
         // Every open starts a warm-up of ENTRIES entries; drop it mid-way.
         let cache = builder(dir.path())

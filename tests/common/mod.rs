@@ -174,3 +174,13 @@ pub fn dir_bytes(dir: &std::path::Path) -> u64 {
     }
     total
 }
+
+/// Opens a cache on `dir`, inserts `n` blobs (version 1) under `prefix`,
+/// and closes it gracefully: the usual set-up of a restart test.
+pub async fn fill_and_close(builder: TwoTierBuilder, prefix: &str, n: usize) {
+    let cache = builder.build().await.unwrap();
+    for i in 0..n {
+        insert(&cache, &key(prefix, i), blob(i, 1)).await;
+    }
+    cache.close().await.unwrap();
+}
