@@ -27,6 +27,17 @@ pub(crate) enum Why {
     Persist,
 }
 
+/// How a queued spill ended, for [`Spiller::release_queued`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpillEnd {
+    /// Written and confirmed on disk.
+    Written,
+    /// Replaced, promoted, invalidated or cleared before it was written.
+    Superseded,
+    /// Not written, for this reason: the entry is gone.
+    Lost(NotWrittenReason),
+}
+
 /// A spill waiting for the worker: the key and the version to write.
 pub(crate) struct SpillItem {
     key: InternalCacheKey,
@@ -72,11 +83,21 @@ pub(crate) struct Spiller {
 }
 
 impl Spiller {
-    /// Returns the RAM a queued slot held to the queue's accounting.
-    pub(crate) fn release_queued(&self, key: &InternalCacheKey, place: &Place) {
+    /// Called whenever a slot leaves its queued or writing state: returns
+    /// the RAM it held to the queue's accounting and counts how that spill
+    /// ended. Counting here, at the one place every queued spill leaves
+    /// through, makes each one counted exactly once, whoever ends it
+    /// (the worker, a replace, an invalidation or a clear).
+    pub(crate) fn release_queued(&self, key: &InternalCacheKey, place: &Place, end: SpillEnd) {
         if let Some(r) = place.queued() {
             self.stats.queue_entries.sub(1);
             self.flow.dequeued(queue_weight(key, r.size));
+            match end {
+                // Counted by `confirm`, with the record's bytes.
+                SpillEnd::Written => {}
+                SpillEnd::Superseded => self.stats.spills_superseded.incr(),
+                SpillEnd::Lost(reason) => self.stats.not_written(reason),
+            }
         }
     }
 
@@ -130,10 +151,18 @@ impl Spiller {
         // A listener call for a version that is no longer current (replaced or
         // invalidated meanwhile) must not resurrect it.
         let Some(slot) = shard.current(key, res.seq) else {
+            if res.codec.is_none() {
+                self.stats.evicted_memory_only.incr();
+            } else {
+                self.stats.spills_superseded.incr();
+            }
             return;
         };
         match slot.place {
-            Place::Memory { on_disk: true } => slot.place = Place::Disk,
+            Place::Memory { on_disk: true } => {
+                self.stats.evicted_already_on_disk.incr();
+                slot.place = Place::Disk;
+            }
             // Write-behind is writing this very version: its batch settles
             // the slot; until then the RAM copy is held outside moka.
             Place::Persisting => {
@@ -160,12 +189,16 @@ impl Spiller {
                 if !self.send(tx, key, hash, seq, Why::Evicted, Weak::new()) {
                     // The worker is gone (runtime shut down): undo.
                     if let Some(slot) = shard.remove(key) {
-                        self.release_queued(key, &slot.place);
+                        let lost = SpillEnd::Lost(NotWrittenReason::DiskDisabled);
+                        self.release_queued(key, &slot.place, lost);
                     }
-                    self.stats.not_written(NotWrittenReason::DiskDisabled);
                 }
             }
-            Place::Queued(_) | Place::Writing(_) | Place::Disk => {}
+            // Not reached (moka evicts a version once, and only a resident
+            // one), but counted so that every eviction is accounted for.
+            Place::Queued(_) | Place::Writing(_) | Place::Disk => {
+                self.stats.spills_superseded.incr()
+            }
         }
     }
 
@@ -308,11 +341,8 @@ impl Spiller {
             match (item.why, place) {
                 (Why::Evicted, Some(Place::Queued(res))) => res.clone(),
                 (Why::Persist, Some(Place::Memory { on_disk: false })) => item.version.upgrade()?,
-                (Why::Persist, _) => return None,
-                _ => {
-                    self.stats.spills_superseded.incr();
-                    return None;
-                }
+                // Superseded: counted when its slot left the queue.
+                _ => return None,
             }
         };
         let codec = res.codec.as_ref()?;
@@ -356,19 +386,15 @@ impl Spiller {
                     _ => false,
                 });
         if !started {
-            if item.why == Why::Evicted {
-                if accepting {
-                    self.stats.spills_superseded.incr();
-                } else if let Some(Place::Queued(_)) =
-                    shard.current(&item.key, item.seq).map(|s| &s.place)
-                {
-                    // Spilling paused (failing disk) or closed while queued.
-                    if let Some(slot) = shard.remove(&item.key) {
-                        self.release_queued(&item.key, &slot.place);
-                    }
-                    self.stats.not_written(NotWrittenReason::DiskDisabled);
-                } else {
-                    self.stats.spills_superseded.incr();
+            let queued = matches!(
+                shard.current(&item.key, item.seq).map(|s| &s.place),
+                Some(Place::Queued(_))
+            );
+            if item.why == Why::Evicted && !accepting && queued {
+                // Spilling paused (failing disk) or closed while queued.
+                if let Some(slot) = shard.remove(&item.key) {
+                    let lost = SpillEnd::Lost(NotWrittenReason::DiskDisabled);
+                    self.release_queued(&item.key, &slot.place, lost);
                 }
             }
             self.finished(1);
@@ -390,10 +416,9 @@ impl Spiller {
         let mut shard = self.placements.lock(item.hash);
         if shard.current(&item.key, item.seq).is_some() {
             if let Some(slot) = shard.remove(&item.key) {
-                self.release_queued(&item.key, &slot.place);
+                self.release_queued(&item.key, &slot.place, SpillEnd::Lost(reason));
             }
         }
-        self.stats.not_written(reason);
     }
 
     fn confirm(&self, batch: Vec<(SpillItem, usize)>) {
@@ -404,14 +429,19 @@ impl Spiller {
         for (item, len) in batch {
             let written = self.disk.contains(item.hash);
             let mut shard = self.placements.lock(item.hash);
+            // Gone or changed: superseded, counted when its slot left the queue.
             let Some(slot) = shard.current(&item.key, item.seq) else {
-                self.stats.spills_superseded.incr();
                 continue;
             };
             let persisted = matches!(slot.place, Place::Persisting);
             match &slot.place {
                 Place::Writing(_) | Place::Persisting => {
-                    self.release_queued(&item.key, &slot.place);
+                    let end = if written {
+                        SpillEnd::Written
+                    } else {
+                        SpillEnd::Lost(NotWrittenReason::DiskDropped)
+                    };
+                    self.release_queued(&item.key, &slot.place, end);
                     if written {
                         written_n += 1;
                         slot.record_len = u32::try_from(len).unwrap_or(u32::MAX);
@@ -441,12 +471,11 @@ impl Spiller {
                             slot.place = Place::Memory { on_disk: false };
                         } else {
                             shard.remove(&item.key);
-                            self.stats.not_written(NotWrittenReason::DiskDropped);
                         }
                     }
                 }
-                // Replaced, promoted back or invalidated while being written.
-                _ => self.stats.spills_superseded.incr(),
+                // Promoted back while being written: counted when it left the queue.
+                _ => {}
             }
         }
         // Appended after the slot locks are released: the journal's facts are

@@ -98,6 +98,7 @@ pub(crate) struct Stats {
     pub(crate) inserts: Counter,
     pub(crate) evictions: Counter,
     pub(crate) evicted_memory_only: Counter,
+    pub(crate) evicted_already_on_disk: Counter,
     pub(crate) promotions: Counter,
     pub(crate) spills_queued: Counter,
     pub(crate) spills_written: Counter,
@@ -221,6 +222,12 @@ pub struct DiskStats {
 }
 
 /// The spill path's share of a [`StatsSnapshot`].
+///
+/// Every capacity eviction is accounted for exactly once. Between `close`
+/// calls (which also spill resident entries), at any quiet moment:
+///
+/// `memory.evictions = memory.evicted_memory_only + already_on_disk +
+/// written + superseded + not_written.total() + queue_entries`
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SpillStats {
     /// Evicted entries queued for the disk tier.
@@ -229,8 +236,12 @@ pub struct SpillStats {
     pub written: u64,
     /// Bytes of the records written (envelope included).
     pub written_bytes: u64,
-    /// Queued spills skipped because the key was replaced, promoted or invalidated first.
+    /// Evicted entries not written because the key was replaced, promoted,
+    /// invalidated or cleared first (before or while queued).
     pub superseded: u64,
+    /// Evicted entries that needed no write: write-behind had already put
+    /// this very version on disk.
+    pub already_on_disk: u64,
     /// Spills due but not written, by reason.
     pub not_written: NotWritten,
     /// Entries waiting in the spill queue now.
@@ -354,6 +365,7 @@ impl Stats {
                 written: self.spills_written.get(),
                 written_bytes: self.spill_bytes.get(),
                 superseded: self.spills_superseded.get(),
+                already_on_disk: self.evicted_already_on_disk.get(),
                 not_written: NotWritten {
                     encode_failed: nw(NotWrittenReason::EncodeFailed),
                     oversize: nw(NotWrittenReason::Oversize),

@@ -9,8 +9,10 @@
 //! * `get_or_insert` reports `was_cached` only for a key the model holds, and
 //!   then returns that value;
 //! * across `close()` + reopen and drop + reopen, the same holds;
-//! * after `flush()` the spill queue's accounting is back to zero, and no
-//!   spill went unwritten (the disk always has room here).
+//! * after `flush()` the spill queue's accounting is back to zero, no spill
+//!   went unwritten (the disk always has room here), and the statistics
+//!   balance: every capacity eviction is counted once, as memory-only,
+//!   already on disk, written, superseded or not written.
 //!
 //! `PROPTEST_CASES=500 cargo test --test model` runs more cases than CI's
 //! default. Shrinking prints the smallest failing sequence of operations.
@@ -166,6 +168,19 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     s
                 );
                 prop_assert_eq!(s.spill.not_written.total(), 0, "step {}: {:#?}", step, s);
+                // Every capacity eviction is accounted for exactly once.
+                let sp = &s.spill;
+                prop_assert_eq!(
+                    s.memory.evictions,
+                    s.memory.evicted_memory_only
+                        + sp.already_on_disk
+                        + sp.written
+                        + sp.superseded
+                        + sp.not_written.total(),
+                    "step {}: evictions do not balance: {:#?}",
+                    step,
+                    s
+                );
             }
             Op::CloseReopen => {
                 c.close().await.unwrap();

@@ -1,11 +1,15 @@
 //! Concurrency stress: many tasks on a multi-thread runtime read and write
 //! overlapping keys of a cache with a tiny memory budget, so spills,
-//! promotions, write-behind and disk eviction race with replacements all
-//! the time. Values describe themselves (key, version, checkable bytes).
+//! promotions, write-behind and disk eviction race with replacements and
+//! invalidations all the time. Values describe themselves (key, version,
+//! checkable bytes).
 //!
-//! Each key has one writer task, whose versions only grow; any task reads
-//! any key. A read that starts after version `v` of a key was acknowledged
-//! must return a miss or a version `>= v`, with intact bytes.
+//! Each key has one writer task, whose versions only grow, and each task
+//! owns one prefix, which it invalidates now and then; any task reads any
+//! key. A read that starts after version `v` of a key was acknowledged must
+//! return a miss or a version `>= v`, with intact bytes; one that starts
+//! after an invalidation returned must return a miss or a version written
+//! after it.
 //!
 //! `cargo test --test stress -- --ignored` runs a longer soak.
 
@@ -23,7 +27,8 @@ const KEYS: usize = 48;
 const LEN: usize = 2500;
 
 fn stress_key(k: usize) -> InternalCacheKey {
-    InternalCacheKey::new(format!("s{}", k % 3), k.to_string(), BLOB)
+    // Prefix `s{t}` holds exactly the keys task `t` writes.
+    InternalCacheKey::new(format!("s{}", k % TASKS), k.to_string(), BLOB)
 }
 
 fn value(k: usize, version: u32) -> Vec<u8> {
@@ -134,6 +139,13 @@ async fn stress(ops_per_task: usize, seed: u64) {
                         assert_eq!(got, v);
                     }
                     shared.acked[k].fetch_max(v, Ordering::AcqRel);
+                } else if roll < 37 {
+                    // Invalidate this task's prefix: every version so far is dead.
+                    shared.cache.invalidate_prefix(&format!("s{t}")).await;
+                    version += 1;
+                    for k in (t..KEYS).step_by(TASKS) {
+                        shared.acked[k].fetch_max(version, Ordering::AcqRel);
+                    }
                 } else {
                     let k = next(&mut rng) as usize % KEYS;
                     shared.read(k, roll < 85).await;
@@ -155,6 +167,20 @@ async fn stress(ops_per_task: usize, seed: u64) {
     for k in 0..KEYS {
         shared.read(k, true).await;
     }
+    shared.cache.flush().await;
+    let s = shared.cache.stats();
+    let sp = &s.spill;
+    assert_eq!(
+        s.memory.evictions,
+        s.memory.evicted_memory_only
+            + sp.already_on_disk
+            + sp.written
+            + sp.superseded
+            + sp.not_written.total()
+            + sp.queue_entries,
+        "every eviction is accounted for once: {s:#?}"
+    );
+    assert_eq!(sp.queue_entries, 0, "{s:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -25,7 +25,7 @@ use crate::disk::DiskTier;
 use crate::journal::{Fact, Journal, Replay};
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::single_flight::SingleFlight;
-use crate::spill::{SpillItem, Spiller};
+use crate::spill::{SpillEnd, SpillItem, Spiller};
 use crate::stats::Stats;
 use crate::weigher::ByteWeigher;
 use crate::write_behind::WriteBehind;
@@ -457,7 +457,7 @@ impl CacheBackend for TwoTierCacheBackend {
         let spiller = &self.inner.spiller;
         spiller
             .placements
-            .drain(|key, slot| spiller.release_queued(key, &slot.place));
+            .drain(|key, slot| spiller.release_queued(key, &slot.place, SpillEnd::Superseded));
         self.inner.write_behind.clear();
         self.inner.memory.invalidate_all();
         if let Err(e) = self.inner.spiller.disk.clear().await {

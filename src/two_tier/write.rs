@@ -9,7 +9,7 @@ use super::TwoTierCacheBackend;
 use crate::flow::{Blocked, Reservation};
 use crate::journal::Fact;
 use crate::placement::{Place, Resident, Slot};
-use crate::spill::queue_weight;
+use crate::spill::{queue_weight, SpillEnd};
 use crate::{CacheEntry, Codec, InternalCacheKey};
 
 impl TwoTierCacheBackend {
@@ -138,7 +138,9 @@ impl TwoTierCacheBackend {
     /// Drops what a superseded slot held outside moka. Called under the slot's
     /// shard lock, so the foyer delete is ordered after any write of it.
     pub(super) fn retire(&self, key: &InternalCacheKey, hash: u64, place: &Place) {
-        self.inner.spiller.release_queued(key, place);
+        self.inner
+            .spiller
+            .release_queued(key, place, SpillEnd::Superseded);
         if place.may_be_on_disk() {
             self.inner.spiller.disk.delete(hash);
         }
