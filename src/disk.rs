@@ -138,6 +138,11 @@ async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
         .with_block_size(opts.block_size)
         .with_flushers(opts.flushers)
         .with_buffer_pool_size(opts.buffer_pool);
+    let spawner = crate::disk_runtime::spawner().map_err(|e| Error::Disk {
+        dir: opts.dir.clone(),
+        op: "start the disk runtime",
+        message: e,
+    })?;
     HybridCacheBuilder::new()
         .with_name("spillway")
         .with_flush_on_close(false)
@@ -150,6 +155,7 @@ async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
         // records are current is the journal's call, not foyer's (it
         // would resurrect deleted ones: its tombstone log is off).
         .with_recover_mode(RecoverMode::Quiet)
+        .with_spawner(spawner)
         .build()
         .await
         .map_err(disk_err("build disk cache"))

@@ -53,6 +53,7 @@ mod cache_dir;
 mod codec;
 mod config;
 mod disk;
+mod disk_runtime;
 mod envelope;
 mod error;
 mod flow;
