@@ -106,73 +106,122 @@ impl Log {
     }
 }
 
-async fn child(dir: PathBuf, log: PathBuf, seed: u64, scenario: &str) {
-    let cache = builder(&dir)
+/// The child's mutable state for random operations.
+struct Random {
+    rng: Rng,
+    /// Ids unique across rounds: the seed differs per round.
+    next_id: u64,
+    model: HashMap<usize, Option<u64>>,
+}
+
+impl Random {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: Rng(seed),
+            next_id: seed << 20,
+            model: HashMap::new(),
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// One random operation under the log protocol.
+    async fn op(&mut self, cache: &spillway::TwoTierCacheBackend, log: &mut Log) {
+        let k = self.rng.below(KEYS as u64) as usize;
+        match self.rng.below(100) {
+            0..45 => {
+                let v = self.id();
+                logged_insert(cache, log, k, v).await;
+                self.model.insert(k, Some(v));
+            }
+            45..60 => {
+                let v = self.id();
+                log.line(format!("B G {k} {v}"));
+                let loader =
+                    Box::pin(async move { Ok((Arc::new(value(v)) as CacheEntry, VALUE_LEN)) });
+                let (entry, cached) = cache.get_or_insert(&crash_key(k), loader).await.unwrap();
+                log.line(if cached { "A C" } else { "A L" }.into());
+                if cached {
+                    check_in_child(&self.model, k, Some(&entry));
+                } else {
+                    self.model.insert(k, Some(v));
+                }
+            }
+            60..93 => {
+                let got = cache.get(&crash_key(k)).await;
+                check_in_child(&self.model, k, got.as_ref());
+            }
+            93..99 => {
+                let p = k / KEYS_PER_PREFIX;
+                log.line(format!("B P {p}"));
+                cache.invalidate_prefix(&prefix(p)).await;
+                log.line("A".into());
+                for key in p * KEYS_PER_PREFIX..(p + 1) * KEYS_PER_PREFIX {
+                    self.model.insert(key, None);
+                }
+            }
+            _ => {
+                log.line("B C".into());
+                cache.clear().await;
+                log.line("A".into());
+                for key in 0..KEYS {
+                    self.model.insert(key, None);
+                }
+            }
+        }
+    }
+}
+
+/// Opens the cache under the log protocol: `O` before `build`, `o` after.
+async fn logged_open(dir: &Path, log: &mut Log) -> spillway::TwoTierCacheBackend {
+    log.line("O".into());
+    let cache = builder(dir)
         .build()
         .await
         .expect("the child could not open the cache");
+    log.line("o".into());
+    cache
+}
+
+async fn child(dir: PathBuf, log: PathBuf, seed: u64, scenario: &str) {
     let mut log = Log(std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap());
     log.line("S".into());
-    let mut rng = Rng(seed);
-    // Ids unique across rounds: the seed differs per round.
-    let mut next_id = seed << 20;
-    let mut id = move || {
-        next_id += 1;
-        next_id
-    };
+    if scenario == "cycles" {
+        // Open, work, close, again and again: kills land in `build`, in the
+        // warm-up after it, in `close`, in clears and in the journal
+        // compactions that opening and closing run.
+        let mut random = Random::new(seed);
+        loop {
+            let cache = logged_open(&dir, &mut log).await;
+            // Idle until the warm-up is over, so a kill aimed at it lands in it.
+            while !cache.stats().recovery.warm_done {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            log.line("w".into());
+            let ops = random.rng.below(120);
+            for _ in 0..ops {
+                random.op(&cache, &mut log).await;
+            }
+            log.line("X".into());
+            cache.close().await.unwrap();
+            log.line("x".into());
+        }
+    }
+    let cache = logged_open(&dir, &mut log).await;
+    let mut random = Random::new(seed);
+    let mut id = move || random.id();
     match scenario {
         "random" => {
-            let mut model: HashMap<usize, Option<u64>> = HashMap::new();
+            let mut random = Random::new(seed);
             loop {
-                let k = rng.below(KEYS as u64) as usize;
-                match rng.below(100) {
-                    0..45 => {
-                        let v = id();
-                        logged_insert(&cache, &mut log, k, v).await;
-                        model.insert(k, Some(v));
-                    }
-                    45..60 => {
-                        let v = id();
-                        log.line(format!("B G {k} {v}"));
-                        let loader =
-                            Box::pin(
-                                async move { Ok((Arc::new(value(v)) as CacheEntry, VALUE_LEN)) },
-                            );
-                        let (entry, cached) =
-                            cache.get_or_insert(&crash_key(k), loader).await.unwrap();
-                        log.line(if cached { "A C" } else { "A L" }.into());
-                        if cached {
-                            check_in_child(&model, k, Some(&entry));
-                        } else {
-                            model.insert(k, Some(v));
-                        }
-                    }
-                    60..93 => {
-                        let got = cache.get(&crash_key(k)).await;
-                        check_in_child(&model, k, got.as_ref());
-                    }
-                    93..99 => {
-                        let p = k / KEYS_PER_PREFIX;
-                        log.line(format!("B P {p}"));
-                        cache.invalidate_prefix(&prefix(p)).await;
-                        log.line("A".into());
-                        for key in p * KEYS_PER_PREFIX..(p + 1) * KEYS_PER_PREFIX {
-                            model.insert(key, None);
-                        }
-                    }
-                    _ => {
-                        log.line("B C".into());
-                        cache.clear().await;
-                        log.line("A".into());
-                        for key in 0..KEYS {
-                            model.insert(key, None);
-                        }
-                    }
-                }
+                random.op(&cache, &mut log).await;
             }
         }
         "replace" | "invalidate" | "clear" => {
@@ -427,6 +476,81 @@ async fn random_operations_killed_at_random_moments_never_read_stale_long() {
     for seed in 100..120 {
         random_rounds(seed, 15).await;
     }
+}
+
+/// Where a lifecycle kill is aimed: the log line that opens the phase.
+const PHASES: [(&str, &str); 4] = [
+    ("O", "build"),
+    ("o", "warm-up"),
+    ("X", "close"),
+    ("B C", "clear"),
+];
+
+/// Kills a child that opens, works on and closes the cache in a loop, each
+/// time just after it entered one phase (`build`, the warm-up that follows
+/// it, `close`, `clear`), a random number of phases in. Opening and closing
+/// both compact the journal, so those kills also land in compactions. Returns, per phase, how many kills landed
+/// while the child was still in it (its last log line was the phase's).
+async fn lifecycle_rounds(seed: u64, rounds: u64) -> [u64; 4] {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ops.log");
+    let cache_dir = dir.path().join("cache");
+    let mut rng = Rng(seed);
+    let mut landed = [0; 4];
+    for round in 0..rounds {
+        let phase = (round % 4) as usize;
+        let (marker, _) = PHASES[phase];
+        let before = std::fs::read_to_string(&log).unwrap_or_default();
+        let seen_before = before.lines().filter(|l| *l == marker).count();
+        let nth = 1 + rng.below(3) as usize;
+        let child_seed = (seed << 16) | round;
+        let mut child = spawn_until(&cache_dir, &log, child_seed, "cycles", |text| {
+            text.lines().filter(|l| *l == marker).count() >= seen_before + nth
+        });
+        // A random moment inside the phase, not a synchronisation: the log
+        // says afterwards whether the kill landed in it.
+        std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.lines().last() == Some(marker) {
+            landed[phase] += 1;
+        }
+        check(
+            &cache_dir,
+            &log,
+            &format!("seed {seed} round {round} ({})", PHASES[phase].1),
+        )
+        .await;
+    }
+    landed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_during_open_warm_up_close_and_clear_never_block_a_reopen_or_read_stale() {
+    let mut landed = [0; 4];
+    for seed in 1..=2 {
+        let got = lifecycle_rounds(seed, 12).await;
+        (0..4).for_each(|p| landed[p] += got[p]);
+    }
+    eprintln!(
+        "kills inside each phase: {:?}",
+        PHASES.iter().map(|p| p.1).zip(landed).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: cargo test --test crash -- --ignored"]
+async fn kills_during_open_warm_up_close_and_clear_long() {
+    let mut landed = [0; 4];
+    for seed in 100..110 {
+        let got = lifecycle_rounds(seed, 40).await;
+        (0..4).for_each(|p| landed[p] += got[p]);
+    }
+    eprintln!(
+        "kills inside each phase: {:?}",
+        PHASES.iter().map(|p| p.1).zip(landed).collect::<Vec<_>>()
+    );
 }
 
 async fn scenario(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
