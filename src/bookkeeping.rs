@@ -46,7 +46,9 @@ impl Spiller {
     /// foyer's recovery may find the record on the device again, so without
     /// one a restart could bring that version back after a newer one was
     /// inserted.
-    pub(crate) fn sweep(&self) {
+    ///
+    /// Returns how many records it found gone (resident entries excluded).
+    pub(crate) fn sweep(&self) -> u64 {
         let mut tombstones = Vec::new();
         let mut lost_copies = Vec::new();
         let disk = &self.disk;
@@ -76,6 +78,7 @@ impl Spiller {
         });
         self.journal_append(&tombstones, false);
         self.lost_copies.lock().extend(lost_copies);
+        tombstones.len() as u64
     }
 
     /// The resident keys whose disk copy was lost since the last call.

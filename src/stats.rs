@@ -111,6 +111,7 @@ pub(crate) struct Stats {
     pub(crate) not_written: [Counter; 4],
     pub(crate) decode_misses: [Counter; 5],
     pub(crate) disk_vanished: Counter,
+    pub(crate) disk_lost: Counter,
     pub(crate) loader_runs: Counter,
     pub(crate) loader_waiters: Gauge,
     pub(crate) journal_errors: Counter,
@@ -217,6 +218,10 @@ pub struct DiskStats {
     pub bytes_written: u64,
     /// Reads whose record foyer had already evicted or lost.
     pub vanished: u64,
+    /// Records a failing disk lost: written, but missing when the disk
+    /// tier was reopened after the failure (records foyer evicted since the
+    /// last sweep are counted here too).
+    pub lost: u64,
     /// The disk budget in bytes.
     pub capacity: u64,
 }
@@ -358,6 +363,7 @@ impl Stats {
                 hits: self.disk_hits.get(),
                 queue_hits: self.queue_hits.get(),
                 vanished: self.disk_vanished.get(),
+                lost: self.disk_lost.get(),
                 ..Default::default()
             },
             spill: SpillStats {

@@ -1,7 +1,15 @@
-//! A disk that fails, then recovers. The failure is real: the child process
-//! runs with `RLIMIT_FSIZE` at 0, so the kernel fails every file write with
-//! `EFBIG` (SIGXFSZ is ignored, inherited from the shell that starts it),
-//! foyer's included. Then the limit is lifted again.
+//! A disk that fails, then recovers, two ways, both real:
+//!
+//! * **Write errors.** The child process runs with `RLIMIT_FSIZE` at 0, so
+//!   the kernel fails every file write with `EFBIG` (SIGXFSZ is ignored,
+//!   inherited from the shell that starts it), foyer's included. Then the
+//!   limit is lifted again.
+//! * **A full filesystem.** The child runs in a mount namespace of its own on
+//!   a 16 MiB tmpfs; a ballast file fills it until writes fail with
+//!   `ENOSPC` (foyer's device file is sparse, so its new blocks need space),
+//!   then the ballast is deleted. Mounting needs root (CI runs as root);
+//!   where it is not allowed the test says so and leaves this case to the
+//!   first one.
 //!
 //! Spilling must pause on the failure (counted, the memory tier serving on),
 //! never lose an entry without counting it, and resume once the disk takes
@@ -9,6 +17,8 @@
 
 mod common;
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -16,14 +26,16 @@ use rlimit::Resource;
 use spillway::{CacheBackend, CacheTier};
 
 const ENV_DIR: &str = "SPILLWAY_DISK_FAILURE_DIR";
+const ENV_HOW: &str = "SPILLWAY_DISK_FAILURE_HOW";
+/// The exit status of the shell when it could not set up the tmpfs.
+const NO_MOUNT: i32 = 77;
 
-#[test]
-fn a_disk_that_fails_then_recovers() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs the child scenario under `sh -c script`, returning its output.
+fn run_child(dir: &Path, how: &str, script: &str) -> std::process::Output {
     let exe = std::env::current_exe().unwrap();
-    let out = Command::new("sh")
+    Command::new("sh")
         .arg("-c")
-        .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(script)
         .arg(exe)
         .args([
             "disk_failure_child",
@@ -32,9 +44,13 @@ fn a_disk_that_fails_then_recovers() {
             "--test-threads",
             "1",
         ])
-        .env(ENV_DIR, dir.path())
+        .env(ENV_DIR, dir)
+        .env(ENV_HOW, how)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn assert_child_passed(out: &std::process::Output) {
     assert!(
         out.status.success(),
         "the child failed ({}):\n{}\n{}",
@@ -48,6 +64,33 @@ fn a_disk_that_fails_then_recovers() {
     );
 }
 
+#[test]
+fn a_disk_that_fails_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child(dir.path(), "fsize", "trap '' XFSZ; exec \"$0\" \"$@\"");
+    assert_child_passed(&out);
+}
+
+#[test]
+fn a_full_filesystem_pauses_spilling_until_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    // The mount lives in the child's own namespace: it goes with the child.
+    let script = format!(
+        "unshare -m sh -c 'mount -t tmpfs -o size=16m,mode=0700 spillway-test \"{}\" || exit {NO_MOUNT}; \
+         exec \"$0\" \"$@\"' \"$0\" \"$@\" || exit $?",
+        dir.path().display()
+    );
+    let out = run_child(dir.path(), "full", &script);
+    if out.status.code() == Some(NO_MOUNT) {
+        eprintln!(
+            "skipped: no tmpfs could be mounted here ({}); the RLIMIT_FSIZE test covers disk errors",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return;
+    }
+    assert_child_passed(&out);
+}
+
 fn set_file_size_limit(soft: u64) {
     let (_, hard) = rlimit::getrlimit(Resource::FSIZE).unwrap();
     rlimit::setrlimit(Resource::FSIZE, soft.min(hard), hard).unwrap();
@@ -59,13 +102,27 @@ fn disk_failure_child() {
     let Ok(dir) = std::env::var(ENV_DIR) else {
         return;
     };
+    let dir = PathBuf::from(dir);
+    let ballast = dir.join("ballast");
+    let how = std::env::var(ENV_HOW).unwrap();
+    let strict_healthy = how == "fsize";
+    let (fail, recover): (Action<'_>, Action<'_>) = match how.as_str() {
+        "fsize" => (
+            Box::new(|| set_file_size_limit(0)),
+            Box::new(|| set_file_size_limit(u64::MAX)),
+        ),
+        _ => (
+            Box::new(|| fill(&ballast)),
+            Box::new(|| std::fs::remove_file(&ballast).unwrap()),
+        ),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let cache = small(std::path::Path::new(&dir))
+        let cache = small(&dir.join("cache"))
             .persist_after(std::time::Duration::ZERO)
             .build()
             .await
@@ -80,8 +137,8 @@ fn disk_failure_child() {
         assert_eq!(before.spill.not_written.total(), 0, "{before:#?}");
 
         eprintln!("phase: failing");
-        // Failing: every write of this process now fails.
-        set_file_size_limit(0);
+        // Failing: every write of this process that needs space now fails.
+        fail();
         let mut failing = 0;
         while !cache.stats().spill.paused {
             assert!(
@@ -111,9 +168,12 @@ fn disk_failure_child() {
             }
         }
         let lost = paused.spill.not_written.disk_dropped + paused.spill.not_written.disk_disabled;
+        // Records written before the writes began to fail are on disk, but
+        // unreadable while the disk is paused (foyer's instance is broken).
+        let unreadable = paused.spill.written - before.spill.written;
         assert!(
-            missing > 0 && missing <= lost,
-            "{missing} missing, {lost} counted: {paused:#?}"
+            missing > 0 && missing <= lost + unreadable,
+            "{missing} missing, {lost} counted, {unreadable} unreadable while paused: {paused:#?}"
         );
         // The memory tier keeps serving.
         assert_eq!(
@@ -123,9 +183,43 @@ fn disk_failure_child() {
 
         eprintln!("phase: recovering");
         // Recovered: the disk takes writes again, and spilling resumes.
-        set_file_size_limit(u64::MAX);
+        recover();
         wait_for_stats(&cache, "spilling to resume", |s| !s.spill.paused).await;
         let resumed = cache.stats();
+        // Now everything not counted as lost reads back.
+        let mut missing = 0;
+        for i in 0..failing {
+            match cache.get_without_promotion(&key("failing", i)).await {
+                Some(entry) => assert_eq!(as_blob(&entry), &blob(i, 1)),
+                None => missing += 1,
+            }
+        }
+        // Records written before the failure.
+        let healthy_on_disk = before.disk.entries as usize;
+        let mut healthy = 0;
+        for i in 0..60 {
+            if let Some(entry) = cache.get_without_promotion(&key("healthy", i)).await {
+                assert_eq!(as_blob(&entry), &blob(i, 1));
+                healthy += 1;
+            }
+        }
+        if strict_healthy {
+            // Failed writes leave earlier records alone.
+            assert!(
+                healthy >= healthy_on_disk,
+                "{healthy} of the {healthy_on_disk} records written before the failure: {:#?}",
+                cache.stats()
+            );
+        }
+        // A full filesystem can take a record foyer had buffered with it;
+        // such a loss is counted (`disk.lost`), never silent.
+        let shortfall = healthy_on_disk.saturating_sub(healthy) as u64;
+        let counted = lost + cache.stats().disk.lost;
+        assert!(
+            missing + shortfall <= counted,
+            "{missing} missing and {shortfall} earlier records gone after the recovery, {counted} counted: {:#?}",
+            cache.stats()
+        );
         for i in 0..60 {
             insert(&cache, &key("recovered", i), blob(i, 1)).await;
         }
@@ -150,20 +244,19 @@ fn disk_failure_child() {
             CacheTier::Local,
             "spilled to disk after the recovery"
         );
-        // Records written before the failure survive it.
-        let healthy_on_disk = before.disk.entries as usize;
-        let mut healthy = 0;
-        for i in 0..60 {
-            if let Some(entry) = cache.get_without_promotion(&key("healthy", i)).await {
-                assert_eq!(as_blob(&entry), &blob(i, 1));
-                healthy += 1;
-            }
-        }
-        assert!(
-            healthy >= healthy_on_disk,
-            "{healthy} of the {healthy_on_disk} records written before the failure: {:#?}",
-            cache.stats()
-        );
         eprintln!("child done");
     });
+}
+
+/// Makes the disk fail, or work again.
+type Action<'a> = Box<dyn Fn() + 'a>;
+
+/// Writes `path` until the filesystem has no space left.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    for chunk in [1 << 20, 4096] {
+        let bytes = vec![0xa5u8; chunk];
+        while file.write_all(&bytes).is_ok() {}
+    }
+    let _ = file.sync_all();
 }

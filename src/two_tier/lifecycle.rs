@@ -126,7 +126,12 @@ pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
             // survive a failed write, so a fresh one takes over the file.
             match spiller.disk.reopen().await {
                 Ok(()) => {
-                    spiller.sweep();
+                    // Records the fresh instance does not hold were lost to
+                    // the failure (a write foyer took but the device did not
+                    // keep), or evicted since the last sweep: counted, not
+                    // silently forgotten.
+                    let gone = spiller.sweep();
+                    spiller.stats.disk_lost.add(gone);
                     spiller.health.resume();
                 }
                 Err(e) => {
