@@ -57,6 +57,8 @@ mod disk_runtime;
 mod envelope;
 mod error;
 mod flow;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod health;
 mod inspect;
 mod journal;
