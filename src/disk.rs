@@ -163,8 +163,8 @@ async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
 
 impl DiskTier {
     pub(crate) async fn open(opts: &DiskOptions) -> Result<Self> {
+        // Creates it, or checks it is private and writable.
         crate::private_fs::create_dir(&opts.dir)?;
-        probe_writable(&opts.dir)?;
         // foyer opens its device file itself, following symlinks.
         let device = opts.dir.join("blocks");
         crate::private_fs::refuse_symlink(&device)?;
@@ -337,14 +337,6 @@ impl Written {
     }
 }
 
-/// Fails early, with the directory named, when it cannot be written.
-fn probe_writable(dir: &Path) -> Result<()> {
-    let probe = dir.join(".spillway-write-probe");
-    crate::private_fs::create(&probe)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"ok"))
-        .map_err(|e| Error::io("write to cache directory", dir, e))?;
-    std::fs::remove_file(&probe).map_err(|e| Error::io("remove write probe in", dir, e))
-}
 
 #[cfg(test)]
 mod tests {

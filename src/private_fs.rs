@@ -33,7 +33,15 @@ pub(crate) fn create_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| bad(format!("cannot create the cache directory: {e}")))?;
-    check_dir(dir)
+    check_dir(dir)?;
+    // Found out here, with the setting's name, rather than as an I/O error
+    // on whichever file happens to be written first. A real write, because
+    // permission bits do not stop root while a read-only mount does.
+    let probe = dir.join(".spillway-write-probe");
+    create(&probe)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, b"ok"))
+        .map_err(|e| bad(format!("cannot write to the cache directory: {e}")))?;
+    std::fs::remove_file(&probe).map_err(|e| Error::io("remove write probe in", dir, e))
 }
 
 /// Refuses a directory owned by another user or writable by others.

@@ -213,6 +213,50 @@ async fn a_file_or_an_uncreatable_path_names_disk_dir_and_the_path() {
     assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
 }
 
+const ENV_RO_DIR: &str = "SPILLWAY_READ_ONLY_DIR";
+
+/// An existing directory nothing can be written to (a read-only filesystem,
+/// since permission bits do not stop root, and CI runs as root), and a path
+/// below it that cannot be created: each error names `disk.dir` and the path.
+#[test]
+fn an_unwritable_directory_names_disk_dir_and_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [(ENV_RO_DIR, dir.path().as_os_str())];
+    let Some(out) = run_child_on_tmpfs("unwritable_dir_child", dir.path(), "ro,mode=0700", &envs)
+    else {
+        return;
+    };
+    assert_child_passed(&out, "child done");
+}
+
+/// The child's entry point; a no-op in a normal test run.
+#[test]
+fn unwritable_dir_child() {
+    let Ok(dir) = std::env::var(ENV_RO_DIR) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for path in [dir.clone(), dir.join("below")] {
+            let err = small(&path).build().await.unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, spillway::Error::Config { .. }),
+                "{path:?}: {err:?}"
+            );
+            assert!(text.contains("disk.dir"), "{text}");
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            eprintln!("{text}");
+        }
+    });
+    eprintln!("child done");
+}
+
 #[test]
 fn inspect_says_what_it_found_and_never_suggests_a_reset() {
     let missing = spillway::DirReport::read("/no/such/spillway/dir")

@@ -19,7 +19,6 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use rlimit::Resource;
@@ -27,68 +26,37 @@ use spillway::{CacheBackend, CacheTier};
 
 const ENV_DIR: &str = "SPILLWAY_DISK_FAILURE_DIR";
 const ENV_HOW: &str = "SPILLWAY_DISK_FAILURE_HOW";
-/// The exit status of the shell when it could not set up the tmpfs.
-const NO_MOUNT: i32 = 77;
-
-/// Runs the child scenario under `sh -c script`, returning its output.
-fn run_child(dir: &Path, how: &str, script: &str) -> std::process::Output {
-    let exe = std::env::current_exe().unwrap();
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg(exe)
-        .args([
-            "disk_failure_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(ENV_DIR, dir)
-        .env(ENV_HOW, how)
-        .output()
-        .unwrap()
-}
-
-fn assert_child_passed(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "the child failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("child done"),
-        "the child did not run its scenario"
-    );
-}
-
 #[test]
 fn a_disk_that_fails_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_child(dir.path(), "fsize", "trap '' XFSZ; exec \"$0\" \"$@\"");
-    assert_child_passed(&out);
+    let envs = [
+        (ENV_DIR, dir.path().as_os_str()),
+        (ENV_HOW, "fsize".as_ref()),
+    ];
+    let out = run_child_test(
+        "disk_failure_child",
+        "trap '' XFSZ; exec \"$0\" \"$@\"",
+        &envs,
+    );
+    assert_child_passed(&out, "child done");
 }
 
 #[test]
 fn a_full_filesystem_pauses_spilling_until_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    // The mount lives in the child's own namespace: it goes with the child.
-    let script = format!(
-        "unshare -m sh -c 'mount -t tmpfs -o size=16m,mode=0700 spillway-test \"{}\" || exit {NO_MOUNT}; \
-         exec \"$0\" \"$@\"' \"$0\" \"$@\" || exit $?",
-        dir.path().display()
-    );
-    let out = run_child(dir.path(), "full", &script);
-    if out.status.code() == Some(NO_MOUNT) {
-        eprintln!(
-            "skipped: no tmpfs could be mounted here ({}); the RLIMIT_FSIZE test covers disk errors",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return;
-    }
-    assert_child_passed(&out);
+    let envs = [
+        (ENV_DIR, dir.path().as_os_str()),
+        (ENV_HOW, "full".as_ref()),
+    ];
+    let Some(out) = run_child_on_tmpfs(
+        "disk_failure_child",
+        dir.path(),
+        "size=16m,mode=0700",
+        &envs,
+    ) else {
+        return; // the RLIMIT_FSIZE test above covers disk errors
+    };
+    assert_child_passed(&out, "child done");
 }
 
 fn set_file_size_limit(soft: u64) {

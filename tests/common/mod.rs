@@ -184,3 +184,70 @@ pub async fn fill_and_close(builder: TwoTierBuilder, prefix: &str, n: usize) {
     }
     cache.close().await.unwrap();
 }
+
+/// The exit status of the shell when it could not set up a tmpfs.
+pub const NO_MOUNT: i32 = 77;
+
+/// Runs the test `child` of this same test binary (alone, output captured)
+/// under `sh -c script`, with `envs` set.
+pub fn run_child_test(
+    child: &str,
+    script: &str,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Output {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new("sh");
+    command.arg("-c").arg(script).arg(exe).args([
+        child,
+        "--exact",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ]);
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+/// Runs the test `child` in a mount namespace of its own, with a tmpfs
+/// mounted on `dir` (`options` as for `mount -o`); the mount goes with the
+/// child. `None` where mounting is not allowed (it needs root; CI runs as
+/// root), after saying so on stderr.
+pub fn run_child_on_tmpfs(
+    child: &str,
+    dir: &std::path::Path,
+    options: &str,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> Option<std::process::Output> {
+    let script = format!(
+        "unshare -m sh -c 'mount -t tmpfs -o {options} spillway-test \"{}\" || exit {NO_MOUNT}; \
+         exec \"$0\" \"$@\"' \"$0\" \"$@\" || exit $?",
+        dir.display()
+    );
+    let out = run_child_test(child, &script, envs);
+    if out.status.code() == Some(NO_MOUNT) {
+        eprintln!(
+            "skipped: no tmpfs could be mounted here ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    Some(out)
+}
+
+/// Panics with the child's output unless it exited successfully after
+/// printing `done` to stderr (so a child that ran nothing does not pass).
+pub fn assert_child_passed(out: &std::process::Output, done: &str) {
+    assert!(
+        out.status.success(),
+        "the child failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(done),
+        "the child did not run its scenario"
+    );
+}
