@@ -337,7 +337,6 @@ impl Written {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,18 +88,12 @@ impl TwoTierCacheBackend {
     /// waiting while there is none. See `flow` for why this is a
     /// reservation taken before the write.
     pub(super) async fn reserve(&self, bytes: u64) -> Reservation<'_> {
-        let flow = &self.inner.spiller.flow;
-        let ticket = flow.is_oversized(bytes).then(|| flow.oversized_ticket());
-        loop {
-            let room = flow.room_changed();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            match flow.try_reserve(bytes, ticket.as_ref()) {
-                Ok(reservation) => return reservation,
-                Err(Blocked::Maintain) => self.maintain().await,
-                Err(Blocked::Wait) => room.await,
-            }
-        }
+        let memory = &self.inner.memory;
+        self.inner
+            .spiller
+            .flow
+            .reserve(bytes, || memory.run_pending_tasks())
+            .await
     }
 
     /// Room for a promotion, without waiting for the disk writer.
