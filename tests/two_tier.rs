@@ -588,3 +588,53 @@ async fn an_entry_close_could_not_spill_is_still_invalidated_afterwards() {
         "served after its invalidation"
     );
 }
+
+/// A codec that writes records but cannot read them back: an error, or a panic.
+#[derive(Debug)]
+struct UnreadableCodec {
+    panics: bool,
+}
+
+impl spillway::Codec for UnreadableCodec {
+    fn type_version(&self) -> u32 {
+        1
+    }
+    fn encode(&self, entry: &CacheEntry, out: &mut Vec<u8>) -> Result<(), spillway::CodecError> {
+        out.extend_from_slice(as_blob(entry));
+        Ok(())
+    }
+    fn decode(&self, _: u32, _: &[u8]) -> Result<CacheEntry, spillway::CodecError> {
+        if self.panics {
+            panic!("this codec panics on decode");
+        }
+        Err(spillway::CodecError::Failed("cannot decode".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_codec_that_cannot_decode_is_a_counted_miss_and_the_loader_runs() {
+    for panics in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let codecs = blob_codecs()
+            .register_codec("Unreadable", Arc::new(UnreadableCodec { panics }))
+            .unwrap();
+        let cache = small(dir.path()).codecs(codecs).build().await.unwrap();
+        let k = InternalCacheKey::new("u", "1", "Unreadable");
+        cache
+            .insert(&k, Arc::new(blob(1, 1)) as CacheEntry, VALUE)
+            .await;
+        // Usable while in memory.
+        assert_eq!(as_blob(&cache.get(&k).await.unwrap()), &blob(1, 1));
+        evict_with_plain_fillers(&cache, 0).await;
+        assert_eq!(cache.peek_tier(&k).await, CacheTier::Local, "spilled");
+        assert!(cache.get(&k).await.is_none(), "panics: {panics}");
+        let s = cache.stats();
+        assert_eq!(s.decode_misses.codec, 1, "panics: {panics}: {s:#?}");
+        // The loader fills it again, and it is usable in memory.
+        let loader = Box::pin(async { Ok((Arc::new(blob(1, 2)) as CacheEntry, VALUE)) });
+        let (entry, cached) = cache.get_or_insert(&k, loader).await.unwrap();
+        assert!(!cached);
+        assert_eq!(as_blob(&entry), &blob(1, 2));
+        assert_eq!(as_blob(&cache.get(&k).await.unwrap()), &blob(1, 2));
+    }
+}

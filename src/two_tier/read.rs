@@ -166,14 +166,17 @@ impl TwoTierCacheBackend {
                 return Err(DecodeMiss::KeyMismatch);
             }
 
-            let entry = codec
-                .decode(record.type_version, record.payload)
-                .map_err(|e| match e {
-                    CodecError::Version { .. } | CodecError::Incompatible(_) => {
-                        DecodeMiss::Incompatible
-                    }
-                    CodecError::Failed(_) => DecodeMiss::Codec,
-                })?;
+            // A codec that panics is a decode failure, not the reader's panic.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                codec.decode(record.type_version, record.payload)
+            }))
+            .unwrap_or_else(|_| Err(CodecError::Failed("the codec panicked".into())));
+            let entry = decoded.map_err(|e| match e {
+                CodecError::Version { .. } | CodecError::Incompatible(_) => {
+                    DecodeMiss::Incompatible
+                }
+                CodecError::Failed(_) => DecodeMiss::Codec,
+            })?;
             Ok(Resident {
                 entry,
                 size: record.size_bytes as usize,
