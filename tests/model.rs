@@ -14,8 +14,9 @@
 //!   balance: every capacity eviction is counted once, as memory-only,
 //!   already on disk, written, superseded or not written.
 //!
-//! `PROPTEST_CASES=500 cargo test --test model` runs more cases than CI's
-//! default. Shrinking prints the smallest failing sequence of operations.
+//! CI runs 24 cases; `cargo test --test model -- --ignored` runs 400 cases
+//! of sequences twice as long. Shrinking prints the smallest failing
+//! sequence of operations.
 
 mod common;
 
@@ -205,6 +206,29 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+fn run_on_runtime(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(ops))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    #[ignore = "long: cargo test --test model -- --ignored"]
+    fn every_read_is_a_miss_or_the_latest_value_long(ops in proptest::collection::vec(op(), 1..120)) {
+        run_on_runtime(ops)?;
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 24,
@@ -214,11 +238,6 @@ proptest! {
 
     #[test]
     fn every_read_is_a_miss_or_the_latest_value(ops in proptest::collection::vec(op(), 1..60)) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(run(ops))?;
+        run_on_runtime(ops)?;
     }
 }
