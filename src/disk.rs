@@ -116,10 +116,11 @@ async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
     // releases a device after close and drop (its flusher tasks and block
     // manager reference each other), so each open keeps its descriptors
     // for the life of the process. One file keeps that to one per open.
-    let device = FileDeviceBuilder::new(opts.dir.join("blocks"))
+    let builder = FileDeviceBuilder::new(opts.dir.join("blocks"))
         .with_capacity(opts.capacity)
-        .with_direct(opts.direct_io)
-        .build()
+        .with_direct(opts.direct_io);
+    // Its build prints a line to stdout; see `quiet_stdout`.
+    let device = crate::quiet_stdout::discarding_stdout(|| builder.build())
         .map_err(disk_err("open device"))?;
     let io_engine: Box<dyn IoEngineConfig> = match opts.io_engine {
         IoEngine::Psync => PsyncIoEngineConfig::new().into(),

@@ -68,6 +68,7 @@ pub mod lance;
 mod memory;
 mod placement;
 mod private_fs;
+mod quiet_stdout;
 mod single_flight;
 mod spill;
 mod stats;
