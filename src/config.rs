@@ -23,6 +23,9 @@ pub struct ByteSize(pub u64);
 impl std::str::FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.trim_start().starts_with('-') {
+            return Err("a size cannot be negative; write e.g. \"256 MiB\"".into());
+        }
         s.trim()
             .parse::<bytesize::ByteSize>()
             .map(|b| ByteSize(b.as_u64()))
@@ -85,6 +88,9 @@ pub struct Millis(pub std::time::Duration);
 impl std::str::FromStr for Millis {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.trim_start().starts_with('-') {
+            return Err("a duration cannot be negative; write e.g. \"2s\"".into());
+        }
         humantime::parse_duration(s.trim())
             .map(Millis)
             .map_err(|e| format!("not a duration ({e}); write e.g. \"2s\" or \"500ms\""))
@@ -230,10 +236,21 @@ impl Config {
     /// assert!(err.to_string().contains("two"));
     /// ```
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Config {
-            field: "<document>".into(),
-            value: String::new(),
-            reason: e.message().to_string(),
+        Self::parse(text, None)
+    }
+
+    fn parse(text: &str, file: Option<&std::path::Path>) -> Result<Self> {
+        let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e.span().map_or(0, |span| span.start).min(text.len());
+            let before = text.get(..at).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            Error::ConfigSyntax {
+                file: file.map(std::path::Path::to_path_buf),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
         })?;
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(raw.clone()))
             .map_err(|e| {
@@ -272,7 +289,7 @@ impl Config {
         let path = path.as_ref();
         let text =
             std::fs::read_to_string(path).map_err(|e| Error::io("read config file", path, e))?;
-        Self::from_toml_str(&text)
+        Self::parse(&text, Some(path))
     }
 
     /// The configuration embedded in the binary (`config/default.toml`).

@@ -27,6 +27,23 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A configuration file is not valid TOML.
+    ///
+    /// ```
+    /// let err = spillway::Config::from_toml_str("[memory]\ncapacity = \"64 MiB\n").unwrap_err();
+    /// assert!(err.to_string().starts_with("<string>:2:19: not valid TOML"), "{err}");
+    /// ```
+    #[error("{}:{line}:{column}: not valid TOML: {message}", file.as_ref().map_or_else(|| "<string>".to_string(), |f| f.display().to_string()))]
+    ConfigSyntax {
+        /// The file, when the text came from one.
+        file: Option<PathBuf>,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in characters) of the error.
+        column: usize,
+        /// What the TOML parser expected.
+        message: String,
+    },
     /// A file-system operation on the cache directory failed.
     #[error("{op} {}: {source}", path.display())]
     Io {

@@ -144,3 +144,58 @@ fn a_memory_budget_too_small_to_hold_anything_names_memory_capacity() {
         "the minimum is stated: {err}"
     );
 }
+
+#[test]
+fn a_toml_syntax_error_names_the_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.toml");
+    std::fs::write(&path, "[memory]\ncapacity = \"64 MiB\n").unwrap();
+    let err = Config::from_file(&path).unwrap_err();
+    match &err {
+        Error::ConfigSyntax {
+            file, line, column, ..
+        } => {
+            assert_eq!(file.as_deref(), Some(path.as_path()));
+            assert_eq!((*line, *column), (2, 19), "{err}");
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("{}:2:19: ", path.display())),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_negative_size_or_duration_says_it_cannot_be_negative() {
+    for (text, field) in [
+        ("[memory]\ncapacity = \"-5 MiB\"", "memory.capacity"),
+        ("[disk]\ncapacity = -5", "disk.capacity"),
+        ("[disk]\npersist_after = \"-2s\"", "disk.persist_after"),
+    ] {
+        let err = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
+        assert!(err.contains("cannot be negative"), "{err}");
+    }
+}
+
+/// The CLI shows a bad `[bench]` value as written, with its field.
+#[test]
+fn a_bad_bench_value_is_shown_with_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.toml");
+    std::fs::write(&path, "[bench]\nzipf_s = \"high\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["bench", "--quick", "--config"])
+        .arg(&path)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bench.zipf_s"), "{stderr}");
+    assert!(stderr.contains("\"high\""), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout for an error");
+}

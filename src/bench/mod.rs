@@ -76,9 +76,19 @@ fn bench_config(config: &Config) -> spillway::Result<BenchConfig> {
         return Ok(BenchConfig::default());
     };
     serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+        let path = e.path().to_string();
+        // The value as written, so the message shows what was refused.
+        let value = path
+            .split('.')
+            .try_fold(None::<&toml::Value>, |at, part| match at {
+                None => table.get(part).map(Some),
+                Some(v) => v.get(part).map(Some),
+            })
+            .flatten()
+            .map_or_else(|| "<missing>".to_string(), |v| v.to_string());
         spillway::Error::Config {
-            field: format!("bench.{}", e.path()),
-            value: String::new(),
+            field: format!("bench.{path}"),
+            value,
             reason: e.inner().to_string(),
         }
     })
