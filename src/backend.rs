@@ -9,6 +9,13 @@ use crate::{CacheEntry, InternalCacheKey, Result};
 
 /// A loader handed to [`CacheBackend::get_or_insert`]: yields the entry and its
 /// size in bytes.
+///
+/// ```
+/// use std::sync::Arc;
+/// let loader: spillway::Loader<'static> =
+///     Box::pin(async { Ok((Arc::new(42u64) as spillway::CacheEntry, 8)) });
+/// # drop(loader);
+/// ```
 pub type Loader<'a> = Pin<Box<dyn Future<Output = Result<(CacheEntry, usize)>> + Send + 'a>>;
 
 /// Where a read of a key would be served from.
@@ -67,6 +74,9 @@ pub trait CacheBackend: Send + Sync + std::fmt::Debug {
 
     /// Removes every entry from every tier.
     async fn clear(&self);
+
+    /// Removes `key` from every tier (durably, where a tier persists).
+    async fn remove(&self, key: &InternalCacheKey);
 
     /// Number of entries a read could return without running a loader.
     async fn num_entries(&self) -> usize;

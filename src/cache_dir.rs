@@ -17,12 +17,33 @@ use crate::{private_fs, Error, Result};
 
 /// Bumped when the directory layout, the journal or the record envelope
 /// changes incompatibly.
+///
+/// ```
+/// assert!(spillway::DISK_FORMAT_VERSION >= 1);
+/// ```
 pub const DISK_FORMAT_VERSION: u32 = 1;
 
 const LOCK_FILE: &str = "spillway.lock";
 const META_FILE: &str = "spillway.toml";
 
 /// What `spillway.toml` records: settings that must not change under existing data.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = spillway::TwoTierCacheBackend::builder()
+///     .disk_dir(dir.path())
+///     .disk_capacity(64 << 20)
+///     .build()
+///     .await
+///     .unwrap();
+/// cache.close().await.unwrap();
+/// drop(cache);
+/// let report = spillway::DirReport::read(dir.path()).unwrap();
+/// let meta: &spillway::DirMeta = &report.format;
+/// assert_eq!(meta.format_version, spillway::DISK_FORMAT_VERSION);
+/// # });
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirMeta {
     /// The on-disk format version.

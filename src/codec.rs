@@ -10,6 +10,11 @@ use serde::Serialize;
 use crate::{CacheEntry, Error, Result};
 
 /// Why a codec could not encode or decode.
+///
+/// ```
+/// let e = spillway::CodecError::Failed("truncated".into());
+/// assert!(e.to_string().contains("truncated"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     /// The record was written under a type version this codec cannot read.

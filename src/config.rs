@@ -7,6 +7,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::{Error, IoEngine, Result};
 
 /// The configuration embedded in the `spillway` binary (`config/default.toml`).
+///
+/// ```
+/// assert!(spillway::DEFAULT_CONFIG_TOML.contains("[memory]"));
+/// ```
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
 
 /// A size in bytes, written in TOML as an integer or as a string with a unit:
@@ -112,9 +116,19 @@ impl<'de> Deserialize<'de> for Millis {
 
 /// The smallest `memory.capacity` accepted: below it the memory tier could
 /// not hold a typical entry next to its spill queue.
+///
+/// ```
+/// let text = format!("[memory]\ncapacity = {}", spillway::MIN_MEMORY_CAPACITY - 1);
+/// assert!(spillway::Config::from_toml_str(&text).is_err());
+/// ```
 pub const MIN_MEMORY_CAPACITY: u64 = 16 << 10;
 
 /// How the memory tier chooses what to evict.
+///
+/// ```
+/// let config = spillway::Config::from_toml_str("[memory]\neviction_policy = \"lru\"").unwrap();
+/// assert_eq!(config.memory.eviction_policy, spillway::EvictionPolicy::Lru);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EvictionPolicy {
@@ -127,6 +141,12 @@ pub enum EvictionPolicy {
 }
 
 /// The `[memory]` section.
+///
+/// ```
+/// let config = spillway::Config::from_toml_str("[memory]\ncapacity = \"64 MiB\"").unwrap();
+/// let memory: &spillway::MemoryConfig = &config.memory;
+/// assert_eq!(memory.capacity.0, 64 << 20);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
@@ -153,6 +173,12 @@ impl Default for MemoryConfig {
 }
 
 /// The `[disk]` section.
+///
+/// ```
+/// let config = spillway::Config::from_toml_str("[disk]\ncapacity = \"8 GiB\"").unwrap();
+/// let disk: &spillway::DiskConfig = &config.disk;
+/// assert_eq!(disk.capacity.0, 8 << 30);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiskConfig {

@@ -55,6 +55,11 @@ async fn bounded<T>(dir: &Path, op: &'static str, fut: impl Future<Output = T>) 
 }
 
 /// How the disk tier performs I/O.
+///
+/// ```
+/// let config = spillway::Config::from_toml_str("[disk]\nio_engine = \"psync\"").unwrap();
+/// assert_eq!(config.disk.io_engine, spillway::IoEngine::Psync);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IoEngine {

@@ -170,4 +170,11 @@ impl Error {
 }
 
 /// `Result` with spillway's [`Error`].
+///
+/// ```
+/// fn budget() -> spillway::Result<u64> {
+///     Ok(spillway::Config::from_toml_str("")?.memory.capacity.0)
+/// }
+/// assert!(budget().unwrap() > 0);
+/// ```
 pub type Result<T> = std::result::Result<T, Error>;

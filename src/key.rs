@@ -4,6 +4,12 @@ use std::any::Any;
 use std::sync::Arc;
 
 /// A cached value, type-erased. Typed access goes through [`crate::TypedCache`].
+///
+/// ```
+/// use std::sync::Arc;
+/// let entry: spillway::CacheEntry = Arc::new(String::from("hello"));
+/// assert_eq!(entry.downcast_ref::<String>().unwrap(), "hello");
+/// ```
 pub type CacheEntry = Arc<dyn Any + Send + Sync>;
 
 /// The key every backend sees: a namespace prefix, the user's key, and a type

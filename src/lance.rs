@@ -23,6 +23,10 @@ use crate::{
 
 /// The backend kind under which [`register`] makes spillway available to
 /// `lance_core::cache::build_from_uri`.
+///
+/// ```
+/// assert_eq!(spillway::lance::BACKEND_KIND, "spillway");
+/// ```
 pub const BACKEND_KIND: &str = "spillway";
 
 /// Lance keys carry no type tag of their own (the type is hashed into them).
@@ -75,6 +79,21 @@ impl Codec for LanceCodec {
 }
 
 /// spillway's [`TwoTierCacheBackend`] as a Lance cache backend.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = spillway::TwoTierCacheBackend::builder()
+///     .disk_dir(dir.path())
+///     .disk_capacity(64 << 20)
+///     .build()
+///     .await
+///     .unwrap();
+/// let backend = spillway::lance::LanceBackend::new(cache);
+/// let index_cache = lance_core::cache::LanceCache::with_backend(std::sync::Arc::new(backend));
+/// # drop(index_cache);
+/// # });
+/// ```
 #[derive(Debug, Clone)]
 pub struct LanceBackend {
     cache: TwoTierCacheBackend,
@@ -83,11 +102,35 @@ pub struct LanceBackend {
 impl LanceBackend {
     /// Wraps a two-tier cache. Entries Lance hands over with a codec spill
     /// through it; entries without one stay in memory.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let cache = spillway::TwoTierCacheBackend::builder()
+    ///     .disk_dir(dir.path())
+    ///     .disk_capacity(64 << 20)
+    ///     .build()
+    ///     .await
+    ///     .unwrap();
+    /// let backend = spillway::lance::LanceBackend::new(cache);
+    /// # drop(backend);
+    /// # });
+    /// ```
     pub fn new(cache: TwoTierCacheBackend) -> Self {
         Self { cache }
     }
 
     /// The two-tier cache underneath (statistics, `flush`, `close`).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// let backend = spillway::lance::LanceBackend::new(cache);
+    /// assert_eq!(backend.cache().stats().inserts, 0);
+    /// backend.cache().close().await.unwrap();
+    /// # });
+    /// ```
     pub fn cache(&self) -> &TwoTierCacheBackend {
         &self.cache
     }
@@ -95,6 +138,11 @@ impl LanceBackend {
 
 /// Registers the `spillway` backend kind with Lance's backend registry.
 /// Registering twice is harmless.
+///
+/// ```
+/// spillway::lance::register().unwrap();
+/// spillway::lance::register().unwrap();
+/// ```
 pub fn register() -> lance_core::Result<()> {
     match lc::register_backend(BACKEND_KIND, build) {
         Ok(()) => Ok(()),

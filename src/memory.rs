@@ -163,6 +163,12 @@ impl CacheBackend for MokaCacheBackend {
             .await
     }
 
+    async fn remove(&self, key: &InternalCacheKey) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(key).await;
+        }
+    }
+
     async fn invalidate_prefix(&self, prefix: &str) {
         let Some(cache) = &self.cache else { return };
         let doomed: Vec<_> = cache

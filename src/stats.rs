@@ -133,6 +133,12 @@ impl Stats {
 /// Spills that were due but not written, by reason. Every one is also a lost
 /// entry: the next read of its key misses. The spill queue never drops for
 /// lack of room (writers wait instead), so these are the only reasons.
+///
+/// ```
+/// let stats = spillway::MokaCacheBackend::with_capacity(1 << 20).stats();
+/// let not_written: &spillway::NotWritten = &stats.spill.not_written;
+/// assert_eq!(not_written.total(), 0);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NotWritten {
     /// The codec failed to encode the value.
@@ -159,6 +165,12 @@ impl NotWritten {
 }
 
 /// Disk records refused on read, by reason. Each refusal is a miss.
+///
+/// ```
+/// let stats = spillway::MokaCacheBackend::with_capacity(1 << 20).stats();
+/// let refused: &spillway::DecodeMisses = &stats.decode_misses;
+/// assert_eq!(refused.total(), 0);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DecodeMisses {
     /// Bad magic, bad length or checksum: the bytes are damaged.
@@ -186,6 +198,12 @@ impl DecodeMisses {
 }
 
 /// The memory tier's share of a [`StatsSnapshot`].
+///
+/// ```
+/// let stats = spillway::MokaCacheBackend::with_capacity(1 << 20).stats();
+/// let memory: &spillway::MemoryStats = &stats.memory;
+/// assert_eq!(memory.hits, 0);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MemoryStats {
     /// Reads served from memory.
@@ -206,6 +224,12 @@ pub struct MemoryStats {
 }
 
 /// The disk tier's share of a [`StatsSnapshot`].
+///
+/// ```
+/// let stats = spillway::MokaCacheBackend::with_capacity(1 << 20).stats();
+/// let disk: &spillway::DiskStats = &stats.disk;
+/// assert_eq!(disk.hits, 0);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DiskStats {
     /// Reads served by decoding a disk record.
@@ -227,6 +251,12 @@ pub struct DiskStats {
 }
 
 /// The spill path's share of a [`StatsSnapshot`].
+///
+/// ```
+/// let stats = spillway::MokaCacheBackend::with_capacity(1 << 20).stats();
+/// let spill: &spillway::SpillStats = &stats.spill;
+/// assert_eq!(spill.written, 0);
+/// ```
 ///
 /// Every capacity eviction is accounted for exactly once. Between `close`
 /// calls (which also spill resident entries), at any quiet moment:
@@ -263,6 +293,20 @@ pub struct SpillStats {
 }
 
 /// What opening the cache directory recovered, and the warm-up after it.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = spillway::TwoTierCacheBackend::builder()
+///     .disk_dir(dir.path())
+///     .disk_capacity(64 << 20)
+///     .build()
+///     .await
+///     .unwrap();
+/// let recovery: spillway::RecoveryStats = cache.stats().recovery;
+/// assert_eq!(recovery.entries, 0); // a new directory
+/// # });
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RecoveryStats {
     /// Disk entries the journal says are current, served without a loader.

@@ -30,6 +30,12 @@ pub trait CacheKey {
 }
 
 /// Hit and miss counts of a [`TypedCache`] (shared by its prefixed views).
+///
+/// ```
+/// let cache = spillway::TypedCache::new(std::sync::Arc::new(spillway::MokaCacheBackend::with_capacity(1024)));
+/// let stats: spillway::TypedStats = cache.stats();
+/// assert_eq!((stats.hits, stats.misses), (0, 0));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TypedStats {
     /// Reads that found a value of the right type.
@@ -210,6 +216,22 @@ impl TypedCache {
                 reason: format!("the entry under {internal} is of another type"),
             }),
         }
+    }
+
+    /// Removes `key`'s value from every tier (durably on a two-tier backend).
+    ///
+    /// ```
+    /// # use std::{borrow::Cow, sync::Arc};
+    /// # struct K; impl spillway::CacheKey for K { type ValueType = u8; fn key(&self) -> Cow<'_, str> { "k".into() } fn type_name() -> &'static str { "u8" } }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache = spillway::TypedCache::new(Arc::new(spillway::MokaCacheBackend::with_capacity(1024)));
+    /// cache.insert(&K, Arc::new(1u8), 1).await;
+    /// cache.remove(&K).await;
+    /// assert!(cache.get(&K).await.is_none());
+    /// # });
+    /// ```
+    pub async fn remove<K: CacheKey>(&self, key: &K) {
+        self.backend.remove(&self.internal_key(key)).await;
     }
 
     /// Removes every entry under this view's prefix followed by `prefix`.

@@ -154,7 +154,13 @@ impl Random {
                 let got = cache.get(&crash_key(k)).await;
                 check_in_child(&self.model, k, got.as_ref());
             }
-            93..99 => {
+            93..96 => {
+                log.line(format!("B R {k}"));
+                cache.remove(&crash_key(k)).await;
+                log.line("A".into());
+                self.model.insert(k, None);
+            }
+            96..99 => {
                 let p = k / KEYS_PER_PREFIX;
                 log.line(format!("B P {p}"));
                 cache.invalidate_prefix(&prefix(p)).await;
@@ -306,6 +312,7 @@ enum Op {
     Write(usize, u64),
     LoaderWrite(usize, u64),
     Invalidate(usize),
+    Remove(usize),
     Clear,
 }
 
@@ -331,6 +338,7 @@ impl Allowed {
                         "I" => Op::Write(n(2) as usize, n(3)),
                         "G" => Op::LoaderWrite(n(2) as usize, n(3)),
                         "P" => Op::Invalidate(n(2) as usize),
+                        "R" => Op::Remove(n(2) as usize),
                         _ => Op::Clear,
                     });
                 }
@@ -338,6 +346,7 @@ impl Allowed {
                     Some(Op::Write(k, v)) => a.set(k, Some(v)),
                     Some(Op::LoaderWrite(k, v)) if f.get(1) == Some(&"L") => a.set(k, Some(v)),
                     Some(Op::LoaderWrite(..)) | None => {}
+                    Some(Op::Remove(k)) => a.set(k, None),
                     Some(Op::Invalidate(p)) => (p * KEYS_PER_PREFIX..(p + 1) * KEYS_PER_PREFIX)
                         .for_each(|k| a.set(k, None)),
                     Some(Op::Clear) => (0..KEYS).for_each(|k| a.set(k, None)),

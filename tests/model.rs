@@ -1,4 +1,5 @@
-//! Model-based property test: random sequences of operations on a two-tier
+//! Model-based property test: random sequences of operations (inserts,
+//! loads, single-key removes, invalidations, clears, flushes, reopens) on a two-tier
 //! cache with tiny budgets (so entries spill, get promoted, are persisted by
 //! write-behind and evicted from disk all the time), checked against a
 //! reference model of what each key's latest value is.
@@ -38,6 +39,7 @@ enum Op {
     Get(usize),
     GetOrInsert(usize),
     Invalidate(usize),
+    Remove(usize),
     Clear,
     Flush,
     CloseReopen,
@@ -51,6 +53,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => k.clone().prop_map(Op::Get),
         4 => k.prop_map(Op::GetOrInsert),
         1 => (0..PREFIXES).prop_map(Op::Invalidate),
+        2 => (0..PREFIXES * KEYS).prop_map(Op::Remove),
         1 => Just(Op::Clear),
         2 => Just(Op::Flush),
         1 => Just(Op::CloseReopen),
@@ -152,6 +155,10 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Invalidate(p) => {
                 c.invalidate_prefix(&format!("p{p}")).await;
                 model.retain(|k, _| k / KEYS != p);
+            }
+            Op::Remove(k) => {
+                c.remove(&model_key(k)).await;
+                model.remove(&k);
             }
             Op::Clear => {
                 c.clear().await;

@@ -119,6 +119,48 @@ async fn replaced_invalidated_and_cleared_entries_stay_dead_across_restarts() {
     assert!(cache.get(&key("keep", 20)).await.is_none());
 }
 
+/// `remove(key)` is durable like an invalidation, whether the cache is
+/// closed or abandoned afterwards, and whether the key was on disk or only
+/// in memory; its neighbours stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_keys_stay_dead_across_restarts() {
+    for close in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = small(dir.path()).build().await.unwrap();
+        for i in 0..40 {
+            insert(&cache, &key("a", i), blob(i, 1)).await;
+        }
+        cache.flush().await;
+        assert_eq!(cache.peek_tier(&key("a", 0)).await, CacheTier::Local);
+        assert_eq!(cache.peek_tier(&key("a", 39)).await, CacheTier::Resident);
+        for i in [0, 1, 39] {
+            cache.remove(&key("a", i)).await;
+            assert!(cache.get(&key("a", i)).await.is_none(), "a/{i} removed");
+        }
+        cache.flush().await;
+        if close {
+            cache.close().await.unwrap();
+        }
+        drop(cache);
+        let cache = small(dir.path()).build().await.unwrap();
+        for i in 0..40 {
+            let got = cache.get_without_promotion(&key("a", i)).await;
+            if [0, 1, 39].contains(&i) {
+                assert!(got.is_none(), "close: {close}: a/{i} came back");
+            } else if let Some(e) = got {
+                assert_eq!(as_blob(&e), &blob(i, 1));
+            }
+        }
+        // A later insert of a removed key is served.
+        insert(&cache, &key("a", 0), blob(0, 2)).await;
+        assert_eq!(
+            as_blob(&cache.get(&key("a", 0)).await.unwrap()),
+            &blob(0, 2)
+        );
+        cache.close().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_opener_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

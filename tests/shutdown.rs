@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use spillway::{CacheBackend, CacheEntry};
+use spillway::CacheEntry;
 
 /// One round: writers keep a never-closed cache spilling (and its disk
 /// reclaiming blocks) until the runtime is dropped under them.

@@ -4,6 +4,7 @@
 //! `lifecycle` closing and the background tasks; this file the state they
 //! share, construction, statistics and the `CacheBackend` impl.
 
+mod api;
 mod lifecycle;
 mod read;
 mod write;
@@ -22,10 +23,10 @@ use crate::backend::Loader;
 use crate::builder::TwoTierBuilder;
 use crate::cache_dir::CacheDir;
 use crate::disk::DiskTier;
-use crate::journal::{Fact, Journal, Replay};
+use crate::journal::{Journal, Replay};
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::single_flight::SingleFlight;
-use crate::spill::{SpillEnd, SpillItem, Spiller};
+use crate::spill::{SpillItem, Spiller};
 use crate::stats::Stats;
 use crate::weigher::ByteWeigher;
 use crate::write_behind::WriteBehind;
@@ -409,7 +410,7 @@ impl CacheBackend for TwoTierCacheBackend {
     }
 
     async fn insert(&self, key: &InternalCacheKey, entry: CacheEntry, size_bytes: usize) {
-        self.insert_with_codec(key, entry, size_bytes, None).await;
+        TwoTierCacheBackend::insert(self, key, entry, size_bytes).await;
     }
 
     async fn get_or_insert<'a>(
@@ -417,53 +418,19 @@ impl CacheBackend for TwoTierCacheBackend {
         key: &InternalCacheKey,
         loader: Loader<'a>,
     ) -> Result<(CacheEntry, bool)> {
-        self.get_or_insert_with_codec(key, loader, None).await
+        TwoTierCacheBackend::get_or_insert(self, key, loader).await
     }
 
     async fn invalidate_prefix(&self, prefix: &str) {
-        let spiller = &self.inner.spiller;
-        let _admin = spiller.admin.lock().await;
-        // Journaled first: once this is written, a crash at any later point
-        // cannot bring back what was under the prefix.
-        let seq = self.next_seq();
-        let fact = Fact::Invalidated {
-            prefix: prefix.to_string(),
-            seq,
-        };
-        spiller.journal_append(&[fact], true);
-        let mut doomed = Vec::new();
-        self.inner.spiller.placements.for_each(|key, _| {
-            if key.starts_with(prefix) {
-                doomed.push(key.clone());
-            }
-        });
-        // moka too: after `close()`, a spill that failed leaves its entry in
-        // memory without a slot, and it must not outlive the invalidation.
-        for (key, _) in self.inner.memory.iter() {
-            if key.starts_with(prefix) {
-                doomed.push((*key).clone());
-            }
-        }
-        for key in doomed {
-            self.remove(&key).await;
-        }
+        TwoTierCacheBackend::invalidate_prefix(self, prefix).await;
     }
 
     async fn clear(&self) {
-        let spiller = &self.inner.spiller;
-        let _admin = spiller.admin.lock().await;
-        let seq = self.next_seq();
-        spiller.journal_append(&[Fact::Cleared { seq }], true);
-        let spiller = &self.inner.spiller;
-        spiller
-            .placements
-            .drain(|key, slot| spiller.release_queued(key, &slot.place, SpillEnd::Superseded));
-        self.inner.write_behind.clear();
-        self.inner.memory.invalidate_all();
-        if let Err(e) = self.inner.spiller.disk.clear().await {
-            tracing::error!(error = %e, "clearing the disk tier failed; its records stay unreachable");
-        }
-        self.inner.memory.run_pending_tasks().await;
+        TwoTierCacheBackend::clear(self).await;
+    }
+
+    async fn remove(&self, key: &InternalCacheKey) {
+        TwoTierCacheBackend::remove(self, key).await;
     }
 
     async fn num_entries(&self) -> usize {

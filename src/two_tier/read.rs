@@ -33,7 +33,7 @@ impl TwoTierCacheBackend {
         self.read(key, codec, promote).await.map(|(entry, _)| entry)
     }
 
-    /// [`CacheBackend::get`] without the trait's boxed future: the memory-hit
+    /// [`CacheBackend::get`](crate::CacheBackend::get) without the trait's boxed future: the memory-hit
     /// path is moka's `get` and a counter. Method-call syntax on a
     /// `TwoTierCacheBackend` picks this one.
     ///

@@ -141,14 +141,23 @@ impl TwoTierCacheBackend {
     }
 
     /// Removes one key from every tier, serialized with inserts of that key.
-    pub(super) async fn remove(&self, key: &InternalCacheKey) {
+    /// With `tombstone`, a version that may be on disk is first journaled
+    /// dead (durably); without, the caller journaled what covers it.
+    pub(super) async fn remove_from_tiers(&self, key: &InternalCacheKey, tombstone: bool) {
         let hash = key.disk_hash();
+        let spiller = &self.inner.spiller;
         self.inner
             .memory
             .entry_by_ref(key)
             .and_compute_with(|current| {
-                let mut shard = self.inner.spiller.placements.lock(hash);
+                // Under moka's per-key lock, like inserts: a later insert
+                // gets a higher sequence number than this tombstone.
+                let mut shard = spiller.placements.lock(hash);
                 if let Some(prev) = shard.remove(key) {
+                    if tombstone && (prev.place.may_be_on_disk() || prev.record_len > 0) {
+                        let seq = self.next_seq();
+                        spiller.journal_append(&[Fact::Tombstone { hash, seq }], true);
+                    }
                     self.retire(key, hash, &prev.place);
                 }
                 ready(if current.is_some() {

@@ -1,0 +1,144 @@
+//! The cache's everyday operations as inherent methods, callable without
+//! importing [`CacheBackend`](crate::CacheBackend) (its implementation
+//! forwards here).
+
+use super::TwoTierCacheBackend;
+use crate::backend::Loader;
+use crate::journal::Fact;
+use crate::spill::SpillEnd;
+use crate::{CacheEntry, InternalCacheKey, Result};
+
+impl TwoTierCacheBackend {
+    /// Inserts or replaces the entry for `key`; `size_bytes` is what it
+    /// costs in memory. The registered codec for the key's type name (if
+    /// any) spills it when memory evicts it. A replaced version is dead on
+    /// every tier, across restarts too.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// let key = spillway::InternalCacheKey::new("p", "k", "u64");
+    /// cache.insert(&key, std::sync::Arc::new(7u64), 8).await;
+    /// assert_eq!(cache.get(&key).await.unwrap().downcast_ref::<u64>(), Some(&7));
+    /// # });
+    /// ```
+    pub async fn insert(&self, key: &InternalCacheKey, entry: CacheEntry, size_bytes: usize) {
+        self.insert_with_codec(key, entry, size_bytes, None).await;
+    }
+
+    /// Single-flight: concurrent callers for one key run the loader at most
+    /// once. Returns `(entry, was_cached)`; `was_cached` is true when this
+    /// caller's loader did not run.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// use std::sync::Arc;
+    /// let key = spillway::InternalCacheKey::new("p", "k", "u64");
+    /// let loader = Box::pin(async { Ok((Arc::new(1u64) as spillway::CacheEntry, 8)) });
+    /// let (entry, cached) = cache.get_or_insert(&key, loader).await?;
+    /// assert!(!cached && entry.downcast_ref::<u64>() == Some(&1));
+    /// # Ok::<(), spillway::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn get_or_insert<'a>(
+        &self,
+        key: &InternalCacheKey,
+        loader: Loader<'a>,
+    ) -> Result<(CacheEntry, bool)> {
+        self.get_or_insert_with_codec(key, loader, None).await
+    }
+
+    /// Removes `key` from every tier. Durable like an invalidation: the
+    /// removal is journaled (and synced with `disk.fsync`) before the
+    /// entry goes, so no restart brings any version of it back.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// let key = spillway::InternalCacheKey::new("p", "k", "u64");
+    /// cache.insert(&key, std::sync::Arc::new(7u64), 8).await;
+    /// cache.remove(&key).await;
+    /// assert!(cache.get(&key).await.is_none());
+    /// # });
+    /// ```
+    pub async fn remove(&self, key: &InternalCacheKey) {
+        self.remove_from_tiers(key, true).await;
+    }
+
+    /// Removes every entry whose prefix starts with `prefix`, from every
+    /// tier. Durable: journaled before anything is removed (and synced with
+    /// `disk.fsync`), so no restart brings an entry back.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// let key = spillway::InternalCacheKey::new("index/7", "page:1", "u64");
+    /// cache.insert(&key, std::sync::Arc::new(1u64), 8).await;
+    /// cache.invalidate_prefix("index/7").await;
+    /// assert!(cache.get(&key).await.is_none());
+    /// # });
+    /// ```
+    pub async fn invalidate_prefix(&self, prefix: &str) {
+        let spiller = &self.inner.spiller;
+        let _admin = spiller.admin.lock().await;
+        // Journaled first: once this is written, a crash at any later point
+        // cannot bring back what was under the prefix.
+        let seq = self.next_seq();
+        let fact = Fact::Invalidated {
+            prefix: prefix.to_string(),
+            seq,
+        };
+        spiller.journal_append(&[fact], true);
+        let mut doomed = Vec::new();
+        self.inner.spiller.placements.for_each(|key, _| {
+            if key.starts_with(prefix) {
+                doomed.push(key.clone());
+            }
+        });
+        // moka too: after `close()`, a spill that failed leaves its entry in
+        // memory without a slot, and it must not outlive the invalidation.
+        for (key, _) in self.inner.memory.iter() {
+            if key.starts_with(prefix) {
+                doomed.push((*key).clone());
+            }
+        }
+        for key in doomed {
+            self.remove_from_tiers(&key, false).await;
+        }
+    }
+
+    /// Removes every entry from every tier. Durable like
+    /// [`TwoTierCacheBackend::invalidate_prefix`].
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// let key = spillway::InternalCacheKey::new("p", "k", "u64");
+    /// cache.insert(&key, std::sync::Arc::new(1u64), 8).await;
+    /// cache.clear().await;
+    /// assert!(cache.get(&key).await.is_none());
+    /// # });
+    /// ```
+    pub async fn clear(&self) {
+        let spiller = &self.inner.spiller;
+        let _admin = spiller.admin.lock().await;
+        let seq = self.next_seq();
+        spiller.journal_append(&[Fact::Cleared { seq }], true);
+        let spiller = &self.inner.spiller;
+        spiller
+            .placements
+            .drain(|key, slot| spiller.release_queued(key, &slot.place, SpillEnd::Superseded));
+        self.inner.write_behind.clear();
+        self.inner.memory.invalidate_all();
+        if let Err(e) = self.inner.spiller.disk.clear().await {
+            tracing::error!(error = %e, "clearing the disk tier failed; its records stay unreachable");
+        }
+        self.inner.memory.run_pending_tasks().await;
+    }
+}
