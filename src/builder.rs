@@ -244,6 +244,13 @@ impl TwoTierBuilder {
     /// # });
     /// ```
     pub async fn build(self) -> Result<TwoTierCacheBackend> {
+        let dir = self.config.disk.dir.clone().unwrap_or_default();
+        // Recovery (lock, journal replay, foyer's index rebuild) under one span.
+        let span = tracing::info_span!("spillway.open", dir = %dir.display());
+        tracing::Instrument::instrument(self.open(), span).await
+    }
+
+    async fn open(self) -> Result<TwoTierCacheBackend> {
         let config = self.config;
         config.validate()?;
         let (m, d) = (&config.memory, &config.disk);

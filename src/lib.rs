@@ -104,6 +104,9 @@ mod key;
 #[cfg_attr(docsrs, doc(cfg(feature = "lance")))]
 pub mod lance;
 mod memory;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod placement;
 mod private_fs;
 mod quiet_stdout;

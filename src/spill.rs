@@ -422,6 +422,8 @@ impl Spiller {
     }
 
     fn confirm(&self, batch: Vec<(SpillItem, usize)>) {
+        let span = tracing::debug_span!("spillway.spill_batch", records = batch.len());
+        let _entered = span.enter();
         let gate = self.facts_gate.read();
         let (mut written_n, mut lost_n) = (0, 0);
         let n = batch.len() as u64;
@@ -484,6 +486,7 @@ impl Spiller {
         self.journal_append(&facts, false);
         drop(gate);
         self.finished(n);
+        tracing::debug!(written = written_n, lost = lost_n, "spill batch confirmed");
         self.health.batch(written_n, lost_n);
     }
 

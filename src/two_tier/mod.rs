@@ -301,7 +301,11 @@ impl TwoTierCacheBackend {
         } else {
             Vec::new()
         };
-        let warmer = tokio::spawn(warm(Arc::downgrade(&inner), warm_keys, hot_capacity));
+        let warm_span = tracing::info_span!("spillway.warm_up", keys = warm_keys.len());
+        let warmer = tokio::spawn(tracing::Instrument::instrument(
+            warm(Arc::downgrade(&inner), warm_keys, hot_capacity),
+            warm_span,
+        ));
         inner.background.lock().push(warmer);
         let owner = Arc::new(Owner {
             inner: inner.clone(),
