@@ -15,6 +15,11 @@ use crate::{
 /// the same meaning (named in each method's doc); unset ones take the
 /// defaults of [`Config::default`], except the directory, which is required.
 ///
+/// Budgets and configured sizes are bytes as `u64` here, in [`Config`]
+/// ([`ByteSize`]) and in the statistics, whatever the platform. The size of
+/// one entry (`size_bytes` of an insert, [`Weigh`](crate::Weigh)) is a
+/// `usize`, like `std::mem::size_of` and Lance's cache trait.
+///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let dir = tempfile::tempdir().unwrap();
@@ -124,8 +129,8 @@ impl TwoTierBuilder {
     /// let b = spillway::TwoTierCacheBackend::builder().block_size(1 << 20);
     /// # let _ = b;
     /// ```
-    pub fn block_size(mut self, bytes: usize) -> Self {
-        self.config.disk.block_size = ByteSize(bytes as u64);
+    pub fn block_size(mut self, bytes: u64) -> Self {
+        self.config.disk.block_size = ByteSize(bytes);
         self
     }
 
@@ -146,8 +151,8 @@ impl TwoTierBuilder {
     /// let b = spillway::TwoTierCacheBackend::builder().buffer_pool_size(32 << 20);
     /// # let _ = b;
     /// ```
-    pub fn buffer_pool_size(mut self, bytes: usize) -> Self {
-        self.config.disk.buffer_pool = ByteSize(bytes as u64);
+    pub fn buffer_pool_size(mut self, bytes: u64) -> Self {
+        self.config.disk.buffer_pool = ByteSize(bytes);
         self
     }
 

@@ -23,7 +23,10 @@ struct Cli {
 enum Command {
     /// Measure spillway against moka alone and foyer's HybridCache; write a report and charts.
     Bench {
-        /// TOML configuration (default: the embedded config/default.toml).
+        /// TOML configuration (default: the embedded config/default.toml, see
+        /// `spillway default-config`). [bench] sets the workload; [memory] and
+        /// [disk] apply as written, except that each run's memory budget is a
+        /// fraction of the working set, capped at memory.capacity.
         #[arg(long)]
         config: Option<PathBuf>,
         /// A quarter of the work, two memory budgets.
@@ -33,7 +36,7 @@ enum Command {
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
     },
-    /// Print the embedded default configuration.
+    /// Print the embedded default configuration, [bench] section included.
     DefaultConfig,
     /// The bench's kill-phase child: runs the workload, prints `ready`, idles until killed.
     #[command(hide = true)]

@@ -102,7 +102,7 @@ fn roomy(dir: &std::path::Path, memory: usize, block: usize) -> TwoTierBuilder {
         .memory_capacity(memory as u64)
         .disk_dir(dir)
         .disk_capacity(64 << 20)
-        .block_size(block)
+        .block_size(block as u64)
         .codecs(blob_codecs())
 }
 

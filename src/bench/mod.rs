@@ -1,5 +1,32 @@
 //! `spillway bench`: spillway's two tiers against moka alone and foyer's
 //! HybridCache, on the same workload and budgets, in one run.
+//!
+//! # What the configuration sets, and what the bench scales
+//!
+//! The workload comes from `[bench]` ([`BenchConfig`]): its working set is
+//! `keys` values of `value_size` (median). The caches under test come from
+//! `[memory]` and `[disk]`, used as written by every run (spillway, moka and
+//! foyer's HybridCache alike), with one thing scaled:
+//!
+//! * **memory budget**: each run gets `memory_fractions` × the working set,
+//!   at least 1 MiB and never more than `memory.capacity`. A fraction whose
+//!   budget would exceed `memory.capacity` is lowered to it (the run is
+//!   labelled with the fraction it got; duplicates are dropped, with a note
+//!   on stderr). A `memory.spill_queue` that is set keeps its share of the
+//!   capacity; unset, it is the library's default share.
+//! * **disk budget**: `disk.capacity`, as written, in every run. A disk
+//!   smaller than the working set is measured as such (disk evictions).
+//!   `disk.dir`, when set, is where the bench's scratch directories go.
+//!
+//! Every other `[memory]` and `[disk]` setting (eviction policy, block size,
+//! flushers, buffer pool, I/O engine, `direct_io`, `fsync`,
+//! `persist_after`, ...) applies unchanged. Two measurements keep sizes of
+//! their own, since they compare against fixed baselines: the micro
+//! benchmarks (memory hit against a raw moka get, disk hit against a raw
+//! foyer load) and the sustained spill bandwidth phase (16 MiB memory,
+//! 8 MiB spill queue, a disk twice the data written; the rest of `[disk]`
+//! as written). `--quick` divides `keys` and `ops` by 4 and runs two
+//! budgets, 10% and 50% of the (smaller) working set.
 
 mod charts;
 mod device;
@@ -7,6 +34,7 @@ mod kill;
 mod micro;
 mod report;
 mod systems;
+mod terminal;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -40,7 +68,8 @@ pub struct BenchConfig {
     pub ops: usize,
     /// CPU time a miss's loader burns, in microseconds.
     pub loader_cost_us: u64,
-    /// Memory budgets as fractions of the working set.
+    /// Memory budgets as fractions of the working set, each capped at
+    /// `memory.capacity`.
     pub memory_fractions: Vec<f64>,
     /// Concurrent client tasks.
     pub tasks: usize,
@@ -51,7 +80,9 @@ pub struct BenchConfig {
 impl Default for BenchConfig {
     fn default() -> Self {
         Self {
-            keys: 12_000,
+            // 64 MiB of 8 KiB values: at 100% the working set fills the
+            // default `memory.capacity`.
+            keys: 8192,
             value_size: ByteSize(8 << 10),
             value_sizes: SizeDistribution::Fixed,
             zipf_s: 0.9,
@@ -126,6 +157,24 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     let working_set: u64 = (0..bench.keys)
         .map(|id| value_size(id, bench.value_size.as_usize(), bench.value_sizes) as u64)
         .sum();
+    let requested = bench.memory_fractions.clone();
+    bench.memory_fractions = memory_fractions(&requested, &opts.config, working_set);
+    if bench.memory_fractions != requested {
+        eprintln!(
+            "note: memory.capacity ({:.0} MiB) caps the memory budgets: {} of the {:.0} MiB working set instead of {}",
+            opts.config.memory.capacity.0 as f64 / (1 << 20) as f64,
+            percents(&bench.memory_fractions),
+            working_set as f64 / (1 << 20) as f64,
+            percents(&requested),
+        );
+    }
+    if bench.memory_fractions.is_empty() {
+        return Err(spillway::Error::Config {
+            field: "bench.memory_fractions".into(),
+            value: "[]".into(),
+            reason: "needs at least one memory budget".into(),
+        });
+    }
     // "spillway-no-wb": write-behind off, to show what it costs in the same run.
     let systems = ["spillway", "spillway-no-wb", "moka", "foyer-hybrid"];
     let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 4;
@@ -203,15 +252,51 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     Ok(())
 }
 
-/// The configuration for one run: memory at `fraction` of the working set,
-/// and a disk that holds all of it.
+/// The smallest memory budget a run gets.
+const MIN_MEMORY_BUDGET: u64 = 1 << 20;
+
+/// The memory budget at `fraction` of the working set: at least
+/// [`MIN_MEMORY_BUDGET`], at most `memory.capacity`.
+fn memory_budget(base: &Config, working_set: u64, fraction: f64) -> u64 {
+    let cap = base.memory.capacity.0;
+    ((working_set as f64 * fraction) as u64)
+        .max(MIN_MEMORY_BUDGET)
+        .min(cap)
+}
+
+/// The fractions the runs get: each lowered to what `memory.capacity`
+/// allows, without duplicates, in the order given.
+fn memory_fractions(requested: &[f64], base: &Config, working_set: u64) -> Vec<f64> {
+    let most = base.memory.capacity.0 as f64 / working_set.max(1) as f64;
+    let mut fractions: Vec<f64> = Vec::new();
+    for &f in requested {
+        let f = f.min(most);
+        if !fractions.contains(&f) {
+            fractions.push(f);
+        }
+    }
+    fractions
+}
+
+fn percents(fractions: &[f64]) -> String {
+    let all: Vec<String> = fractions
+        .iter()
+        .map(|f| format!("{:.0}%", f * 100.0))
+        .collect();
+    all.join(", ")
+}
+
+/// The configuration for one run: `base` as written, with the memory
+/// budget at `fraction` of the working set (see the module docs).
 fn budgets(base: &Config, working_set: u64, fraction: f64) -> Config {
     let mut c = base.clone();
-    c.memory.capacity = ByteSize(((working_set as f64 * fraction) as u64).max(1 << 20));
-    c.memory.spill_queue = None;
-    let block = c.disk.block_size.0;
-    let disk = (working_set * 2).div_ceil(block).max(16) * block;
-    c.disk.capacity = ByteSize(disk);
+    let memory = memory_budget(base, working_set, fraction);
+    c.memory.capacity = ByteSize(memory);
+    // A spill queue that was set keeps its share of the capacity.
+    c.memory.spill_queue = base.memory.spill_queue.map(|q| {
+        let share = q.0 as f64 / base.memory.capacity.0.max(1) as f64;
+        ByteSize(((memory as f64 * share) as u64).clamp(1, memory - 1))
+    });
     c.disk.dir = None;
     c
 }
@@ -311,11 +396,7 @@ async fn run_system(
             not_written: a.spill.not_written.total() - b.spill.not_written.total(),
             persisted: a.spill.persisted - b.spill.persisted,
             promotions: a.memory.promotions - b.memory.promotions,
-            write_amplification: if bytes == 0 {
-                0.0
-            } else {
-                disk_bytes as f64 / bytes as f64
-            },
+            write_amplification: (bytes > 0).then(|| disk_bytes as f64 / bytes as f64),
             disk_entries: a.disk.entries,
             series,
         }
@@ -431,4 +512,76 @@ pub(crate) async fn phase(
         *series = points.lock().clone();
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_bench_section_is_the_default() {
+        let config = Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML).unwrap();
+        assert!(config.bench.is_some(), "config/default.toml has no [bench]");
+        let embedded = bench_config(&config).unwrap();
+        assert_eq!(
+            serde_json::to_value(&embedded).unwrap(),
+            serde_json::to_value(BenchConfig::default()).unwrap()
+        );
+        // At 100% the default working set fits the default memory capacity:
+        // no budget is capped.
+        let working_set = embedded.keys as u64 * embedded.value_size.0;
+        assert_eq!(
+            memory_fractions(&embedded.memory_fractions, &config, working_set),
+            embedded.memory_fractions
+        );
+    }
+
+    #[test]
+    fn the_runs_use_the_configured_memory_and_disk() {
+        let base = Config::from_toml_str(
+            r#"
+            [memory]
+            capacity = "16 MiB"
+            spill_queue = "4 MiB"
+            eviction_policy = "lru"
+            [disk]
+            capacity = "512 MiB"
+            block_size = "1 MiB"
+            flushers = 3
+            buffer_pool = "8 MiB"
+            persist_after = "5s"
+            "#,
+        )
+        .unwrap();
+        let working_set = 64 << 20;
+        // memory.capacity caps the budgets: 25% of 64 MiB is all it allows.
+        let fractions = memory_fractions(&[0.05, 0.1, 0.25, 0.5, 1.0], &base, working_set);
+        assert_eq!(fractions, [0.05, 0.1, 0.25]);
+        for &f in &fractions {
+            let c = budgets(&base, working_set, f);
+            c.validate().unwrap();
+            assert_eq!(c.memory.capacity.0, ((64 << 20) as f64 * f) as u64);
+            assert!(c.memory.capacity <= base.memory.capacity);
+            // The spill queue keeps its quarter of the capacity.
+            let queue = c.memory.spill_queue.unwrap().0;
+            assert_eq!(queue, c.memory.capacity.0 / 4, "at {f}");
+            // The rest is the file's, as written.
+            assert_eq!(c.memory.eviction_policy, base.memory.eviction_policy);
+            assert_eq!(c.disk.capacity.0, 512 << 20);
+            assert_eq!(c.disk.block_size, base.disk.block_size);
+            assert_eq!(c.disk.flushers, 3);
+            assert_eq!(c.disk.buffer_pool, base.disk.buffer_pool);
+            assert_eq!(c.disk.persist_after, base.disk.persist_after);
+        }
+        assert_eq!(
+            budgets(&base, working_set, 0.25).memory.capacity.0,
+            16 << 20
+        );
+        // Never below 1 MiB, never above the capacity.
+        assert_eq!(
+            budgets(&base, working_set, 0.001).memory.capacity.0,
+            1 << 20
+        );
+        assert_eq!(budgets(&base, working_set, 1.0).memory.capacity.0, 16 << 20);
+    }
 }

@@ -34,6 +34,16 @@ impl Latency {
             p999_us: at(0.999),
         }
     }
+
+    /// The median, or `None` when nothing was sampled (no read of this kind).
+    pub fn p50(&self) -> Option<f64> {
+        (self.samples > 0).then_some(self.p50_us)
+    }
+
+    /// The 99th percentile, or `None` when nothing was sampled.
+    pub fn p99(&self) -> Option<f64> {
+        (self.samples > 0).then_some(self.p99_us)
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -44,8 +54,9 @@ pub struct SpillReport {
     /// Resident entries written by write-behind during the phase.
     pub persisted: u64,
     pub promotions: u64,
-    /// Bytes foyer wrote to the device per byte of spilled record.
-    pub write_amplification: f64,
+    /// Bytes foyer wrote to the device per byte of spilled record; `None`
+    /// when nothing was spilled.
+    pub write_amplification: Option<f64>,
     pub disk_entries: u64,
     /// (seconds into the steady phase, MiB/s spilled in the last 100 ms).
     pub series: Vec<(f64, f64)>,
@@ -91,6 +102,10 @@ pub struct Report {
     pub quick: bool,
     pub direct_io: bool,
     pub working_set_bytes: u64,
+    /// `memory.capacity`: no run's memory budget exceeds it.
+    pub memory_capacity_bytes: u64,
+    /// `disk.capacity`: every run's disk budget.
+    pub disk_capacity_bytes: u64,
     pub bench: BenchConfig,
     pub device: DeviceReport,
     pub micro: MicroReport,
@@ -138,6 +153,8 @@ impl Report {
             quick,
             direct_io: config.disk.direct_io,
             working_set_bytes: working_set,
+            memory_capacity_bytes: config.memory.capacity.0,
+            disk_capacity_bytes: config.disk.capacity.0,
             bench,
             device,
             micro,
@@ -258,6 +275,7 @@ impl Report {
         std::fs::write(&path, self.markdown()).map_err(|e| spillway::Error::io("write", &path, e))
     }
 
+    /// The full results table (Markdown): every column, for report.md.
     fn table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -268,27 +286,29 @@ impl Report {
             s,
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
+        let us = |v: f64| format!("{v:.1}");
+        let ratio = |v: f64| format!("{v:.3}");
         for r in &self.runs {
             let spill = r.spill.as_ref();
             let _ = writeln!(
                 s,
-                "| {:.0}% | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                "| {:.0}% | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.memory_fraction * 100.0,
                 r.system,
                 r.ops_per_sec,
                 r.hit_ratio,
                 r.memory_hit_ratio,
-                r.disk_hit_ratio,
+                opt(disk_hit_ratio(r), ratio),
                 r.loader_runs,
-                r.latency_memory.p99_us,
-                r.latency_disk.p99_us,
-                r.latency_miss.p99_us,
-                spill.map_or("-".into(), |s| s.spills.to_string()),
-                spill.map_or("-".into(), |s| s.persisted.to_string()),
-                spill.map_or("-".into(), |s| s.not_written.to_string()),
-                spill.map_or("-".into(), |s| format!("{:.2}", s.write_amplification)),
-                r.restart_hit_ratio.map_or("-".into(), |h| format!("{h:.3}")),
-                r.kill_hit_ratio.map_or("-".into(), |h| format!("{h:.3}")),
+                opt(r.latency_memory.p99(), us),
+                opt(r.latency_disk.p99(), us),
+                opt(r.latency_miss.p99(), us),
+                spill.map_or(MISSING.into(), |s| s.spills.to_string()),
+                spill.map_or(MISSING.into(), |s| s.persisted.to_string()),
+                spill.map_or(MISSING.into(), |s| s.not_written.to_string()),
+                opt(spill.and_then(|s| s.write_amplification), |w| format!("{w:.2}")),
+                opt(r.restart_hit_ratio, ratio),
+                opt(r.kill_hit_ratio, ratio),
             );
         }
         s
@@ -305,31 +325,18 @@ impl Report {
                 t.measured,
                 t.ratio,
                 t.goal,
-                if t.meets { "meets" } else { "falls short" }
+                verdict(t)
             );
         }
         s
     }
 
-    pub fn summary(&self) -> String {
-        format!(
-            "\nmachine: {}; working set {:.0} MiB; device {:.0} MiB/s sequential write, 4 KiB read p50 {:.0} µs ({})\n\n{}\n{}",
-            self.machine,
-            self.working_set_bytes as f64 / (1 << 20) as f64,
-            self.device.seq_write_mib_s,
-            self.device.rand_read_4k_p50_us,
-            if self.device.direct { "O_DIRECT" } else { "buffered" },
-            self.table(),
-            self.targets_table()
-        )
-    }
-
     fn markdown(&self) -> String {
         format!(
-            "# spillway bench\n\nMachine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Every figure below was measured in this run.\n\n## Device\n\nSequential write {:.0} MiB/s; 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}).\n\n## Results\n\n{}\nRAM per disk-resident entry (placement table, estimate): {} bytes.\n\n## Targets\n\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
+            "# spillway bench\n\nMachine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write {:.0} MiB/s; 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}).\n\n## Results\n\n{}\n`-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\nRAM per disk-resident entry (placement table, estimate): {} bytes.\n\n## Targets\n\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
             self.machine,
             if self.direct_io { "O_DIRECT" } else { "buffered (page cache)" },
-            self.working_set_bytes as f64 / (1 << 20) as f64,
+            mib(self.working_set_bytes),
             self.bench.keys,
             serde_json::to_string(&self.bench.value_sizes).unwrap_or_default().trim_matches('"'),
             self.bench.value_size.0,
@@ -337,6 +344,8 @@ impl Report {
             self.bench.ops,
             self.bench.tasks,
             self.bench.loader_cost_us,
+            mib(self.memory_capacity_bytes),
+            mib(self.disk_capacity_bytes),
             self.device.seq_write_mib_s,
             self.device.rand_read_4k_p50_us,
             self.device.rand_read_4k_p99_us,
@@ -345,5 +354,248 @@ impl Report {
             self.ram_per_disk_entry_bytes,
             self.targets_table()
         )
+    }
+}
+
+/// What a table shows for a figure that was not measured or does not apply.
+pub const MISSING: &str = "-";
+
+pub(super) fn opt(v: Option<f64>, show: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| MISSING.to_string(), show)
+}
+
+pub(super) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+pub(super) fn verdict(t: &Target) -> &'static str {
+    if t.meets {
+        "meets"
+    } else {
+        "falls short"
+    }
+}
+
+/// The disk tier's share of reads; `None` for a system without a disk tier.
+pub(super) fn disk_hit_ratio(r: &RunReport) -> Option<f64> {
+    (r.system != "moka").then_some(r.disk_hit_ratio)
+}
+
+/// A number in at most 3 significant digits with a k/M/G suffix:
+/// `1234567.0` → `1.23M`, `650000.0` → `650k`, `2.5` → `2.5`, `0.0` → `0`.
+pub fn si(v: f64) -> String {
+    let a = v.abs();
+    let (x, suffix) = if a >= 1e9 {
+        (v / 1e9, "G")
+    } else if a >= 1e6 {
+        (v / 1e6, "M")
+    } else if a >= 1e3 {
+        (v / 1e3, "k")
+    } else {
+        (v, "")
+    };
+    let digits = if x.abs() >= 100.0 {
+        0
+    } else if x.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let mut text = format!("{x:.digits$}");
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    if text == "-0" {
+        text = "0".into();
+    }
+    text + suffix
+}
+
+/// A latency in µs, in at most 5 characters.
+pub(super) fn micros(v: f64) -> String {
+    if v < 1.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else if v < 10_000.0 {
+        format!("{v:.0}")
+    } else {
+        si(v)
+    }
+}
+
+/// A report of made-up figures, for tests of what is drawn and printed.
+#[cfg(test)]
+pub(crate) fn sample() -> Report {
+    let lat = |p50: f64, p99: f64| Latency {
+        samples: 100,
+        p50_us: p50,
+        p99_us: p99,
+        p999_us: p99 * 2.0,
+    };
+    let mut runs = Vec::new();
+    for (i, fraction) in [0.05, 0.5, 1.0].into_iter().enumerate() {
+        for system in ["spillway", "spillway-no-wb", "moka", "foyer-hybrid"] {
+            let disk = system != "moka" && fraction < 1.0;
+            let spill = system.starts_with("spillway").then(|| SpillReport {
+                spills: 3853,
+                spill_mib_s: 12.5,
+                not_written: 0,
+                persisted: 0,
+                promotions: 10,
+                write_amplification: (fraction < 1.0).then_some(1.8),
+                disk_entries: 4000,
+                series: (0..20)
+                    .map(|t| (f64::from(t) * 0.1, 40.0 + f64::from(t % 5)))
+                    .collect(),
+            });
+            runs.push(RunReport {
+                system: system.into(),
+                memory_fraction: fraction,
+                memory_bytes: (fraction * f64::from(64 << 20)) as u64,
+                disk_bytes: 1 << 30,
+                ops_per_sec: 46_893.0 * (i + 1) as f64 * 10.0,
+                hit_ratio: 0.97,
+                memory_hit_ratio: 0.45 + fraction / 2.0,
+                disk_hit_ratio: if disk { 0.5 - fraction / 2.0 } else { 0.0 },
+                loader_runs: 1708,
+                latency_memory: lat(2.0, 16.4),
+                latency_disk: if disk {
+                    lat(40.0, 279.1 * (i + 1) as f64 * 10.0)
+                } else {
+                    Latency::default()
+                },
+                latency_miss: lat(120.0, 301.1),
+                spill,
+                pre_restart_hit_ratio: (system != "moka").then_some(0.99),
+                restart_hit_ratio: (system != "moka").then_some(0.968),
+                kill_hit_ratio: (system == "spillway" && fraction == 0.5).then_some(1.0),
+                reopen_ms: (system != "moka").then_some(120.0),
+            });
+        }
+    }
+    let mut report = Report::new(
+        &Config::default(),
+        BenchConfig {
+            memory_fractions: vec![0.05, 0.5, 1.0],
+            ..BenchConfig::default()
+        },
+        64 << 20,
+        false,
+        DeviceReport {
+            seq_write_mib_s: 313.0,
+            rand_read_4k_p50_us: 80.0,
+            rand_read_4k_p99_us: 300.0,
+            direct: true,
+        },
+        MicroReport {
+            spillway_memory_hit_ns: 329.0,
+            moka_get_ns: 299.0,
+            spillway_disk_hit_us: 32.7,
+            foyer_load_decode_us: 24.8,
+        },
+        SpillBandwidth {
+            bytes: 256 << 20,
+            secs: 0.6,
+            mib_s: 426.0,
+            not_written: 0,
+        },
+        runs,
+    );
+    report.machine =
+        "2 cores, AMD EPYC 7B13 64-Core Processor with a long model name that goes on".into();
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::terminal::{wrap, TERMINAL_WIDTH};
+    use super::*;
+
+    #[test]
+    fn the_terminal_summary_fits_100_columns() {
+        let summary = sample().summary();
+        for line in summary.lines() {
+            assert!(
+                line.chars().count() <= TERMINAL_WIDTH,
+                "{} chars: {line}\n{summary}",
+                line.chars().count()
+            );
+        }
+        // The legend explains the abbreviated columns.
+        for needle in [
+            "w.amp",
+            "bytes written to the device / bytes of records spilled",
+            "restart",
+            "kill",
+            "report.md",
+        ] {
+            assert!(summary.contains(needle), "no {needle:?} in\n{summary}");
+        }
+        // Every target is there.
+        assert!(summary.contains("memory hit vs raw moka get"), "{summary}");
+    }
+
+    #[test]
+    fn a_missing_figure_prints_as_a_dash_never_zero() {
+        let report = sample();
+        let summary = report.summary();
+        let moka: Vec<&str> = summary
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("moka"))
+            .collect();
+        assert_eq!(moka.len(), 3, "{summary}");
+        for line in &moka {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            // memory, system, ops/s, all, mem, disk, p99 mem, p99 disk, p99 miss, w.amp, restart, kill
+            assert_eq!(cells.len(), 12, "{line}");
+            assert_eq!(cells[5], MISSING, "moka's disk hit ratio: {line}");
+            assert_eq!(cells[7], MISSING, "moka's disk-hit latency: {line}");
+            assert_eq!(&cells[9..], [MISSING; 3], "{line}");
+        }
+        assert!(!summary.contains(" 0.0 "), "{summary}");
+        // foyer at 100%: no disk hits, so no disk-hit latency.
+        let foyer_full = summary
+            .lines()
+            .find(|l| l.trim_start().starts_with("100%") && l.contains("foyer-hybrid"))
+            .unwrap();
+        assert_eq!(
+            foyer_full.split_whitespace().nth(7),
+            Some(MISSING),
+            "{foyer_full}"
+        );
+
+        // The full Markdown table: every column, the same dashes.
+        let table = report.table();
+        let moka_md = table.lines().find(|l| l.contains("| moka |")).unwrap();
+        let cells: Vec<&str> = moka_md.split('|').map(str::trim).collect();
+        // "", memory, system, ops/s, hit, mem hit, disk hit, loader runs, p99 mem, p99 disk, ...
+        assert_eq!(cells[6], MISSING, "{moka_md}");
+        assert_eq!(cells[9], MISSING, "{moka_md}");
+        assert!(!moka_md.contains("| 0.0 |"), "{moka_md}");
+        assert_eq!(table.lines().next().unwrap().matches('|').count(), 17);
+    }
+
+    #[test]
+    fn numbers_get_k_and_m_suffixes() {
+        assert_eq!(si(1_000_000.0), "1M");
+        assert_eq!(si(1_234_567.0), "1.23M");
+        assert_eq!(si(650_000.0), "650k");
+        assert_eq!(si(46_893.0), "46.9k");
+        assert_eq!(si(2.5), "2.5");
+        assert_eq!(si(0.0), "0");
+        assert_eq!(si(100.0), "100");
+        assert_eq!(micros(3774.6), "3775");
+        assert_eq!(micros(250_000.0), "250k");
+    }
+
+    #[test]
+    fn wrapping_keeps_words_and_indents() {
+        let text = "a ".repeat(80);
+        let wrapped = wrap(text.trim_end(), 20, 4);
+        assert!(wrapped.lines().all(|l| l.chars().count() <= 20));
+        assert!(wrapped.lines().skip(1).all(|l| l.starts_with("    a")));
+        assert_eq!(wrapped.matches('a').count(), 80);
+        assert_eq!(wrap("  x   y", 100, 0), "  x   y\n");
     }
 }
