@@ -35,6 +35,10 @@ enum Command {
         /// Where report.json, report.md and the SVG charts go.
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
+        /// Also write metrics.prom: each spillway run's statistics as
+        /// Prometheus metrics (needs the `metrics` feature).
+        #[arg(long)]
+        metrics: bool,
     },
     /// Print the embedded default configuration, [bench] section included.
     DefaultConfig,
@@ -74,7 +78,12 @@ fn main() -> ExitCode {
             print!("{}", spillway::DEFAULT_CONFIG_TOML);
             Ok(())
         }
-        Command::Bench { config, quick, out } => {
+        Command::Bench {
+            config,
+            quick,
+            out,
+            metrics,
+        } => {
             if quick {
                 eprintln!("warning: --quick runs a quarter of the work on two budgets; its figures are not representative");
             }
@@ -83,7 +92,14 @@ fn main() -> ExitCode {
                     || Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML),
                     Config::from_file,
                 )
-                .and_then(|config| bench::run(bench::Options { config, quick, out }))
+                .and_then(|config| {
+                    bench::run(bench::Options {
+                        config,
+                        quick,
+                        out,
+                        metrics,
+                    })
+                })
         }
         Command::Inspect { dir, json } => inspect(&dir, json),
         Command::BenchKillChild { config, dir } => {

@@ -179,11 +179,27 @@ pub fn record(stats: &StatsSnapshot, name: &str) {
 /// assert!(text.contains("# TYPE spillway_hits_total counter"));
 /// ```
 pub fn prometheus_text(stats: &StatsSnapshot, name: &str) -> String {
+    prometheus_text_of([(name, stats)])
+}
+
+/// Several caches' statistics in one Prometheus text, each under its own
+/// `cache` label.
+///
+/// ```
+/// let a = spillway::MokaCacheBackend::with_capacity(1 << 20).stats();
+/// let text = spillway::metrics::prometheus_text_of([("a", &a), ("b", &a)]);
+/// assert!(text.contains("cache=\"b\""));
+/// ```
+pub fn prometheus_text_of<'a>(
+    caches: impl IntoIterator<Item = (&'a str, &'a StatsSnapshot)>,
+) -> String {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
         describe();
-        record(stats, name);
+        for (name, stats) in caches {
+            record(stats, name);
+        }
     });
     handle.render()
 }

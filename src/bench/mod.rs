@@ -100,6 +100,9 @@ pub struct Options {
     pub config: Config,
     pub quick: bool,
     pub out: PathBuf,
+    /// Also write `metrics.prom`: each spillway run's statistics as
+    /// Prometheus metrics (feature `metrics`).
+    pub metrics: bool,
 }
 
 fn bench_config(config: &Config) -> spillway::Result<BenchConfig> {
@@ -243,6 +246,9 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         runs,
     );
     report.write(&opts.out)?;
+    if opts.metrics {
+        write_metrics(&report, &opts.out)?;
+    }
     charts::write(&report, &opts.out)?;
     print!("{}", report.summary());
     println!(
@@ -421,6 +427,35 @@ async fn run_system(
         restart_hit_ratio,
         kill_hit_ratio: None,
         reopen_ms,
+        stats: after,
+    })
+}
+
+/// `metrics.prom`: every spillway run's statistics, one `cache` label per
+/// run (`spillway@25%`).
+#[cfg(feature = "metrics")]
+fn write_metrics(report: &report::Report, out: &Path) -> spillway::Result<()> {
+    let named: Vec<(String, &spillway::StatsSnapshot)> = report
+        .runs
+        .iter()
+        .filter_map(|r| {
+            let name = format!("{}@{:.0}%", r.system, r.memory_fraction * 100.0);
+            r.stats.as_ref().map(|s| (name, s))
+        })
+        .collect();
+    let text = spillway::metrics::prometheus_text_of(named.iter().map(|(n, s)| (n.as_str(), *s)));
+    let path = out.join("metrics.prom");
+    std::fs::write(&path, text).map_err(err("write", &path))?;
+    eprintln!("metrics: {}", path.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "metrics"))]
+fn write_metrics(_: &report::Report, _: &Path) -> spillway::Result<()> {
+    Err(spillway::Error::Config {
+        field: "--metrics".into(),
+        value: "true".into(),
+        reason: "this binary was built without the `metrics` feature; run `cargo run --release --features metrics -- bench --metrics`".into(),
     })
 }
 

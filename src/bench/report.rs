@@ -85,6 +85,8 @@ pub struct RunReport {
     /// idled twice `persist_after` and was SIGKILLed (no `close()`).
     pub kill_hit_ratio: Option<f64>,
     pub reopen_ms: Option<f64>,
+    /// spillway's own statistics at the end of the steady phase.
+    pub stats: Option<spillway::StatsSnapshot>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -471,6 +473,7 @@ pub(crate) fn sample() -> Report {
                 restart_hit_ratio: (system != "moka").then_some(0.968),
                 kill_hit_ratio: (system == "spillway" && fraction == 0.5).then_some(1.0),
                 reopen_ms: (system != "moka").then_some(120.0),
+                stats: None,
             });
         }
     }

@@ -1,0 +1,80 @@
+//! `spillway bench --metrics` writes each spillway run's statistics as
+//! Prometheus metrics, the same figures report.json carries.
+#![cfg(feature = "metrics")]
+
+use std::process::Command;
+
+const TINY: &str = r#"
+[memory]
+capacity = "4 MiB"
+[disk]
+capacity = "16 MiB"
+block_size = "64 KiB"
+buffer_pool = "1 MiB"
+flushers = 1
+[bench]
+keys = 256
+value_size = "8 KiB"
+ops = 2000
+loader_cost_us = 0
+memory_fractions = [0.25]
+tasks = 1
+"#;
+
+#[test]
+fn bench_metrics_carry_each_runs_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["bench", "--quick", "--metrics", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(out_dir.join("metrics.prom")).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    let mut checked = 0;
+    for run in report["runs"].as_array().unwrap() {
+        let Some(stats) = run.get("stats").filter(|s| !s.is_null()) else {
+            continue;
+        };
+        let cache = format!(
+            "{}@{:.0}%",
+            run["system"].as_str().unwrap(),
+            run["memory_fraction"].as_f64().unwrap() * 100.0
+        );
+        for (series, expected) in [
+            (
+                format!(r#"spillway_hits_total{{cache="{cache}",tier="memory"}}"#),
+                &stats["memory"]["hits"],
+            ),
+            (
+                format!(r#"spillway_inserts_total{{cache="{cache}"}}"#),
+                &stats["inserts"],
+            ),
+            (
+                format!(r#"spillway_spills_written_total{{cache="{cache}"}}"#),
+                &stats["spill"]["written"],
+            ),
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{series} ")))
+                .unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+            let value: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert_eq!(Some(value), expected.as_u64(), "{series}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "spillway and spillway-no-wb runs: {checked}");
+}
