@@ -2,10 +2,16 @@
 //! `lance_core::cache::CacheBackend`, so a Lance session's index cache can
 //! spill to disk and survive restarts.
 //!
-//! ```ignore
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
 //! spillway::lance::register()?;
-//! let backend = lance_core::cache::build_from_uri("spillway:///var/cache/lance?memory=256MiB&disk=8GiB")?;
+//! let uri = format!("spillway://{}?memory=64MiB&disk=256MiB", dir.path().display());
+//! let backend = lance_core::cache::build_from_uri(&uri)?;
 //! let index_cache = lance_core::cache::LanceCache::with_backend(backend);
+//! # drop(index_cache);
+//! # Ok::<(), lance_core::Error>(())
+//! # }).unwrap();
 //! ```
 
 use std::sync::{Arc, OnceLock};
