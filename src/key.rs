@@ -27,11 +27,69 @@ pub type CacheEntry = Arc<dyn Any + Send + Sync>;
 /// assert_eq!(key.type_name(), "IndexMetadata");
 /// assert!(key.starts_with("dataset/"));
 /// ```
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct InternalCacheKey {
     prefix: Arc<str>,
     key: Arc<str>,
     type_name: &'static str,
+    /// xxh3 of the three parts, computed once: moka's map, its key locks,
+    /// the placement table and the disk tier all use it instead of
+    /// hashing the strings again (see [`KeyHashBuilder`]).
+    hash: u64,
+}
+
+/// Equality stays exact: two keys whose hashes collide are still told apart.
+impl PartialEq for InternalCacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && self.type_name == other.type_name
+            && self.key == other.key
+            && self.prefix == other.prefix
+    }
+}
+
+impl Eq for InternalCacheKey {}
+
+impl std::hash::Hash for InternalCacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// A `BuildHasher` for maps keyed by [`InternalCacheKey`]: it passes the
+/// key's precomputed hash through instead of hashing again. Other values
+/// written to it are mixed (FxHash-style), so it stays a sound hasher.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KeyHashBuilder;
+
+impl std::hash::BuildHasher for KeyHashBuilder {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+/// See [`KeyHashBuilder`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // The first u64 is an InternalCacheKey's own hash: already mixed.
+        self.0 = if self.0 == 0 {
+            n
+        } else {
+            (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
+        };
+    }
 }
 
 impl InternalCacheKey {
@@ -46,10 +104,13 @@ impl InternalCacheKey {
         key: impl Into<Arc<str>>,
         type_name: &'static str,
     ) -> Self {
+        let (prefix, key) = (prefix.into(), key.into());
+        let hash = hash_parts(&prefix, &key, type_name);
         Self {
-            prefix: prefix.into(),
-            key: key.into(),
+            prefix,
+            key,
             type_name,
+            hash,
         }
     }
 
@@ -101,22 +162,53 @@ impl InternalCacheKey {
     /// seed-free, so the same key maps to the same disk slot in every process
     /// and Rust version (std's `DefaultHasher` promises neither). Length
     /// prefixes keep `("ab","c")` and `("a","bc")` apart.
+    /// The key's 64-bit hash (xxh3 of its parts): stable across processes,
+    /// so it also addresses the key's record on disk.
     pub(crate) fn disk_hash(&self) -> u64 {
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        for part in [
-            self.prefix.as_bytes(),
-            self.key.as_bytes(),
-            self.type_name.as_bytes(),
-        ] {
-            hasher.update(&(part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
-        hasher.digest()
+        self.hash
     }
+}
+
+/// xxh3 over the three parts, each preceded by its length so that no two
+/// different splits of the same bytes hash alike.
+fn hash_parts(prefix: &str, key: &str, type_name: &str) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for part in [prefix.as_bytes(), key.as_bytes(), type_name.as_bytes()] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.digest()
 }
 
 impl std::fmt::Display for InternalCacheKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}<{}>", self.prefix, self.key, self.type_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn keys_hash_once_and_the_maps_reuse_it() {
+        let k = InternalCacheKey::new("p", "k", "T");
+        assert_eq!(KeyHashBuilder.hash_one(&k), k.disk_hash());
+        assert_eq!(k.disk_hash(), hash_parts("p", "k", "T"));
+        // Parts are length-delimited: moving bytes between them changes the hash.
+        assert_ne!(hash_parts("pk", "", "T"), hash_parts("p", "k", "T"));
+    }
+
+    #[test]
+    fn equal_hashes_never_make_different_keys_equal() {
+        let a = InternalCacheKey::new("p", "a", "T");
+        let mut b = InternalCacheKey::new("p", "b", "T");
+        b.hash = a.hash; // a forced collision
+        assert_ne!(a, b);
+        let mut map = std::collections::HashMap::with_hasher(KeyHashBuilder);
+        map.insert(a.clone(), 1);
+        map.insert(b.clone(), 2);
+        assert_eq!((map[&a], map[&b]), (1, 2));
     }
 }

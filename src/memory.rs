@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use moka::future::Cache;
 
 use crate::backend::Loader;
+use crate::key::KeyHashBuilder;
 use crate::single_flight::SingleFlight;
 use crate::stats::Stats;
 use crate::weigher::ByteWeigher;
@@ -36,7 +37,7 @@ struct Weighed {
 /// # });
 /// ```
 pub struct MokaCacheBackend {
-    cache: Option<Cache<InternalCacheKey, Weighed>>,
+    cache: Option<Cache<InternalCacheKey, Weighed, KeyHashBuilder>>,
     weigher: ByteWeigher,
     flights: SingleFlight,
     stats: Arc<Stats>,
@@ -74,7 +75,7 @@ impl MokaCacheBackend {
                         evictions.evictions.incr();
                     }
                 })
-                .build()
+                .build_with_hasher(KeyHashBuilder)
         });
         Self {
             cache,

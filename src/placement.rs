@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::key::KeyHashBuilder;
 use crate::{CacheEntry, Codec, InternalCacheKey};
 
 /// A value as the memory tier and the spill queue hold it.
@@ -88,7 +89,7 @@ pub(crate) struct Slot {
     pub record_len: u32,
 }
 
-pub(crate) type Shard = HashMap<InternalCacheKey, Slot>;
+pub(crate) type Shard = HashMap<InternalCacheKey, Slot, KeyHashBuilder>;
 
 /// The slots, sharded by key hash.
 pub(crate) struct Placements {
@@ -100,7 +101,7 @@ impl Placements {
     pub(crate) fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards.max(1))
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(HashMap::with_hasher(KeyHashBuilder)))
                 .collect(),
             len: AtomicUsize::new(0),
         }
@@ -108,7 +109,9 @@ impl Placements {
 
     pub(crate) fn lock(&self, hash: u64) -> Guard<'_> {
         Guard {
-            shard: self.shards[(hash % self.shards.len() as u64) as usize].lock(),
+            // The high half picks the shard: the map inside hashes with
+            // the same value (`KeyHashBuilder`) and indexes by its low bits.
+            shard: self.shards[((hash >> 32) % self.shards.len() as u64) as usize].lock(),
             len: &self.len,
         }
     }

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::backend::Loader;
+use crate::key::KeyHashBuilder;
 use crate::stats::Stats;
 use crate::{CacheEntry, Error, InternalCacheKey, Result};
 
@@ -22,7 +23,7 @@ type Slot = watch::Receiver<Option<Outcome>>;
 /// The loads in progress, one per key.
 #[derive(Default, Debug)]
 pub(crate) struct SingleFlight {
-    flights: Mutex<HashMap<InternalCacheKey, (u64, Slot)>>,
+    flights: Mutex<HashMap<InternalCacheKey, (u64, Slot), KeyHashBuilder>>,
     next_id: AtomicU64,
 }
 

@@ -24,6 +24,7 @@ use crate::builder::TwoTierBuilder;
 use crate::cache_dir::CacheDir;
 use crate::disk::DiskTier;
 use crate::journal::{Journal, Replay};
+use crate::key::KeyHashBuilder;
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::single_flight::SingleFlight;
 use crate::spill::{SpillItem, Spiller};
@@ -136,7 +137,7 @@ impl Drop for Owner {
 }
 
 struct Inner {
-    memory: Cache<InternalCacheKey, Arc<Resident>>,
+    memory: Cache<InternalCacheKey, Arc<Resident>, KeyHashBuilder>,
     weigher: ByteWeigher,
     memory_capacity: u64,
     spiller: Arc<Spiller>,
@@ -270,7 +271,7 @@ impl TwoTierCacheBackend {
                     listener_spiller.offer(&key, res, &listener_tx);
                 }
             })
-            .build();
+            .build_with_hasher(KeyHashBuilder);
         let inner = Arc::new(Inner {
             memory,
             weigher,
