@@ -229,6 +229,28 @@ fn an_unwritable_directory_names_disk_dir_and_the_path() {
     assert_child_passed(&out, "child done");
 }
 
+/// A full filesystem at open time: `build` fails naming `disk.dir` and the
+/// path (spec, section 5), rather than failing later on a write.
+#[test]
+fn a_full_disk_at_open_names_disk_dir_and_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [
+        (ENV_RO_DIR, dir.path().as_os_str()),
+        (ENV_FILL, "1".as_ref()),
+    ];
+    let Some(out) = run_child_on_tmpfs(
+        "unwritable_dir_child",
+        dir.path(),
+        "size=1m,mode=0700",
+        &envs,
+    ) else {
+        return;
+    };
+    assert_child_passed(&out, "child done");
+}
+
+const ENV_FILL: &str = "SPILLWAY_FILL_FIRST";
+
 /// The child's entry point; a no-op in a normal test run.
 #[test]
 fn unwritable_dir_child() {
@@ -236,13 +258,24 @@ fn unwritable_dir_child() {
         return;
     };
     let dir = std::path::PathBuf::from(dir);
+    if std::env::var(ENV_FILL).is_ok() {
+        // Fill the filesystem first; the cache directory is created below.
+        let mut ballast = std::fs::File::create(dir.join("ballast")).unwrap();
+        let chunk = vec![0xa5u8; 4096];
+        while std::io::Write::write_all(&mut ballast, &chunk).is_ok() {}
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        for path in [dir.clone(), dir.join("below")] {
+        let paths = if std::env::var(ENV_FILL).is_ok() {
+            vec![dir.join("cache")]
+        } else {
+            vec![dir.clone(), dir.join("below")]
+        };
+        for path in paths {
             let err = small(&path).build().await.unwrap_err();
             let text = err.to_string();
             assert!(
