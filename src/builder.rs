@@ -156,6 +156,41 @@ impl TwoTierBuilder {
         self
     }
 
+    /// How disk records are compressed (`disk.compression`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().compression(spillway::Compression::Lz4);
+    /// # let _ = b;
+    /// ```
+    pub fn compression(mut self, compression: crate::Compression) -> Self {
+        self.config.disk.compression = compression;
+        self
+    }
+
+    /// zstd's level (`disk.compression_level`, default 3).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder()
+    ///     .compression(spillway::Compression::Zstd)
+    ///     .compression_level(9);
+    /// # let _ = b;
+    /// ```
+    pub fn compression_level(mut self, level: i32) -> Self {
+        self.config.disk.compression_level = level;
+        self
+    }
+
+    /// Payloads shorter than this are stored raw (`disk.compression_min_size`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().compression_min_size(1024);
+    /// # let _ = b;
+    /// ```
+    pub fn compression_min_size(mut self, bytes: u64) -> Self {
+        self.config.disk.compression_min_size = ByteSize(bytes);
+        self
+    }
+
     /// psync or io_uring (`disk.io_engine`).
     ///
     /// ```
@@ -307,6 +342,11 @@ impl TwoTierBuilder {
             recovery_time: started.elapsed(),
             warm_on_open: d.warm_on_open,
             persist_after: d.persist_after.0,
+            compressor: crate::compression::Compressor {
+                algorithm: d.compression,
+                level: d.compression_level,
+                min_size: d.compression_min_size.as_usize(),
+            },
             cache_dir,
         }))
     }

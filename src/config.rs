@@ -204,6 +204,13 @@ pub struct DiskConfig {
     /// On open, load the entries resident at the last close back into memory
     /// (in the background, up to the memory budget).
     pub warm_on_open: bool,
+    /// `"none"`, `"lz4"` or `"zstd"`: how disk records are compressed. The
+    /// disk budget counts the stored (compressed) bytes.
+    pub compression: crate::Compression,
+    /// zstd's level (1 fast ... 22 small; negative: faster still).
+    pub compression_level: i32,
+    /// Payloads shorter than this are stored raw.
+    pub compression_min_size: ByteSize,
     /// Write-behind: an entry resident this long is written to disk as well,
     /// so that a dropped or killed cache comes back warm. `0` turns it off
     /// (then only `close()` persists what is resident).
@@ -224,6 +231,9 @@ impl Default for DiskConfig {
             reset_incompatible: false,
             warm_on_open: true,
             persist_after: Millis(std::time::Duration::from_secs(2)),
+            compression: crate::Compression::None,
+            compression_level: 3,
+            compression_min_size: ByteSize(256),
         }
     }
 }
@@ -383,6 +393,13 @@ impl Config {
                 d.block_size.0
             );
             return bad("disk.capacity", d.capacity.0.to_string(), &reason);
+        }
+        if !(-7..=22).contains(&d.compression_level) {
+            return bad(
+                "disk.compression_level",
+                d.compression_level.to_string(),
+                "must be between -7 and 22 (zstd's levels)",
+            );
         }
         if d.flushers == 0 {
             return bad("disk.flushers", "0".into(), "must be at least 1");

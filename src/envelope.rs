@@ -1,19 +1,28 @@
 //! The envelope around every spilled record.
 //!
 //! Layout (little endian):
-//! `magic "SPWY" | format u16 | reserved u16 | type_version u32 | seq u64 |
+//! `magic "SPWY" | format u16 | compression u16 | type_version u32 | seq u64 |
 //!  size_bytes u64 | prefix_len u32 | key_len u32 | type_len u32 | payload_len u32 |
 //!  prefix | key | type_name | payload | crc32 u32` — the CRC covers everything
 //! before it. A reader trusts a record only if every check passes; the full key
 //! and the write sequence inside let it reject records of another key (64-bit
 //! hash collisions) and of older versions of the same key.
+//!
+//! Format 1 records are raw (compression 0). Format 2 records name their
+//! compression (see `compression`); a raw record is still written as format
+//! 1, so a reader that predates compression refuses only compressed ones.
 
+use std::borrow::Cow;
+
+use crate::compression::{self, Compressor};
 use crate::stats::DecodeMiss;
 use crate::InternalCacheKey;
 
 const MAGIC: &[u8; 4] = b"SPWY";
-/// Bumped whenever the layout above changes; other versions are refused.
+/// Raw records.
 pub(crate) const FORMAT_VERSION: u16 = 1;
+/// Records that name their compression. Other versions are refused.
+const FORMAT_COMPRESSED: u16 = 2;
 const HEADER_LEN: usize = 4 + 2 + 2 + 4 + 8 + 8 + 4 * 4;
 const CRC_LEN: usize = 4;
 
@@ -26,7 +35,8 @@ pub(crate) struct Record<'a> {
     pub prefix: &'a str,
     pub key: &'a str,
     pub type_name: &'a str,
-    pub payload: &'a [u8],
+    /// The codec's bytes, decompressed if the record was compressed.
+    pub payload: Cow<'a, [u8]>,
 }
 
 impl Record<'_> {
@@ -35,14 +45,17 @@ impl Record<'_> {
     }
 }
 
-/// Writes an envelope; `payload` appends the encoded value to the buffer.
+/// Writes an envelope; `payload` appends the encoded value to the buffer,
+/// which `compressor` may then compress. Returns the record and the length
+/// it would have had uncompressed.
 pub(crate) fn seal<E>(
     key: &InternalCacheKey,
     seq: u64,
     size_bytes: usize,
     type_version: u32,
+    compressor: &Compressor,
     payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-) -> Result<Vec<u8>, E> {
+) -> Result<(Vec<u8>, usize), E> {
     let strings = [
         key.prefix().as_bytes(),
         key.key().as_bytes(),
@@ -66,11 +79,18 @@ pub(crate) fn seal<E>(
     }
     let payload_start = out.len();
     payload(&mut out)?;
+    let logical_len = out.len() + CRC_LEN;
+    if let Some((codec, stored)) = compressor.compress(&out[payload_start..]) {
+        out.truncate(payload_start);
+        out.extend_from_slice(&stored);
+        out[4..6].copy_from_slice(&FORMAT_COMPRESSED.to_le_bytes());
+        out[6..8].copy_from_slice(&codec.to_le_bytes());
+    }
     let payload_len = (out.len() - payload_start) as u32;
     out[payload_len_at..payload_len_at + 4].copy_from_slice(&payload_len.to_le_bytes());
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    Ok((out, logical_len))
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -90,9 +110,11 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Record<'_>, DecodeMiss> {
     if bytes.len() < HEADER_LEN + CRC_LEN || &bytes[..4] != MAGIC {
         return Err(DecodeMiss::Corrupt);
     }
-    if u16_at(bytes, 4) != FORMAT_VERSION {
-        return Err(DecodeMiss::Incompatible);
-    }
+    let codec = match u16_at(bytes, 4) {
+        FORMAT_VERSION => compression::RAW,
+        FORMAT_COMPRESSED => u16_at(bytes, 6),
+        _ => return Err(DecodeMiss::Incompatible),
+    };
     let lens = [28, 32, 36, 40].map(|at| u32_at(bytes, at) as usize);
     let body: usize = lens.iter().sum();
     if HEADER_LEN
@@ -118,6 +140,13 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Record<'_>, DecodeMiss> {
     let (Ok(prefix), Ok(key), Ok(type_name)) = (prefix, key, type_name) else {
         return Err(DecodeMiss::Corrupt);
     };
+    let payload = if codec == compression::RAW {
+        Cow::Borrowed(payload)
+    } else {
+        // Checksummed, yet not decodable: damage the CRC missed, or a
+        // codec this build does not know.
+        Cow::Owned(compression::decompress(codec, payload).ok_or(DecodeMiss::Corrupt)?)
+    };
     Ok(Record {
         type_version: u32_at(bytes, 8),
         seq: u64_at(bytes, 12),
@@ -134,12 +163,53 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
+        sealed(&Compressor::default(), b"payload")
+    }
+
+    fn sealed(compressor: &Compressor, payload: &[u8]) -> Vec<u8> {
         let key = InternalCacheKey::new("pre", "key", "T");
-        seal::<()>(&key, 42, 100, 3, |out| {
-            out.extend_from_slice(b"payload");
+        seal::<()>(&key, 42, 100, 3, compressor, |out| {
+            out.extend_from_slice(payload);
             Ok(())
         })
         .unwrap()
+        .0
+    }
+
+    /// A compressed record of a compressible payload.
+    fn compressed(algorithm: crate::Compression) -> (Vec<u8>, Vec<u8>) {
+        let payload: Vec<u8> = b"the quick brown fox ".repeat(100);
+        let compressor = Compressor {
+            algorithm,
+            ..Compressor::default()
+        };
+        let bytes = sealed(&compressor, &payload);
+        assert!(
+            bytes.len() < payload.len() / 2,
+            "{algorithm:?} compressed it"
+        );
+        (bytes, payload)
+    }
+
+    #[test]
+    fn compressed_records_read_back_and_name_their_codec() {
+        for algorithm in [crate::Compression::Lz4, crate::Compression::Zstd] {
+            let (bytes, payload) = compressed(algorithm);
+            assert_eq!(u16_at(&bytes, 4), FORMAT_COMPRESSED);
+            let r = open(&bytes).unwrap();
+            assert_eq!(&*r.payload, payload.as_slice());
+            // Every truncation and every bit flip is still refused.
+            for len in 0..bytes.len() {
+                assert!(open(&bytes[..len]).is_err());
+            }
+            for i in (0..bytes.len()).step_by(7) {
+                let mut bad = bytes.clone();
+                bad[i] ^= 0x10;
+                assert!(open(&bad).is_err(), "flip in byte {i} accepted");
+            }
+        }
+        // Raw records stay format 1, readable by readers without compression.
+        assert_eq!(u16_at(&sample(), 4), FORMAT_VERSION);
     }
 
     #[test]
@@ -148,7 +218,7 @@ mod tests {
         let r = open(&bytes).unwrap();
         assert_eq!((r.type_version, r.seq, r.size_bytes), (3, 42, 100));
         assert_eq!(
-            (r.prefix, r.key, r.type_name, r.payload),
+            (r.prefix, r.key, r.type_name, &*r.payload),
             ("pre", "key", "T", &b"payload"[..])
         );
         assert!(r.is_for(&InternalCacheKey::new("pre", "key", "T")));

@@ -87,6 +87,7 @@ mod bookkeeping;
 mod builder;
 mod cache_dir;
 mod codec;
+mod compression;
 mod config;
 mod disk;
 mod disk_runtime;
@@ -123,6 +124,7 @@ pub use backend::{CacheBackend, CacheTier, Loader};
 pub use builder::TwoTierBuilder;
 pub use cache_dir::{DirMeta, DISK_FORMAT_VERSION};
 pub use codec::{Codec, CodecError, CodecRegistry, SerdeCodec};
+pub use compression::Compression;
 pub use config::{
     ByteSize, Config, DiskConfig, EvictionPolicy, MemoryConfig, Millis, DEFAULT_CONFIG_TOML,
     MIN_MEMORY_CAPACITY,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
+use crate::compression::Compressor;
 use crate::disk::{DiskTier, STALL_TIMEOUT};
 use crate::envelope;
 use crate::flow::FlowControl;
@@ -46,6 +47,8 @@ pub(crate) struct SpillItem {
     why: Why,
     /// For write-behind: the version, not kept alive by the queue.
     version: Weak<Resident>,
+    /// Once sealed: the record's length had it been stored uncompressed.
+    logical_len: usize,
 }
 
 /// The bytes an entry is weighed at in the spill queue and its reservations.
@@ -80,6 +83,8 @@ pub(crate) struct Spiller {
     pub(crate) written_since_sweep: AtomicU64,
     /// Woken whenever the worker finishes a round, for `flush`.
     progress: Notify,
+    /// How records are compressed (`disk.compression`).
+    compressor: Compressor,
 }
 
 impl Spiller {
@@ -111,6 +116,7 @@ impl Spiller {
         disk: DiskTier,
         journal: Journal,
         queue_capacity: u64,
+        compressor: Compressor,
     ) -> Self {
         let health = DiskHealth::new(disk.dir());
         Self {
@@ -126,6 +132,7 @@ impl Spiller {
             unprocessed: AtomicU64::new(0),
             written_since_sweep: AtomicU64::new(0),
             progress: Notify::new(),
+            compressor,
         }
     }
 
@@ -258,7 +265,12 @@ impl Spiller {
                     next_now(&mut evictions, &mut persists)
                 };
                 match item {
-                    Some(item) => first = self.prepare_or_finish(&item).map(|r| (item, r)),
+                    Some(mut item) => {
+                        first = self.prepare_or_finish(&item).map(|(record, logical_len)| {
+                            item.logical_len = logical_len;
+                            (item, record)
+                        })
+                    }
                     None if in_flight.is_none() => return,
                     None => {}
                 }
@@ -283,10 +295,11 @@ impl Spiller {
                 }
                 used += self.submit(item, record, &mut batch);
             }
-            while let Some(item) = next_now(&mut evictions, &mut persists) {
-                let Some(record) = self.prepare_or_finish(&item) else {
+            while let Some(mut item) = next_now(&mut evictions, &mut persists) {
+                let Some((record, logical_len)) = self.prepare_or_finish(&item) else {
                     continue;
                 };
+                item.logical_len = logical_len;
                 let footprint = DiskTier::footprint(record.len());
                 if footprint > self.disk.batch_budget()
                     || (used > 0 && used + footprint > self.disk.batch_budget())
@@ -324,7 +337,7 @@ impl Spiller {
     }
 
     /// `prepare`, marking the item finished when there is nothing to write.
-    fn prepare_or_finish(&self, item: &SpillItem) -> Option<Bytes> {
+    fn prepare_or_finish(&self, item: &SpillItem) -> Option<(Bytes, usize)> {
         let record = self.prepare(item);
         if record.is_none() {
             self.finished(1);
@@ -334,7 +347,7 @@ impl Spiller {
 
     /// Encodes the version `item` names into a sealed record, or returns
     /// `None` when there is nothing (left) to write.
-    fn prepare(&self, item: &SpillItem) -> Option<Bytes> {
+    fn prepare(&self, item: &SpillItem) -> Option<(Bytes, usize)> {
         let res = {
             let mut shard = self.placements.lock(item.hash);
             let place = shard.current(&item.key, item.seq).map(|s| &s.place);
@@ -348,13 +361,20 @@ impl Spiller {
         let codec = res.codec.as_ref()?;
         // A codec that panics must not take the spill worker down with it.
         let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            envelope::seal(&item.key, item.seq, res.size, codec.type_version(), |out| {
-                codec.encode(&res.entry, out)
-            })
+            envelope::seal(
+                &item.key,
+                item.seq,
+                res.size,
+                codec.type_version(),
+                &self.compressor,
+                |out| codec.encode(&res.entry, out),
+            )
         }))
         .unwrap_or_else(|_| Err(crate::CodecError::Failed("the codec panicked".into())));
         match sealed {
-            Ok(bytes) if bytes.len() <= self.disk.max_record() => Some(Bytes::from(bytes)),
+            Ok((bytes, logical_len)) if bytes.len() <= self.disk.max_record() => {
+                Some((Bytes::from(bytes), logical_len))
+            }
             Ok(_) => {
                 self.drop_queued(item, NotWrittenReason::Oversize);
                 None
@@ -463,6 +483,7 @@ impl Spiller {
                         } else {
                             self.stats.spills_written.incr();
                             self.stats.spill_bytes.add(len as u64);
+                            self.stats.spill_logical_bytes.add(item.logical_len as u64);
                         }
                         self.written_since_sweep
                             .fetch_add(DiskTier::footprint(len) as u64, Ordering::Relaxed);
@@ -547,6 +568,7 @@ impl Spiller {
             seq,
             why,
             version,
+            logical_len: 0,
         };
         if tx.send(item).is_err() {
             self.finished(1);

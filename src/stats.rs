@@ -103,6 +103,7 @@ pub(crate) struct Stats {
     pub(crate) spills_queued: Counter,
     pub(crate) spills_written: Counter,
     pub(crate) spill_bytes: Counter,
+    pub(crate) spill_logical_bytes: Counter,
     pub(crate) spills_superseded: Counter,
     pub(crate) queue_entries: Gauge,
     pub(crate) persisted: Counter,
@@ -269,8 +270,12 @@ pub struct SpillStats {
     pub queued: u64,
     /// Spills written and confirmed on disk.
     pub written: u64,
-    /// Bytes of the records written (envelope included).
+    /// Bytes of the records written (envelope included), as stored: after
+    /// compression. What the disk budget counts.
     pub written_bytes: u64,
+    /// What those records would take uncompressed (equal to
+    /// `written_bytes` with `disk.compression = "none"`).
+    pub written_logical_bytes: u64,
     /// Evicted entries not written because the key was replaced, promoted,
     /// invalidated or cleared first (before or while queued).
     pub superseded: u64,
@@ -414,6 +419,7 @@ impl Stats {
                 queued: self.spills_queued.get(),
                 written: self.spills_written.get(),
                 written_bytes: self.spill_bytes.get(),
+                written_logical_bytes: self.spill_logical_bytes.get(),
                 superseded: self.spills_superseded.get(),
                 already_on_disk: self.evicted_already_on_disk.get(),
                 not_written: NotWritten {

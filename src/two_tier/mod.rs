@@ -174,6 +174,7 @@ pub(crate) struct Parts {
     pub recovery_time: Duration,
     pub warm_on_open: bool,
     pub persist_after: Duration,
+    pub compressor: crate::compression::Compressor,
     pub cache_dir: CacheDir,
 }
 
@@ -247,6 +248,7 @@ impl TwoTierCacheBackend {
             parts.disk,
             parts.journal,
             parts.spill_queue_capacity,
+            parts.compressor,
         ));
         *spiller.stats.recovery.lock() = crate::RecoveryStats {
             entries: recovered,

@@ -168,7 +168,7 @@ impl TwoTierCacheBackend {
 
             // A codec that panics is a decode failure, not the reader's panic.
             let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                codec.decode(record.type_version, record.payload)
+                codec.decode(record.type_version, &record.payload)
             }))
             .unwrap_or_else(|_| Err(CodecError::Failed("the codec panicked".into())));
             let entry = decoded.map_err(|e| match e {
