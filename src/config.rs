@@ -30,10 +30,15 @@ impl std::str::FromStr for ByteSize {
         if s.trim_start().starts_with('-') {
             return Err("a size cannot be negative; write e.g. \"256 MiB\"".into());
         }
-        s.trim()
+        let size = s
+            .trim()
             .parse::<bytesize::ByteSize>()
-            .map(|b| ByteSize(b.as_u64()))
-            .map_err(|e| format!("not a size ({e}); write e.g. \"256 MiB\""))
+            .map_err(|e| format!("not a size ({e}); write e.g. \"256 MiB\""))?;
+        // The parser saturates: u64::MAX means the text was out of range.
+        if size.as_u64() == u64::MAX {
+            return Err("too large: sizes must be below 16 EiB".into());
+        }
+        Ok(ByteSize(size.as_u64()))
     }
 }
 
@@ -52,14 +57,27 @@ where
     #[serde(untagged)]
     enum Raw {
         Int(i64),
+        Float(f64),
         Text(String),
     }
-    match Raw::deserialize(d)? {
+    let raw = Raw::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a whole number or a string with a unit"))?;
+    match raw {
         Raw::Int(n) => u64::try_from(n)
             .map(from_int)
             .map_err(|_| serde::de::Error::custom(negative)),
+        Raw::Float(f) if f < 0.0 => Err(serde::de::Error::custom(negative)),
+        Raw::Float(_) => Err(serde::de::Error::custom(
+            "must be a whole number (or a string with a unit, e.g. \"1.5 MiB\")",
+        )),
         Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
     }
+}
+
+/// A plain count that cannot be negative, saying so when it is.
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    let n = i64::deserialize(d)?;
+    u64::try_from(n).map_err(|_| serde::de::Error::custom("cannot be negative"))
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
@@ -158,6 +176,7 @@ pub struct MemoryConfig {
     /// `"tiny_lfu"` or `"lru"`.
     pub eviction_policy: EvictionPolicy,
     /// How often the backend runs moka's maintenance itself, in milliseconds.
+    #[serde(deserialize_with = "non_negative")]
     pub maintenance_interval_ms: u64,
 }
 
@@ -288,6 +307,16 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
+        // serde would read an array as a struct's fields by position.
+        for (section, value) in &raw {
+            if !value.is_table() {
+                return Err(Error::Config {
+                    field: section.clone(),
+                    value: value.to_string(),
+                    reason: format!("must be a table: write [{section}] and its keys below"),
+                });
+            }
+        }
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(raw.clone()))
             .map_err(|e| {
                 let mut field = e.path().to_string();
@@ -386,6 +415,13 @@ impl Config {
                 "must be a multiple of 4 KiB, at least 64 KiB",
             );
         }
+        if d.block_size.0 > 1 << 30 {
+            return bad(
+                "disk.block_size",
+                d.block_size.0.to_string(),
+                "must be at most 1 GiB",
+            );
+        }
         if d.capacity.0 < 8 * d.block_size.0 {
             let reason = format!(
                 "must hold at least 8 blocks of disk.block_size: at least {} bytes with blocks of {}",
@@ -404,6 +440,13 @@ impl Config {
         if d.flushers == 0 {
             return bad("disk.flushers", "0".into(), "must be at least 1");
         }
+        if d.flushers > 1024 {
+            return bad(
+                "disk.flushers",
+                d.flushers.to_string(),
+                "must be at most 1024",
+            );
+        }
         if d.buffer_pool.0 < d.flushers as u64 * 2 * 4096 {
             return bad(
                 "disk.buffer_pool",
@@ -416,6 +459,12 @@ impl Config {
 }
 
 fn lookup<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+    // A quoted key may hold a dot itself: `[memory]` then `"capa.city"`.
+    if let Some((section, rest)) = dotted.split_once('.') {
+        if let Some(value) = table.get(section).and_then(|s| s.get(rest)) {
+            return Some(value);
+        }
+    }
     let mut parts = dotted.split('.');
     let mut value = table.get(parts.next()?)?;
     for part in parts {
