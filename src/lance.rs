@@ -157,7 +157,7 @@ pub fn register() -> lance_core::Result<()> {
     }
 }
 
-/// Builds from `spillway:///DIR?memory=SIZE&disk=SIZE[&block_size=SIZE][&persist_after=DURATION]`.
+/// Builds from `spillway:///DIR?memory=SIZE&disk=SIZE[&block_size=SIZE][&persist_after=DURATION][&compression=none|lz4|zstd]`.
 /// `persist_after` (default 2s, `0` off) is write-behind: a backend that is
 /// dropped without `close()`, as an `Arc<dyn CacheBackend>` is, still comes
 /// back warm. A bad value is an error naming the URI option.
@@ -185,11 +185,19 @@ fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>
                     .parse::<crate::Millis>()
                     .map_err(|e| bad(option, value, &e))?
             }
+            "compression" => {
+                c.disk.compression = match value.as_str() {
+                    "none" => crate::Compression::None,
+                    "lz4" => crate::Compression::Lz4,
+                    "zstd" => crate::Compression::Zstd,
+                    _ => return Err(bad(option, value, "must be none, lz4 or zstd")),
+                }
+            }
             _ => {
                 return Err(bad(
                     option,
                     value,
-                    "unknown option (known: path, memory, disk, block_size, persist_after)",
+                    "unknown option (known: path, memory, disk, block_size, persist_after, compression)",
                 ))
             }
         }

@@ -303,6 +303,19 @@ async fn uri_budget_errors_name_the_uri_option_and_the_minimum() {
         err.contains("persist_after") && err.contains("soon"),
         "{err}"
     );
+    let err = lance_core::cache::build_from_uri(&format!(
+        "spillway://{}?compression=gzip",
+        dir.path().display()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("compression") && err.contains("gzip"), "{err}");
+    // A valid choice builds.
+    lance_core::cache::build_from_uri(&format!(
+        "spillway://{}?memory=4MiB&disk=64MiB&compression=zstd",
+        dir.path().display()
+    ))
+    .unwrap();
 }
 
 /// A `LanceCache` over `build_from_uri`'s backend: an `Arc<dyn CacheBackend>`
