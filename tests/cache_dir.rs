@@ -264,11 +264,7 @@ fn unwritable_dir_child() {
         let chunk = vec![0xa5u8; 4096];
         while std::io::Write::write_all(&mut ballast, &chunk).is_ok() {}
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     rt.block_on(async {
         let paths = if std::env::var(ENV_FILL).is_ok() {
             vec![dir.join("cache")]

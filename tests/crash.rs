@@ -85,11 +85,7 @@ fn crash_child() {
     let log = std::env::var(ENV_LOG).unwrap();
     let seed: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
     let scenario = std::env::var(ENV_SCENARIO).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     rt.block_on(child(
         PathBuf::from(dir),
         PathBuf::from(log),

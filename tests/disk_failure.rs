@@ -84,11 +84,7 @@ fn disk_failure_child() {
             Box::new(|| std::fs::remove_file(&ballast).unwrap()),
         ),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     rt.block_on(async move {
         let cache = small(&dir.join("cache"))
             .persist_after(std::time::Duration::ZERO)

@@ -309,11 +309,7 @@ fn keys_child() {
     let Ok(dir) = std::env::var(ENV_DIR) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     rt.block_on(async {
         let dir = std::path::Path::new(&dir);
         let cache = builder(dir).build().await.unwrap();

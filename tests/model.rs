@@ -214,11 +214,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 fn run_on_runtime(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     rt.block_on(run(ops))
 }
 

@@ -33,11 +33,7 @@ fn output_child() {
     let Ok(dir) = std::env::var(ENV_DIR) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     println!("application line 1");
     rt.block_on(async {
         fill_and_close(small(std::path::Path::new(&dir)), "a", 40).await;

@@ -26,11 +26,7 @@ use spillway::CacheEntry;
 /// One round: writers keep a never-closed cache spilling (and its disk
 /// reclaiming blocks) until the runtime is dropped under them.
 fn round(dir: &std::path::Path) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = two_thread_runtime();
     runtime.block_on(async {
         let cache = small(dir)
             .disk_capacity(1 << 20)

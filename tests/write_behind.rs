@@ -144,11 +144,7 @@ fn write_behind_child() {
         return;
     };
     let scenario = std::env::var(ENV_SCENARIO).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     rt.block_on(child(PathBuf::from(dir), &scenario));
 }
 

@@ -84,7 +84,7 @@ pub struct Gate {
 
 impl Gate {
     /// Blocks the calling (worker) thread until the gate opens.
-    fn pass(&self) {
+    pub fn pass(&self) {
         let mut s = self.state.lock().unwrap();
         s.1 += 1;
         self.changed.notify_all();
@@ -250,4 +250,13 @@ pub fn assert_child_passed(out: &std::process::Output, done: &str) {
         String::from_utf8_lossy(&out.stderr).contains(done),
         "the child did not run its scenario"
     );
+}
+
+/// The runtime a child process or a proptest case runs its scenario on.
+pub fn two_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
