@@ -60,6 +60,36 @@ pub trait CacheBackend: Send + Sync + std::fmt::Debug {
     /// Inserts or replaces the entry for `key`; `size_bytes` is what it costs in memory.
     async fn insert(&self, key: &InternalCacheKey, entry: CacheEntry, size_bytes: usize);
 
+    /// Inserts or replaces the entry for `key`, to live at most `ttl`: once
+    /// that has passed, no tier returns it (across restarts too, where a
+    /// tier persists). A `ttl` of zero stores nothing and removes any older
+    /// version.
+    ///
+    /// The default, for backends without expiry, is just that: it removes
+    /// the older version and stores nothing, because an entry kept beyond
+    /// its deadline would be stale (a cache may always decline an entry).
+    /// Both of spillway's backends expire entries properly.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use spillway::{CacheBackend, CacheEntry, InternalCacheKey, MokaCacheBackend};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache: Arc<dyn CacheBackend> = Arc::new(MokaCacheBackend::with_capacity(1 << 20));
+    /// let key = InternalCacheKey::new("sessions", "42", "u64");
+    /// cache.insert_with_ttl(&key, Arc::new(7u64) as CacheEntry, 8, Duration::from_secs(60)).await;
+    /// assert!(cache.get(&key).await.is_some());
+    /// # });
+    /// ```
+    async fn insert_with_ttl(
+        &self,
+        key: &InternalCacheKey,
+        _entry: CacheEntry,
+        _size_bytes: usize,
+        _ttl: std::time::Duration,
+    ) {
+        self.remove(key).await;
+    }
+
     /// Single-flight: concurrent callers for one key run the loader at most once.
     /// Returns `(entry, was_cached)`; `was_cached` is true when this caller's
     /// loader did not run.

@@ -21,9 +21,49 @@ impl Spiller {
         if facts.is_empty() {
             return;
         }
+        // The clock rides along at most once a second, so that a restart
+        // knows how far time had got (see `expiry`).
+        let with_clock;
+        let facts = match self.clock_fact(false) {
+            Some(clock) => {
+                with_clock = [facts, &[clock]].concat();
+                &with_clock[..]
+            }
+            None => facts,
+        };
         if let Err(e) = self.journal.append(facts, durable) {
             tracing::error!(error = %e, "journal append failed; this change may not survive a restart");
             self.stats.journal_errors.incr();
+        }
+    }
+
+    /// A `Clock` fact for now, if one is due: at most once a second, or,
+    /// with `observed_expiry`, whenever time has moved since the last one
+    /// (an entry was just found expired: after a restart with the clock
+    /// set back, it must still be).
+    fn clock_fact(&self, observed_expiry: bool) -> Option<Fact> {
+        let now = self.clock.now_ms();
+        let last = self.clock_recorded.load(Ordering::Relaxed);
+        let due = if observed_expiry {
+            now > last
+        } else {
+            now >= last.saturating_add(1000)
+        };
+        (due && self
+            .clock_recorded
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok())
+        .then_some(Fact::Clock { at: now })
+    }
+
+    /// Journals the clock (see `clock_fact`). The maintenance task calls
+    /// this every tick, so an idle cache still records time passing.
+    pub(crate) fn record_clock(&self, observed_expiry: bool) {
+        if let Some(fact) = self.clock_fact(observed_expiry) {
+            if let Err(e) = self.journal.append(&[fact], false) {
+                tracing::error!(error = %e, "journal append failed; this change may not survive a restart");
+                self.stats.journal_errors.incr();
+            }
         }
     }
 
@@ -52,7 +92,14 @@ impl Spiller {
         let mut tombstones = Vec::new();
         let mut lost_copies = Vec::new();
         let disk = &self.disk;
+        let mut expired = 0;
         self.placements.retain(|key, slot| {
+            if matches!(slot.place, Place::Disk) && self.clock.expired(slot.expires_at) {
+                // Its `Written` fact carries the deadline: no tombstone needed.
+                disk.delete(key.disk_hash());
+                expired += 1;
+                return false;
+            }
             let readable = slot.place.readable_on_disk();
             if !readable || disk.contains(key.disk_hash()) {
                 return true;
@@ -77,6 +124,10 @@ impl Spiller {
             }
         });
         self.journal_append(&tombstones, false);
+        self.stats.disk_expired.add(expired);
+        if expired > 0 {
+            self.record_clock(true);
+        }
         self.lost_copies.lock().extend(lost_copies);
         tombstones.len() as u64
     }
@@ -89,14 +140,17 @@ impl Spiller {
     /// The facts describing the current state: every version on disk, and
     /// which of them are resident in memory too.
     pub(crate) fn snapshot_facts(&self) -> Vec<Fact> {
-        let mut facts = Vec::new();
+        let mut facts = vec![Fact::Clock {
+            at: self.clock.now_ms(),
+        }];
         self.placements.for_each(|key, slot| {
             if slot.place.readable_on_disk() {
                 facts.push(Fact::written(
                     key,
                     slot.seq,
-                    slot.size as usize,
-                    slot.record_len as usize,
+                    slot.size,
+                    slot.record_len,
+                    slot.expires_at,
                 ));
             }
             if matches!(slot.place, Place::Memory { on_disk: true }) {

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache_dir::{CacheDir, DirMeta, DISK_FORMAT_VERSION};
 use crate::disk::{DiskOptions, DiskTier};
+use crate::expiry::{ExpiryClock, WallClock};
 use crate::journal::{self, Journal};
 use crate::two_tier::Parts;
 use crate::{
@@ -39,6 +40,17 @@ use crate::{
 pub struct TwoTierBuilder {
     config: Config,
     codecs: CodecRegistry,
+    wall_clock: ClockSetting,
+}
+
+/// The wall clock a builder was given, if any.
+#[derive(Clone, Default)]
+struct ClockSetting(Option<WallClock>);
+
+impl std::fmt::Debug for ClockSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "custom" } else { "system" })
+    }
 }
 
 impl TwoTierBuilder {
@@ -52,6 +64,7 @@ impl TwoTierBuilder {
         Self {
             config: config.clone(),
             codecs: CodecRegistry::default(),
+            wall_clock: ClockSetting::default(),
         }
     }
 
@@ -97,6 +110,47 @@ impl TwoTierBuilder {
     pub fn maintenance_interval(mut self, every: Duration) -> Self {
         self.config.memory.maintenance_interval_ms =
             every.as_millis().try_into().unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Time to live of entries inserted without one (`expiry.time_to_live`);
+    /// `Duration::ZERO` (the default): no expiry.
+    /// [`insert_with_ttl`](TwoTierCacheBackend::insert_with_ttl) sets one
+    /// per entry. An expired entry is never returned by either tier, never
+    /// spilled, never warmed after a restart, and counted in the
+    /// statistics (`memory.expired`, `spill.expired`, `disk.expired`,
+    /// `recovery.expired`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().time_to_live(std::time::Duration::from_secs(600));
+    /// # let _ = b;
+    /// ```
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.config.expiry.time_to_live = crate::Millis(ttl);
+        self
+    }
+
+    /// The wall clock deadlines are measured against (default:
+    /// `SystemTime::now`); for tests and simulations.
+    ///
+    /// A deadline is a wall-clock time, so that it means the same after a
+    /// restart; it is stored with the entry in memory, in its disk record
+    /// and in the journal. The clock never runs backwards: time for expiry
+    /// is the later of this clock and the latest time the cache directory
+    /// has recorded (journaled at least once a second while the cache is
+    /// written, and at every compaction and close). A clock set back
+    /// therefore cannot revive an expired entry; time for expiry stands
+    /// still until the clock catches up, so entries may outlive their time
+    /// to live by up to the size of the jump. The memory tier counts an
+    /// entry's remaining time on a monotonic clock from its insert.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::SystemTime};
+    /// let b = spillway::TwoTierCacheBackend::builder().wall_clock(Arc::new(SystemTime::now));
+    /// # let _ = b;
+    /// ```
+    pub fn wall_clock(mut self, clock: WallClock) -> Self {
+        self.wall_clock = ClockSetting(Some(clock));
         self
     }
 
@@ -326,6 +380,8 @@ impl TwoTierBuilder {
             direct_io: d.direct_io,
         })
         .await?;
+        let clock = std::sync::Arc::new(ExpiryClock::new(self.wall_clock.0, replay.clock));
+        replay.clock = clock.now_ms();
         let journal = Journal::open(cache_dir.root(), &replay, d.fsync)?;
         Ok(TwoTierCacheBackend::start(Parts {
             memory_capacity: m.capacity.0,
@@ -348,6 +404,8 @@ impl TwoTierBuilder {
                 min_size: d.compression_min_size.as_usize(),
             },
             cache_dir,
+            clock,
+            default_ttl: Some(config.expiry.time_to_live.0).filter(|ttl| !ttl.is_zero()),
         }))
     }
 }

@@ -257,6 +257,21 @@ impl Default for DiskConfig {
     }
 }
 
+/// The `[expiry]` section.
+///
+/// ```
+/// let config = spillway::Config::from_toml_str("[expiry]\ntime_to_live = \"10m\"").unwrap();
+/// let expiry: &spillway::ExpiryConfig = &config.expiry;
+/// assert_eq!(expiry.time_to_live.0, std::time::Duration::from_secs(600));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpiryConfig {
+    /// Time to live of entries inserted without one, in both tiers and
+    /// across restarts; `0` (the default): entries live until evicted.
+    pub time_to_live: Millis,
+}
+
 /// Every setting of a [`crate::TwoTierCacheBackend`], loadable from TOML.
 ///
 /// ```
@@ -277,6 +292,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// The disk tier.
     pub disk: DiskConfig,
+    /// Expiry of entries.
+    pub expiry: ExpiryConfig,
     /// Settings of `spillway bench`, kept as written; the library ignores them.
     pub bench: Option<toml::Table>,
 }

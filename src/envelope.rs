@@ -11,6 +11,9 @@
 //! Format 1 records are raw (compression 0). Format 2 records name their
 //! compression (see `compression`); a raw record is still written as format
 //! 1, so a reader that predates compression refuses only compressed ones.
+//! Format 3 records are those of entries with a deadline: format 2's header
+//! followed by `expires_at u64` (wall-clock milliseconds, see `expiry`),
+//! raw or compressed; records without one keep formats 1 and 2.
 
 use std::borrow::Cow;
 
@@ -21,9 +24,13 @@ use crate::InternalCacheKey;
 const MAGIC: &[u8; 4] = b"SPWY";
 /// Raw records.
 pub(crate) const FORMAT_VERSION: u16 = 1;
-/// Records that name their compression. Other versions are refused.
+/// Records that name their compression.
 const FORMAT_COMPRESSED: u16 = 2;
+/// Records with a deadline. Other versions are refused.
+const FORMAT_EXPIRING: u16 = 3;
 const HEADER_LEN: usize = 4 + 2 + 2 + 4 + 8 + 8 + 4 * 4;
+/// Format 3's header: the deadline follows the lengths.
+const EXPIRING_HEADER_LEN: usize = HEADER_LEN + 8;
 const CRC_LEN: usize = 4;
 
 /// A record that passed every structural check; the payload is not yet decoded.
@@ -32,6 +39,8 @@ pub(crate) struct Record<'a> {
     pub type_version: u32,
     pub seq: u64,
     pub size_bytes: u64,
+    /// Wall-clock deadline in milliseconds since the epoch; 0: none.
+    pub expires_at: u64,
     pub prefix: &'a str,
     pub key: &'a str,
     pub type_name: &'a str,
@@ -45,14 +54,22 @@ impl Record<'_> {
     }
 }
 
+/// What a record says about its version besides the key and the payload.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Version {
+    pub seq: u64,
+    pub size_bytes: usize,
+    pub type_version: u32,
+    /// Wall-clock deadline (ms since the epoch); 0: none.
+    pub expires_at: u64,
+}
+
 /// Writes an envelope; `payload` appends the encoded value to the buffer,
 /// which `compressor` may then compress. Returns the record and the length
 /// it would have had uncompressed.
 pub(crate) fn seal<E>(
     key: &InternalCacheKey,
-    seq: u64,
-    size_bytes: usize,
-    type_version: u32,
+    version: Version,
     compressor: &Compressor,
     payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
 ) -> Result<(Vec<u8>, usize), E> {
@@ -61,19 +78,29 @@ pub(crate) fn seal<E>(
         key.key().as_bytes(),
         key.type_name().as_bytes(),
     ];
-    let mut out =
-        Vec::with_capacity(HEADER_LEN + strings.iter().map(|s| s.len()).sum::<usize>() + 64);
+    let expiring = version.expires_at != 0;
+    let mut out = Vec::with_capacity(
+        EXPIRING_HEADER_LEN + strings.iter().map(|s| s.len()).sum::<usize>() + 64,
+    );
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&type_version.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&(size_bytes as u64).to_le_bytes());
+    let format = if expiring {
+        FORMAT_EXPIRING
+    } else {
+        FORMAT_VERSION
+    };
+    out.extend_from_slice(&format.to_le_bytes());
+    out.extend_from_slice(&compression::RAW.to_le_bytes());
+    out.extend_from_slice(&version.type_version.to_le_bytes());
+    out.extend_from_slice(&version.seq.to_le_bytes());
+    out.extend_from_slice(&(version.size_bytes as u64).to_le_bytes());
     for s in strings {
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     }
     let payload_len_at = out.len();
     out.extend_from_slice(&0u32.to_le_bytes());
+    if expiring {
+        out.extend_from_slice(&version.expires_at.to_le_bytes());
+    }
     for s in strings {
         out.extend_from_slice(s);
     }
@@ -83,7 +110,9 @@ pub(crate) fn seal<E>(
     if let Some((codec, stored)) = compressor.compress(&out[payload_start..]) {
         out.truncate(payload_start);
         out.extend_from_slice(&stored);
-        out[4..6].copy_from_slice(&FORMAT_COMPRESSED.to_le_bytes());
+        if !expiring {
+            out[4..6].copy_from_slice(&FORMAT_COMPRESSED.to_le_bytes());
+        }
         out[6..8].copy_from_slice(&codec.to_le_bytes());
     }
     let payload_len = (out.len() - payload_start) as u32;
@@ -110,14 +139,18 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Record<'_>, DecodeMiss> {
     if bytes.len() < HEADER_LEN + CRC_LEN || &bytes[..4] != MAGIC {
         return Err(DecodeMiss::Corrupt);
     }
-    let codec = match u16_at(bytes, 4) {
-        FORMAT_VERSION => compression::RAW,
-        FORMAT_COMPRESSED => u16_at(bytes, 6),
+    let (codec, header_len) = match u16_at(bytes, 4) {
+        FORMAT_VERSION => (compression::RAW, HEADER_LEN),
+        FORMAT_COMPRESSED => (u16_at(bytes, 6), HEADER_LEN),
+        FORMAT_EXPIRING => (u16_at(bytes, 6), EXPIRING_HEADER_LEN),
         _ => return Err(DecodeMiss::Incompatible),
     };
+    if bytes.len() < header_len + CRC_LEN {
+        return Err(DecodeMiss::Corrupt);
+    }
     let lens = [28, 32, 36, 40].map(|at| u32_at(bytes, at) as usize);
     let body: usize = lens.iter().sum();
-    if HEADER_LEN
+    if header_len
         .checked_add(body)
         .and_then(|n| n.checked_add(CRC_LEN))
         != Some(bytes.len())
@@ -128,7 +161,12 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Record<'_>, DecodeMiss> {
     if crc32fast::hash(&bytes[..crc_at]) != u32_at(bytes, crc_at) {
         return Err(DecodeMiss::Corrupt);
     }
-    let mut at = HEADER_LEN;
+    let expires_at = if header_len == EXPIRING_HEADER_LEN {
+        u64_at(bytes, HEADER_LEN)
+    } else {
+        0
+    };
+    let mut at = header_len;
     let mut take = |len: usize| {
         let s = &bytes[at..at + len];
         at += len;
@@ -151,6 +189,7 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Record<'_>, DecodeMiss> {
         type_version: u32_at(bytes, 8),
         seq: u64_at(bytes, 12),
         size_bytes: u64_at(bytes, 20),
+        expires_at,
         prefix,
         key,
         type_name,
@@ -167,8 +206,18 @@ mod tests {
     }
 
     fn sealed(compressor: &Compressor, payload: &[u8]) -> Vec<u8> {
+        sealed_until(compressor, payload, 0)
+    }
+
+    fn sealed_until(compressor: &Compressor, payload: &[u8], expires_at: u64) -> Vec<u8> {
         let key = InternalCacheKey::new("pre", "key", "T");
-        seal::<()>(&key, 42, 100, 3, compressor, |out| {
+        let version = Version {
+            seq: 42,
+            size_bytes: 100,
+            type_version: 3,
+            expires_at,
+        };
+        seal::<()>(&key, version, compressor, |out| {
             out.extend_from_slice(payload);
             Ok(())
         })
@@ -210,6 +259,31 @@ mod tests {
         }
         // Raw records stay format 1, readable by readers without compression.
         assert_eq!(u16_at(&sample(), 4), FORMAT_VERSION);
+    }
+
+    #[test]
+    fn a_deadline_travels_in_format_3_raw_or_compressed() {
+        let text = b"the quick brown fox ".repeat(100);
+        for algorithm in [crate::Compression::None, crate::Compression::Zstd] {
+            let compressor = Compressor {
+                algorithm,
+                ..Compressor::default()
+            };
+            let bytes = sealed_until(&compressor, &text, 1_700_000_000_123);
+            assert_eq!(u16_at(&bytes, 4), FORMAT_EXPIRING);
+            let r = open(&bytes).unwrap();
+            assert_eq!(r.expires_at, 1_700_000_000_123);
+            assert_eq!((r.seq, r.key, &*r.payload), (42, "key", text.as_slice()));
+            for i in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[i] ^= 0x01;
+                assert!(open(&bad).is_err(), "flip in byte {i} accepted");
+            }
+            for len in 0..bytes.len() {
+                assert!(open(&bytes[..len]).is_err());
+            }
+        }
+        assert_eq!(open(&sample()).unwrap().expires_at, 0);
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //!   an insert that replaces a version that may be on disk returns);
 //! * `Invalidated` / `Cleared` — versions below `seq` under a prefix / of every key are dead;
 //! * `Reserved` — sequence numbers below `upto` may have been handed out;
-//! * `Resident` — the key was in memory at the last graceful close.
+//! * `Resident` — the key was in memory at the last graceful close;
+//! * `WrittenUntil` — `Written` for a version with a deadline (see `expiry`);
+//! * `Clock` — the wall clock had reached `at`: expiry's clock never goes
+//!   below it, so a clock set back while the cache was down cannot revive
+//!   an entry that had expired.
 //!
 //! The state a journal describes does not depend on the order of its facts: a
 //! written version is alive if no kill fact with a higher sequence covers it.
@@ -66,17 +70,55 @@ pub(crate) enum Fact {
         hash: u64,
         seq: u64,
     },
+    // New variants go last: postcard numbers them by position, and older
+    // journals must still read.
+    WrittenUntil {
+        prefix: String,
+        key: String,
+        type_name: String,
+        seq: u64,
+        size: u64,
+        len: u32,
+        expires_at: u64,
+    },
+    Clock {
+        at: u64,
+    },
 }
 
 impl Fact {
-    pub(crate) fn written(key: &InternalCacheKey, seq: u64, size: usize, len: usize) -> Self {
-        Fact::Written {
-            prefix: key.prefix().to_string(),
-            key: key.key().to_string(),
-            type_name: key.type_name().to_string(),
-            seq,
-            size: size as u64,
-            len: u32::try_from(len).unwrap_or(u32::MAX),
+    /// `Written`, or `WrittenUntil` for a version with a deadline.
+    pub(crate) fn written(
+        key: &InternalCacheKey,
+        seq: u64,
+        size: u64,
+        len: u32,
+        expires_at: u64,
+    ) -> Self {
+        let (prefix, key, type_name) = (
+            key.prefix().to_string(),
+            key.key().to_string(),
+            key.type_name().to_string(),
+        );
+        if expires_at == 0 {
+            Fact::Written {
+                prefix,
+                key,
+                type_name,
+                seq,
+                size,
+                len,
+            }
+        } else {
+            Fact::WrittenUntil {
+                prefix,
+                key,
+                type_name,
+                seq,
+                size,
+                len,
+                expires_at,
+            }
         }
     }
 }
@@ -87,6 +129,8 @@ pub(crate) struct Recovered {
     pub seq: u64,
     pub size: u64,
     pub len: u32,
+    /// Wall-clock deadline (ms since the epoch); 0: none.
+    pub expires_at: u64,
 }
 
 /// What a replay found.
@@ -101,6 +145,8 @@ pub(crate) struct Replay {
     pub torn_tails: u64,
     /// A journal file is damaged in the middle: its state cannot be trusted.
     pub corrupt: bool,
+    /// The latest wall-clock time recorded (ms since the epoch).
+    pub clock: u64,
 }
 
 /// Type names are `&'static str` in keys; names read back from disk are
@@ -245,20 +291,32 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             Fact::Cleared { seq } => cleared = cleared.max(*seq),
             Fact::Reserved { upto } => max_seq = max_seq.max(*upto),
             Fact::Resident { hash, seq } => resident.push((*hash, *seq)),
-            Fact::Written { seq, .. } => max_seq = max_seq.max(*seq),
+            Fact::Written { seq, .. } | Fact::WrittenUntil { seq, .. } => {
+                max_seq = max_seq.max(*seq)
+            }
+            Fact::Clock { at } => replay.clock = replay.clock.max(*at),
         }
     }
     for fact in facts {
-        let Fact::Written {
-            prefix,
-            key,
-            type_name,
-            seq,
-            size,
-            len,
-        } = fact
-        else {
-            continue;
+        let (prefix, key, type_name, seq, size, len, expires_at) = match fact {
+            Fact::Written {
+                prefix,
+                key,
+                type_name,
+                seq,
+                size,
+                len,
+            } => (prefix, key, type_name, seq, size, len, 0),
+            Fact::WrittenUntil {
+                prefix,
+                key,
+                type_name,
+                seq,
+                size,
+                len,
+                expires_at,
+            } => (prefix, key, type_name, seq, size, len, expires_at),
+            _ => continue,
         };
         let k = InternalCacheKey::new(prefix, key, intern(&type_name));
         let dead = seq <= cleared
@@ -269,7 +327,15 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
         if dead || replay.live.get(&k).is_some_and(|r| r.seq >= seq) {
             continue;
         }
-        replay.live.insert(k, Recovered { seq, size, len });
+        replay.live.insert(
+            k,
+            Recovered {
+                seq,
+                size,
+                len,
+                expires_at,
+            },
+        );
     }
     let by_hash: HashMap<u64, &InternalCacheKey> =
         replay.live.keys().map(|k| (k.disk_hash(), k)).collect();
@@ -328,15 +394,9 @@ impl Journal {
         let mut facts: Vec<Fact> = replay
             .live
             .iter()
-            .map(|(k, r)| Fact::Written {
-                prefix: k.prefix().to_string(),
-                key: k.key().to_string(),
-                type_name: k.type_name().to_string(),
-                seq: r.seq,
-                size: r.size,
-                len: r.len,
-            })
+            .map(|(k, r)| Fact::written(k, r.seq, r.size, r.len, r.expires_at))
             .collect();
+        facts.push(Fact::Clock { at: replay.clock });
         // Oldest first, as replay reverses them.
         facts.extend(replay.resident.iter().rev().map(|k| Fact::Resident {
             hash: k.disk_hash(),
@@ -473,7 +533,7 @@ mod tests {
     }
 
     fn written(key: &InternalCacheKey, seq: u64) -> Fact {
-        Fact::written(key, seq, 10, 100)
+        Fact::written(key, seq, 10, 100, 0)
     }
 
     fn replay_of(facts: &[Fact]) -> Replay {
@@ -522,6 +582,31 @@ mod tests {
         assert!(r.live.contains_key(&b));
         let r = replay_of(&[written(&a, 4), Fact::Cleared { seq: 8 }, written(&b, 9)]);
         assert_eq!(r.live.keys().collect::<Vec<_>>(), vec![&b]);
+    }
+
+    #[test]
+    fn deadlines_and_the_clock_replay_and_older_facts_still_read() {
+        let a = k("p", "a");
+        let b = k("p", "b");
+        let r = replay_of(&[
+            Fact::written(&a, 3, 10, 100, 5_000),
+            written(&b, 4),
+            Fact::Clock { at: 7_000 },
+            Fact::Clock { at: 6_000 },
+        ]);
+        assert_eq!(r.live[&a].expires_at, 5_000);
+        assert_eq!(r.live[&b].expires_at, 0);
+        assert_eq!(r.clock, 7_000, "the latest time recorded");
+        // Variants keep their numbers: a `Written` fact framed before
+        // expiry existed (variant 0) still decodes as one.
+        let bytes = postcard::to_stdvec(&written(&b, 4)).unwrap();
+        assert_eq!(bytes[0], 0);
+        // A snapshot carries deadlines and the clock forward.
+        let dir = tempfile::tempdir().unwrap();
+        let _j = Journal::open(dir.path(), &r, false).unwrap();
+        let again = replay(dir.path()).unwrap();
+        assert_eq!(again.live[&a].expires_at, 5_000);
+        assert_eq!(again.clock, 7_000);
     }
 
     #[test]

@@ -157,7 +157,8 @@ pub fn register() -> lance_core::Result<()> {
     }
 }
 
-/// Builds from `spillway:///DIR?memory=SIZE&disk=SIZE[&block_size=SIZE][&persist_after=DURATION][&compression=none|lz4|zstd]`.
+/// Builds from `spillway:///DIR?memory=SIZE&disk=SIZE[&block_size=SIZE][&persist_after=DURATION][&compression=none|lz4|zstd][&ttl=DURATION]`.
+/// `ttl` (default `0`, none) is every entry's time to live (`expiry.time_to_live`).
 /// `persist_after` (default 2s, `0` off) is write-behind: a backend that is
 /// dropped without `close()`, as an `Arc<dyn CacheBackend>` is, still comes
 /// back warm. A bad value is an error naming the URI option.
@@ -185,6 +186,11 @@ fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>
                     .parse::<crate::Millis>()
                     .map_err(|e| bad(option, value, &e))?
             }
+            "ttl" => {
+                c.expiry.time_to_live = value
+                    .parse::<crate::Millis>()
+                    .map_err(|e| bad(option, value, &e))?
+            }
             "compression" => {
                 c.disk.compression = match value.as_str() {
                     "none" => crate::Compression::None,
@@ -197,7 +203,7 @@ fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>
                 return Err(bad(
                     option,
                     value,
-                    "unknown option (known: path, memory, disk, block_size, persist_after, compression)",
+                    "unknown option (known: path, memory, disk, block_size, persist_after, compression, ttl)",
                 ))
             }
         }

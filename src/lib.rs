@@ -93,6 +93,7 @@ mod disk;
 mod disk_runtime;
 mod envelope;
 mod error;
+mod expiry;
 mod flow;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -126,11 +127,12 @@ pub use cache_dir::{DirMeta, DISK_FORMAT_VERSION};
 pub use codec::{Codec, CodecError, CodecRegistry, SerdeCodec};
 pub use compression::Compression;
 pub use config::{
-    ByteSize, Config, DiskConfig, EvictionPolicy, MemoryConfig, Millis, DEFAULT_CONFIG_TOML,
-    MIN_MEMORY_CAPACITY,
+    ByteSize, Config, DiskConfig, EvictionPolicy, ExpiryConfig, MemoryConfig, Millis,
+    DEFAULT_CONFIG_TOML, MIN_MEMORY_CAPACITY,
 };
 pub use disk::IoEngine;
 pub use error::{Error, Result};
+pub use expiry::WallClock;
 pub use inspect::DirReport;
 pub use key::{CacheEntry, InternalCacheKey};
 pub use memory::MokaCacheBackend;

@@ -18,6 +18,32 @@ use crate::{CacheBackend, CacheEntry, CacheTier, InternalCacheKey, Result, Stats
 struct Weighed {
     entry: CacheEntry,
     size: usize,
+    /// Time to live from the insert; `None`: forever.
+    ttl: Option<std::time::Duration>,
+}
+
+/// Each entry expires after its own time to live.
+struct PerEntryTtl;
+
+impl moka::Expiry<InternalCacheKey, Weighed> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &InternalCacheKey,
+        value: &Weighed,
+        _created_at: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        value.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &InternalCacheKey,
+        value: &Weighed,
+        _updated_at: std::time::Instant,
+        _left: Option<std::time::Duration>,
+    ) -> Option<std::time::Duration> {
+        value.ttl
+    }
 }
 
 /// A memory-only cache on moka, weighted by bytes (declared size plus key)
@@ -70,10 +96,11 @@ impl MokaCacheBackend {
                 .weigher(move |k: &InternalCacheKey, v: &Weighed| {
                     weigher.weigh(k.footprint().saturating_add(v.size))
                 })
-                .eviction_listener(move |_k, _v, cause| {
-                    if cause.was_evicted() {
-                        evictions.evictions.incr();
-                    }
+                .expire_after(PerEntryTtl)
+                .eviction_listener(move |_k, _v, cause| match cause {
+                    moka::notification::RemovalCause::Size => evictions.evictions.incr(),
+                    moka::notification::RemovalCause::Expired => evictions.memory_expired.incr(),
+                    _ => {}
                 })
                 .build_with_hasher(KeyHashBuilder)
         });
@@ -120,10 +147,18 @@ impl MokaCacheBackend {
         self.cache.as_ref()?.get(key).await.map(|w| w.entry)
     }
 
-    async fn store(&self, key: &InternalCacheKey, entry: CacheEntry, size: usize) {
+    async fn store(
+        &self,
+        key: &InternalCacheKey,
+        entry: CacheEntry,
+        size: usize,
+        ttl: Option<std::time::Duration>,
+    ) {
         self.stats.inserts.incr();
         if let Some(cache) = &self.cache {
-            cache.insert(key.clone(), Weighed { entry, size }).await;
+            cache
+                .insert(key.clone(), Weighed { entry, size, ttl })
+                .await;
         }
     }
 }
@@ -140,7 +175,17 @@ impl CacheBackend for MokaCacheBackend {
     }
 
     async fn insert(&self, key: &InternalCacheKey, entry: CacheEntry, size_bytes: usize) {
-        self.store(key, entry, size_bytes).await;
+        self.store(key, entry, size_bytes, None).await;
+    }
+
+    async fn insert_with_ttl(
+        &self,
+        key: &InternalCacheKey,
+        entry: CacheEntry,
+        size_bytes: usize,
+        ttl: std::time::Duration,
+    ) {
+        self.store(key, entry, size_bytes, Some(ttl)).await;
     }
 
     async fn get_or_insert<'a>(
@@ -159,7 +204,7 @@ impl CacheBackend for MokaCacheBackend {
                 key,
                 loader,
                 || self.lookup(key),
-                |entry, size| self.store(key, entry, size),
+                |entry, size| self.store(key, entry, size, None),
             )
             .await
     }

@@ -84,6 +84,10 @@ pub fn describe() {
         "Bytes the disk tier wrote to its device"
     );
     describe_counter!("spillway_journal_errors_total", "Failed journal writes");
+    describe_counter!(
+        "spillway_expired_total",
+        "Entries dropped because their time to live ran out, by tier"
+    );
     describe_gauge!("spillway_entries", "Entries held, by tier");
     describe_gauge!("spillway_bytes", Unit::Bytes, "Bytes held, by tier");
     describe_gauge!("spillway_capacity_bytes", Unit::Bytes, "Budget, by tier");
@@ -161,6 +165,13 @@ pub fn record(stats: &StatsSnapshot, name: &str) {
     total("spillway_disk_lost_total", &[], d.lost);
     total("spillway_device_written_bytes_total", &[], d.bytes_written);
     total("spillway_journal_errors_total", &[], stats.journal_errors);
+    for (tier, n) in [
+        ("memory", m.expired),
+        ("queue", s.expired),
+        ("disk", d.expired + stats.recovery.expired),
+    ] {
+        total("spillway_expired_total", &[("tier", tier)], n);
+    }
     level("spillway_entries", &[("tier", "memory")], m.entries);
     level("spillway_entries", &[("tier", "queue")], s.queue_entries);
     level("spillway_entries", &[("tier", "disk")], d.entries);

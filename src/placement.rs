@@ -25,6 +25,8 @@ pub(crate) struct Resident {
     pub seq: u64,
     /// `None`: the entry's type has no codec and it lives in memory only.
     pub codec: Option<Arc<dyn Codec>>,
+    /// Wall-clock deadline (ms since the epoch, see `expiry`); 0: none.
+    pub expires_at: u64,
 }
 
 /// The tier holding a key's latest version.
@@ -87,6 +89,8 @@ pub(crate) struct Slot {
     pub size: u64,
     /// Length of its disk record once written (0 before).
     pub record_len: u32,
+    /// This version's wall-clock deadline (ms since the epoch); 0: none.
+    pub expires_at: u64,
 }
 
 pub(crate) type Shard = HashMap<InternalCacheKey, Slot, KeyHashBuilder>;

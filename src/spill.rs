@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::compression::Compressor;
 use crate::disk::{DiskTier, STALL_TIMEOUT};
 use crate::envelope;
+use crate::expiry::ExpiryClock;
 use crate::flow::FlowControl;
 use crate::health::DiskHealth;
 use crate::journal::{Fact, Journal};
@@ -37,6 +38,8 @@ pub(crate) enum SpillEnd {
     Superseded,
     /// Not written, for this reason: the entry is gone.
     Lost(NotWrittenReason),
+    /// Its time to live ran out before it was written.
+    Expired,
 }
 
 /// A spill waiting for the worker: the key and the version to write.
@@ -85,6 +88,10 @@ pub(crate) struct Spiller {
     progress: Notify,
     /// How records are compressed (`disk.compression`).
     compressor: Compressor,
+    /// What deadlines are measured against.
+    pub(crate) clock: Arc<ExpiryClock>,
+    /// The last time a `Clock` fact was journaled (ms since the epoch).
+    pub(crate) clock_recorded: AtomicU64,
 }
 
 impl Spiller {
@@ -102,6 +109,7 @@ impl Spiller {
                 SpillEnd::Written => {}
                 SpillEnd::Superseded => self.stats.spills_superseded.incr(),
                 SpillEnd::Lost(reason) => self.stats.not_written(reason),
+                SpillEnd::Expired => self.stats.spills_expired.incr(),
             }
         }
     }
@@ -117,6 +125,7 @@ impl Spiller {
         journal: Journal,
         queue_capacity: u64,
         compressor: Compressor,
+        clock: Arc<ExpiryClock>,
     ) -> Self {
         let health = DiskHealth::new(disk.dir());
         Self {
@@ -133,6 +142,8 @@ impl Spiller {
             written_since_sweep: AtomicU64::new(0),
             progress: Notify::new(),
             compressor,
+            clock,
+            clock_recorded: AtomicU64::new(0),
         }
     }
 
@@ -152,6 +163,11 @@ impl Spiller {
         res: Arc<Resident>,
         tx: &mpsc::UnboundedSender<SpillItem>,
     ) {
+        if self.clock.expired(res.expires_at) {
+            // Evicted for room, but dead anyway: expiry never spills.
+            self.expire(key, &res);
+            return;
+        }
         self.stats.evictions.incr();
         let hash = key.disk_hash();
         let mut shard = self.placements.lock(hash);
@@ -209,6 +225,26 @@ impl Spiller {
         }
     }
 
+    /// A resident version left moka because its time to live ran out: its
+    /// slot goes, and with it any disk copy (the journal's `Written` fact
+    /// carries the deadline, so a restart does not revive it either).
+    pub(crate) fn expire(&self, key: &InternalCacheKey, res: &Resident) {
+        self.stats.memory_expired.incr();
+        let hash = key.disk_hash();
+        let mut shard = self.placements.lock(hash);
+        if shard.current(key, res.seq).is_some() {
+            if let Some(slot) = shard.remove(key) {
+                self.release_queued(key, &slot.place, SpillEnd::Expired);
+                if slot.place.may_be_on_disk() || slot.record_len > 0 {
+                    self.disk.delete(hash);
+                    drop(shard);
+                    // The journal names this version: a restart must find it expired too.
+                    self.record_clock(true);
+                }
+            }
+        }
+    }
+
     /// Hands a resident version to the worker for write-behind, if it is
     /// still current and not on disk yet.
     pub(crate) fn offer_persist(
@@ -217,7 +253,7 @@ impl Spiller {
         res: &Arc<Resident>,
         tx: &mpsc::UnboundedSender<SpillItem>,
     ) {
-        if res.codec.is_none() || !self.health.accepting() {
+        if res.codec.is_none() || !self.health.accepting() || self.clock.expired(res.expires_at) {
             return;
         }
         let hash = key.disk_hash();
@@ -359,16 +395,25 @@ impl Spiller {
             }
         };
         let codec = res.codec.as_ref()?;
+        if self.clock.expired(res.expires_at) {
+            // Expired while it waited: never written (a write-behind item
+            // simply stays in memory until moka expires it).
+            if item.why == Why::Evicted {
+                self.end_queued(item, SpillEnd::Expired);
+            }
+            return None;
+        }
+        let version = envelope::Version {
+            seq: item.seq,
+            size_bytes: res.size,
+            type_version: codec.type_version(),
+            expires_at: res.expires_at,
+        };
         // A codec that panics must not take the spill worker down with it.
         let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            envelope::seal(
-                &item.key,
-                item.seq,
-                res.size,
-                codec.type_version(),
-                &self.compressor,
-                |out| codec.encode(&res.entry, out),
-            )
+            envelope::seal(&item.key, version, &self.compressor, |out| {
+                codec.encode(&res.entry, out)
+            })
         }))
         .unwrap_or_else(|_| Err(crate::CodecError::Failed("the codec panicked".into())));
         match sealed {
@@ -433,10 +478,15 @@ impl Spiller {
             // count the outcome then.
             return;
         }
+        self.end_queued(item, SpillEnd::Lost(reason));
+    }
+
+    /// Ends a queued spill that will not be written; its slot goes.
+    fn end_queued(&self, item: &SpillItem, end: SpillEnd) {
         let mut shard = self.placements.lock(item.hash);
         if shard.current(&item.key, item.seq).is_some() {
             if let Some(slot) = shard.remove(&item.key) {
-                self.release_queued(&item.key, &slot.place, SpillEnd::Lost(reason));
+                self.release_queued(&item.key, &slot.place, end);
             }
         }
     }
@@ -467,7 +517,13 @@ impl Spiller {
                     if written {
                         written_n += 1;
                         slot.record_len = u32::try_from(len).unwrap_or(u32::MAX);
-                        facts.push(Fact::written(&item.key, item.seq, slot.size as usize, len));
+                        facts.push(Fact::written(
+                            &item.key,
+                            item.seq,
+                            slot.size,
+                            slot.record_len,
+                            slot.expires_at,
+                        ));
                         if persisted {
                             slot.place = Place::Memory { on_disk: true };
                             facts.push(Fact::Resident {
@@ -532,7 +588,7 @@ impl Spiller {
         res: Arc<Resident>,
         tx: &mpsc::UnboundedSender<SpillItem>,
     ) -> bool {
-        if res.codec.is_none() {
+        if res.codec.is_none() || self.clock.expired(res.expires_at) {
             return false;
         }
         let hash = key.disk_hash();

@@ -105,6 +105,9 @@ pub(crate) struct Stats {
     pub(crate) spill_bytes: Counter,
     pub(crate) spill_logical_bytes: Counter,
     pub(crate) spills_superseded: Counter,
+    pub(crate) spills_expired: Counter,
+    pub(crate) memory_expired: Counter,
+    pub(crate) disk_expired: Counter,
     pub(crate) queue_entries: Gauge,
     pub(crate) persisted: Counter,
     pub(crate) persisted_bytes: Counter,
@@ -222,6 +225,10 @@ pub struct MemoryStats {
     /// Disk hits served without promotion because the spill queue had no
     /// room: readers never wait for the disk writer.
     pub promotions_deferred: u64,
+    /// Entries whose time to live ran out while resident: removed, never
+    /// spilled (not counted in `evictions`, even when moka picked an
+    /// expired entry to make room).
+    pub expired: u64,
 }
 
 /// The disk tier's share of a [`StatsSnapshot`].
@@ -249,6 +256,9 @@ pub struct DiskStats {
     pub lost: u64,
     /// The disk budget in bytes.
     pub capacity: u64,
+    /// Disk entries dropped because their time to live ran out (found by a
+    /// read or by a sweep); their records are deleted.
+    pub expired: u64,
 }
 
 /// The spill path's share of a [`StatsSnapshot`].
@@ -263,7 +273,7 @@ pub struct DiskStats {
 /// calls (which also spill resident entries), at any quiet moment:
 ///
 /// `memory.evictions = memory.evicted_memory_only + already_on_disk +
-/// written + superseded + not_written.total() + queue_entries`
+/// written + superseded + expired + not_written.total() + queue_entries`
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SpillStats {
     /// Evicted entries queued for the disk tier.
@@ -282,6 +292,9 @@ pub struct SpillStats {
     /// Evicted entries that needed no write: write-behind had already put
     /// this very version on disk.
     pub already_on_disk: u64,
+    /// Evicted entries whose time to live ran out while they waited in the
+    /// spill queue: not written.
+    pub expired: u64,
     /// Spills due but not written, by reason.
     pub not_written: NotWritten,
     /// Entries waiting in the spill queue now.
@@ -332,6 +345,9 @@ pub struct RecoveryStats {
     pub warm_millis: u64,
     /// True once the warm-up has finished (or there was none).
     pub warm_done: bool,
+    /// Disk entries the journal named whose time to live had run out by
+    /// the open: not recovered (their records are deleted).
+    pub expired: u64,
 }
 
 /// A point-in-time copy of a cache's statistics, both tiers separately.
@@ -406,6 +422,7 @@ impl Stats {
                 evicted_memory_only: self.evicted_memory_only.get(),
                 promotions: self.promotions.get(),
                 promotions_deferred: self.promotions_deferred.get(),
+                expired: self.memory_expired.get(),
                 ..Default::default()
             },
             disk: DiskStats {
@@ -413,6 +430,7 @@ impl Stats {
                 queue_hits: self.queue_hits.get(),
                 vanished: self.disk_vanished.get(),
                 lost: self.disk_lost.get(),
+                expired: self.disk_expired.get(),
                 ..Default::default()
             },
             spill: SpillStats {
@@ -422,6 +440,7 @@ impl Stats {
                 written_logical_bytes: self.spill_logical_bytes.get(),
                 superseded: self.spills_superseded.get(),
                 already_on_disk: self.evicted_already_on_disk.get(),
+                expired: self.spills_expired.get(),
                 not_written: NotWritten {
                     encode_failed: nw(NotWrittenReason::EncodeFailed),
                     oversize: nw(NotWrittenReason::Oversize),

@@ -183,6 +183,35 @@ impl TypedCache {
             .await;
     }
 
+    /// Inserts `value` under `key`, to live at most `ttl` (see
+    /// [`CacheBackend::insert_with_ttl`]).
+    ///
+    /// ```
+    /// # use std::{borrow::Cow, sync::Arc, time::Duration};
+    /// # struct K; impl spillway::CacheKey for K { type ValueType = u8; fn key(&self) -> Cow<'_, str> { "k".into() } fn type_name() -> &'static str { "u8" } }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cache = spillway::TypedCache::new(Arc::new(spillway::MokaCacheBackend::with_capacity(1024)));
+    /// cache.insert_with_ttl(&K, Arc::new(1u8), 1, Duration::from_secs(60)).await;
+    /// assert_eq!(cache.get(&K).await.as_deref(), Some(&1));
+    /// # });
+    /// ```
+    pub async fn insert_with_ttl<K: CacheKey>(
+        &self,
+        key: &K,
+        value: Arc<K::ValueType>,
+        size_bytes: usize,
+        ttl: std::time::Duration,
+    ) {
+        self.backend
+            .insert_with_ttl(
+                &self.internal_key(key),
+                value as CacheEntry,
+                size_bytes,
+                ttl,
+            )
+            .await;
+    }
+
     /// The value under `key`, loading it (once among concurrent callers) on a
     /// miss. The loader yields the value and its size in bytes.
     ///

@@ -113,6 +113,7 @@ mod tests {
             size: 8,
             seq,
             codec: None,
+            expires_at: 0,
         })
     }
 

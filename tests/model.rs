@@ -184,6 +184,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         + sp.already_on_disk
                         + sp.written
                         + sp.superseded
+                        + sp.expired
                         + sp.not_written.total(),
                     "step {}: evictions do not balance: {:#?}",
                     step,

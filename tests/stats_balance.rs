@@ -1,7 +1,7 @@
 //! Adversarial tests of the statistics balance: after `flush()`,
 //!
 //! `memory.evictions == memory.evicted_memory_only + spill.already_on_disk
-//!  + spill.written + spill.superseded + spill.not_written.total()
+//!  + spill.written + spill.superseded + spill.expired + spill.not_written.total()
 //!  + spill.queue_entries`
 //!
 //! under any mix of operations, single- and multi-task.
@@ -22,6 +22,7 @@ fn rhs(s: &StatsSnapshot) -> u64 {
         + s.spill.already_on_disk
         + s.spill.written
         + s.spill.superseded
+        + s.spill.expired
         + s.spill.not_written.total()
         + s.spill.queue_entries
 }

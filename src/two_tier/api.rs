@@ -27,6 +27,34 @@ impl TwoTierCacheBackend {
         self.insert_with_codec(key, entry, size_bytes, None).await;
     }
 
+    /// Inserts or replaces the entry for `key`, to live at most `ttl`
+    /// (instead of `expiry.time_to_live`). Once its deadline has passed no
+    /// tier returns it, it is never spilled, and a restart does not bring
+    /// it back: the deadline is a wall-clock time kept in the disk record
+    /// and the journal (see [`TwoTierBuilder::wall_clock`](crate::TwoTierBuilder::wall_clock)
+    /// for how the clock is used).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// use std::time::Duration;
+    /// let key = spillway::InternalCacheKey::new("sessions", "42", "u64");
+    /// cache.insert_with_ttl(&key, std::sync::Arc::new(7u64), 8, Duration::from_secs(300)).await;
+    /// assert!(cache.get(&key).await.is_some());
+    /// # });
+    /// ```
+    pub async fn insert_with_ttl(
+        &self,
+        key: &InternalCacheKey,
+        entry: CacheEntry,
+        size_bytes: usize,
+        ttl: std::time::Duration,
+    ) {
+        self.insert_entry(key, entry, size_bytes, None, Some(ttl))
+            .await;
+    }
+
     /// Single-flight: concurrent callers for one key run the loader at most
     /// once. Returns `(entry, was_cached)`; `was_cached` is true when this
     /// caller's loader did not run.

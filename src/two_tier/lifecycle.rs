@@ -140,6 +140,7 @@ pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
             }
         }
         spiller.sweep_if_due();
+        spiller.record_clock(false);
         // Resident entries whose disk copy foyer evicted: persisted again,
         // so that a crash still finds them (only with write-behind on).
         let lost = spiller.take_lost_copies();

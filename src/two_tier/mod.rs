@@ -23,6 +23,7 @@ use crate::backend::Loader;
 use crate::builder::TwoTierBuilder;
 use crate::cache_dir::CacheDir;
 use crate::disk::DiskTier;
+use crate::expiry::{ExpiryClock, ResidentExpiry};
 use crate::journal::{Journal, Replay};
 use crate::key::KeyHashBuilder;
 use crate::placement::{Place, Placements, Resident, Slot};
@@ -149,6 +150,8 @@ struct Inner {
     seq: AtomicU64,
     /// When this many reserved bytes await maintenance, the writer runs it.
     maintain_every: u64,
+    /// Time to live of entries inserted without one (`expiry.time_to_live`).
+    default_ttl: Option<Duration>,
     closed: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -176,6 +179,8 @@ pub(crate) struct Parts {
     pub persist_after: Duration,
     pub compressor: crate::compression::Compressor,
     pub cache_dir: CacheDir,
+    pub clock: Arc<ExpiryClock>,
+    pub default_ttl: Option<Duration>,
 }
 
 impl std::fmt::Debug for TwoTierCacheBackend {
@@ -227,10 +232,17 @@ impl TwoTierCacheBackend {
         let placements = Placements::new(64);
         let mut recovered_bytes = 0;
         let mut recovered = 0;
+        let mut expired = 0;
         for (key, r) in &parts.replay.live {
             // Only records foyer still holds: the journal may name some that
             // its block reclaim evicted since.
             if !parts.disk.contains(key.disk_hash()) {
+                continue;
+            }
+            if parts.clock.expired(r.expires_at) {
+                // Dead by its deadline: the next snapshot leaves it out.
+                parts.disk.delete(key.disk_hash());
+                expired += 1;
                 continue;
             }
             recovered += 1;
@@ -240,6 +252,7 @@ impl TwoTierCacheBackend {
                 place: Place::Disk,
                 size: r.size,
                 record_len: r.len,
+                expires_at: r.expires_at,
             };
             placements.lock(key.disk_hash()).insert(key.clone(), slot);
         }
@@ -249,6 +262,7 @@ impl TwoTierCacheBackend {
             parts.journal,
             parts.spill_queue_capacity,
             parts.compressor,
+            parts.clock.clone(),
         ));
         *spiller.stats.recovery.lock() = crate::RecoveryStats {
             entries: recovered,
@@ -256,6 +270,7 @@ impl TwoTierCacheBackend {
             millis: parts.recovery_time.as_millis() as u64,
             torn_journal_tails: parts.replay.torn_tails,
             dir_reset: parts.cache_dir.was_reset(),
+            expired,
             ..Default::default()
         };
         let (spill_tx, spill_rx) = mpsc::unbounded_channel();
@@ -268,10 +283,14 @@ impl TwoTierCacheBackend {
             .weigher(move |k: &InternalCacheKey, r: &Arc<Resident>| {
                 weigher.weigh(k.footprint().saturating_add(r.size))
             })
-            .eviction_listener(move |key, res, cause| {
-                if cause.was_evicted() {
-                    listener_spiller.offer(&key, res, &listener_tx);
+            .expire_after(ResidentExpiry(parts.clock))
+            .eviction_listener(move |key, res, cause| match cause {
+                // Only capacity evictions spill.
+                moka::notification::RemovalCause::Size => {
+                    listener_spiller.offer(&key, res, &listener_tx)
                 }
+                moka::notification::RemovalCause::Expired => listener_spiller.expire(&key, &res),
+                _ => {}
             })
             .build_with_hasher(KeyHashBuilder);
         let inner = Arc::new(Inner {
@@ -286,6 +305,7 @@ impl TwoTierCacheBackend {
             flights: SingleFlight::default(),
             seq: AtomicU64::new(parts.replay.next_seq),
             maintain_every: (parts.spill_queue_capacity / 4).max(1),
+            default_ttl: parts.default_ttl,
             closed: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
         });
@@ -428,6 +448,16 @@ impl CacheBackend for TwoTierCacheBackend {
         TwoTierCacheBackend::get_or_insert(self, key, loader).await
     }
 
+    async fn insert_with_ttl(
+        &self,
+        key: &InternalCacheKey,
+        entry: CacheEntry,
+        size_bytes: usize,
+        ttl: Duration,
+    ) {
+        TwoTierCacheBackend::insert_with_ttl(self, key, entry, size_bytes, ttl).await;
+    }
+
     async fn invalidate_prefix(&self, prefix: &str) {
         TwoTierCacheBackend::invalidate_prefix(self, prefix).await;
     }
@@ -509,7 +539,7 @@ impl TwoTierCacheBackend {
         loader: Loader<'a>,
         codec: Option<Arc<dyn Codec>>,
     ) -> Result<(CacheEntry, bool)> {
-        if let Some(res) = self.inner.memory.get(key).await {
+        if let Some(res) = self.resident(key).await {
             self.stats_ref().memory_hits.incr();
             return Ok((res.entry.clone(), true));
         }

@@ -58,7 +58,7 @@ impl TwoTierCacheBackend {
     /// # });
     /// ```
     pub async fn get_resident(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
-        let res = self.inner.memory.get(key).await?;
+        let res = self.resident(key).await?;
         self.stats_ref().memory_hits.incr();
         Some(res.entry.clone())
     }
@@ -87,15 +87,40 @@ impl TwoTierCacheBackend {
         codec: Option<Arc<dyn Codec>>,
         promote: bool,
     ) -> Option<(CacheEntry, CacheTier)> {
-        if let Some(res) = self.inner.memory.get(key).await {
-            self.stats_ref().memory_hits.incr();
-            return Some((res.entry.clone(), CacheTier::Resident));
+        match self.inner.memory.get(key).await {
+            Some(res) if self.alive(&res) => {
+                self.stats_ref().memory_hits.incr();
+                return Some((res.entry.clone(), CacheTier::Resident));
+            }
+            // Expired, not yet removed by moka: no tier holds a newer version.
+            Some(_) => {
+                self.stats_ref().misses.incr();
+                return None;
+            }
+            None => {}
         }
         let found = self.lower_tiers(key, codec, promote, false).await;
         if found.is_none() {
             self.stats_ref().misses.incr();
         }
         found.map(|entry| (entry, CacheTier::Local))
+    }
+
+    /// The memory tier's live version of `key`, if any.
+    pub(super) async fn resident(&self, key: &InternalCacheKey) -> Option<Arc<Resident>> {
+        self.inner
+            .memory
+            .get(key)
+            .await
+            .filter(|res| self.alive(res))
+    }
+
+    /// Whether a resident version's deadline is still ahead. moka removes
+    /// an entry when its time runs out on moka's monotonic clock; this
+    /// holds reads to the wall-clock deadline itself (one branch for
+    /// entries without one).
+    pub(super) fn alive(&self, res: &Resident) -> bool {
+        res.expires_at == 0 || !self.inner.spiller.clock.expired(res.expires_at)
     }
 
     /// The spill queue and the disk tier, in that order. `warming`: the
@@ -110,10 +135,15 @@ impl TwoTierCacheBackend {
     ) -> Option<CacheEntry> {
         let count = !warming;
         let hash = key.disk_hash();
-        let seq = {
+        let clock = &self.inner.spiller.clock;
+        let (seq, expires_at) = {
             let shard = self.inner.spiller.placements.lock(hash);
             let slot = shard.get(key)?;
             match &slot.place {
+                // Expired: the spill worker drops it without writing it.
+                Place::Queued(res) | Place::Writing(res) if clock.expired(res.expires_at) => {
+                    return None
+                }
                 // Not promoted: it is about to land on disk, and the next read
                 // after that promotes it.
                 Place::Queued(res) | Place::Writing(res) => {
@@ -124,12 +154,16 @@ impl TwoTierCacheBackend {
                 }
                 // `on_disk`: moka is promoting or evicting this very version;
                 // the disk holds the same bytes.
-                Place::Disk | Place::Memory { on_disk: true } => slot.seq,
+                Place::Disk | Place::Memory { on_disk: true } => (slot.seq, slot.expires_at),
                 // moka has just evicted it and the listener has not run yet.
                 Place::Memory { on_disk: false } | Place::Persisting => return None,
             }
         };
         let stats = self.stats_ref();
+        if clock.expired(expires_at) {
+            self.expire_on_disk(key, hash, seq);
+            return None;
+        }
         // Without a codec this reader cannot decode the record, but the
         // record is fine: a miss for this caller, no I/O, nothing deleted.
         let Some(codec) = self.codec_for(key, codec) else {
@@ -182,6 +216,9 @@ impl TwoTierCacheBackend {
                 size: record.size_bytes as usize,
                 seq,
                 codec: Some(codec),
+                // The same version: both say the same, or the slot came
+                // from a journal that lost nothing the record says.
+                expires_at: expires_at.max(record.expires_at),
             })
         });
         let res = match decoded {
@@ -194,6 +231,10 @@ impl TwoTierCacheBackend {
                 return None;
             }
         };
+        if clock.expired(res.expires_at) {
+            self.expire_on_disk(key, hash, seq);
+            return None;
+        }
         if count {
             stats.disk_hits.incr();
         }
@@ -236,6 +277,23 @@ impl TwoTierCacheBackend {
             // restart even if foyer recovers the record.
             let tombstone = crate::journal::Fact::Tombstone { hash, seq: seq + 1 };
             self.inner.spiller.journal_append(&[tombstone], false);
+        }
+    }
+
+    /// Drops a disk-only version whose time to live ran out. No tombstone:
+    /// its `Written` fact carries the deadline, so a restart skips it too.
+    fn expire_on_disk(&self, key: &InternalCacheKey, hash: u64, seq: u64) {
+        let spiller = &self.inner.spiller;
+        let mut shard = spiller.placements.lock(hash);
+        if shard
+            .current(key, seq)
+            .is_some_and(|s| matches!(s.place, Place::Disk))
+        {
+            shard.remove(key);
+            spiller.disk.delete(hash);
+            spiller.stats.disk_expired.incr();
+            drop(shard);
+            spiller.record_clock(true);
         }
     }
 

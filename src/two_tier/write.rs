@@ -35,7 +35,21 @@ impl TwoTierCacheBackend {
         size_bytes: usize,
         codec: Option<Arc<dyn Codec>>,
     ) {
+        self.insert_entry(key, entry, size_bytes, codec, self.inner.default_ttl)
+            .await;
+    }
+
+    /// The one insert: `ttl` is this entry's time to live (`None`: forever).
+    pub(super) async fn insert_entry(
+        &self,
+        key: &InternalCacheKey,
+        entry: CacheEntry,
+        size_bytes: usize,
+        codec: Option<Arc<dyn Codec>>,
+        ttl: Option<std::time::Duration>,
+    ) {
         let codec = self.codec_for(key, codec);
+        let expires_at = self.inner.spiller.clock.deadline(ttl);
         self.stats_ref().inserts.incr();
         // Any insert may evict spillable entries, whatever its own type.
         let room = self.reserve(queue_weight(key, size_bytes)).await;
@@ -54,6 +68,7 @@ impl TwoTierCacheBackend {
                     place: Place::Memory { on_disk: false },
                     size: size_bytes as u64,
                     record_len: 0,
+                    expires_at,
                 };
                 if let Some(prev) = shard.insert(key.clone(), slot) {
                     // `record_len`: a version of this key was written once,
@@ -73,6 +88,7 @@ impl TwoTierCacheBackend {
                     size: size_bytes,
                     seq,
                     codec,
+                    expires_at,
                 });
                 if spillable {
                     inner.write_behind.schedule(key, &version);

@@ -75,6 +75,23 @@ pub async fn wait_for_stats(
     }
 }
 
+/// Every capacity eviction is accounted for exactly once (at a quiet
+/// moment, after `flush`).
+pub fn assert_evictions_balance(s: &StatsSnapshot) {
+    let sp = &s.spill;
+    assert_eq!(
+        s.memory.evictions,
+        s.memory.evicted_memory_only
+            + sp.already_on_disk
+            + sp.written
+            + sp.superseded
+            + sp.expired
+            + sp.not_written.total()
+            + sp.queue_entries,
+        "every eviction is accounted for once: {s:#?}"
+    );
+}
+
 /// A gate a codec can block on, and the test can open.
 #[derive(Debug, Default)]
 pub struct Gate {
