@@ -29,6 +29,7 @@
 //! budgets, 10% and 50% of the (smaller) working set.
 
 mod charts;
+mod compression;
 mod device;
 mod kill;
 mod micro;
@@ -180,7 +181,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     }
     // "spillway-no-wb": write-behind off, to show what it costs in the same run.
     let systems = ["spillway", "spillway-no-wb", "moka", "foyer-hybrid"];
-    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 4;
+    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 5;
     let progress = ProgressBar::new(steps);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -233,6 +234,13 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         opts.quick,
     ))?;
     progress.inc(1);
+    progress.set_message("compression: none, lz4, zstd on JSON-like values");
+    let compression = runtime.block_on(compression::measure(
+        &opts.config,
+        scratch.path(),
+        opts.quick,
+    ))?;
+    progress.inc(1);
     progress.finish_with_message("done");
 
     let report = Report::new(
@@ -243,6 +251,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         device,
         micro,
         spill,
+        compression,
         runs,
     );
     report.write(&opts.out)?;

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 use spillway::Config;
 
+use super::compression::CompressionRun;
 use super::device::DeviceReport;
 use super::micro::{MicroReport, SpillBandwidth};
 use super::BenchConfig;
@@ -112,6 +113,8 @@ pub struct Report {
     pub device: DeviceReport,
     pub micro: MicroReport,
     pub spill_bandwidth: SpillBandwidth,
+    /// The compression phase: none, lz4 and zstd on the same values.
+    pub compression: Vec<CompressionRun>,
     /// RAM the placement table spends per disk-resident entry: the size of
     /// one table entry plus the key's strings (an estimate from the entry
     /// layout, not a heap measurement).
@@ -143,6 +146,7 @@ impl Report {
         device: DeviceReport,
         micro: MicroReport,
         spill_bandwidth: SpillBandwidth,
+        compression: Vec<CompressionRun>,
         runs: Vec<RunReport>,
     ) -> Self {
         // HashMap entry: key (prefix, key: Arc<str> fat pointers, type tag) +
@@ -161,6 +165,7 @@ impl Report {
             device,
             micro,
             spill_bandwidth,
+            compression,
             ram_per_disk_entry_bytes: (entry + key_strings) as u64,
             runs,
             targets: Vec::new(),
@@ -333,9 +338,34 @@ impl Report {
         s
     }
 
+    /// The compression phase as a Markdown section.
+    fn compression_table(&self) -> String {
+        let mut s = String::from(
+            "## Compression\n\nThe same JSON-like 8 KiB values, four times the disk budget, spilled with each `disk.compression` (3 repetitions; min / median / max).\n\n| compression | ratio | effective capacity | entries on disk | spill MiB/s (logical) | disk hits/s | not written |\n|---|---|---|---|---|---|---|\n",
+        );
+        let spread = |v: &super::compression::Spread| {
+            format!("{} / {} / {}", si(v.min), si(v.median), si(v.max))
+        };
+        for r in &self.compression {
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {:.2}× | {} | {} | {} | {} |",
+                r.algorithm,
+                r.ratio,
+                r.effective_capacity,
+                r.entries_on_disk,
+                spread(&r.spill_mib_s),
+                spread(&r.disk_hits_per_s),
+                r.not_written,
+            );
+        }
+        s.push_str("\nRatio: logical bytes of the records written over the bytes stored. Effective capacity: logical bytes of the entries the disk held at the end, over the disk budget; foyer pads each record to a multiple of 4 KiB: an 8 KiB value takes three pages raw and at least one compressed, which caps the gain at 3×.\n");
+        s
+    }
+
     fn markdown(&self) -> String {
         format!(
-            "# spillway bench\n\nMachine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write {:.0} MiB/s; 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}).\n\n## Results\n\n{}\n`-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\nRAM per disk-resident entry (placement table, estimate): {} bytes.\n\n## Targets\n\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
+            "# spillway bench\n\nMachine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write {:.0} MiB/s; 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}).\n\n## Results\n\n{}\n`-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\nRAM per disk-resident entry (placement table, estimate): {} bytes.\n\n## Targets\n\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
             self.machine,
             if self.direct_io { "O_DIRECT" } else { "buffered (page cache)" },
             mib(self.working_set_bytes),
@@ -354,7 +384,8 @@ impl Report {
             if self.device.direct { "O_DIRECT" } else { "buffered" },
             self.table(),
             self.ram_per_disk_entry_bytes,
-            self.targets_table()
+            self.targets_table(),
+            self.compression_table()
         )
     }
 }
@@ -503,6 +534,15 @@ pub(crate) fn sample() -> Report {
             mib_s: 426.0,
             not_written: 0,
         },
+        vec![super::compression::CompressionRun {
+            algorithm: "zstd".into(),
+            ratio: 3.9,
+            effective_capacity: 1.8,
+            entries_on_disk: 7400,
+            spill_mib_s: Default::default(),
+            disk_hits_per_s: Default::default(),
+            not_written: 0,
+        }],
         runs,
     );
     report.machine =

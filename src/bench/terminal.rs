@@ -117,11 +117,24 @@ impl Report {
             self.device.rand_read_4k_p50_us,
             if self.device.direct { "O_DIRECT" } else { "buffered" },
         );
+        let mut compression = String::new();
+        for r in &self.compression {
+            let line = format!(
+                "compression {}: ratio {:.2}, effective capacity {:.2}× the disk, spill {} MiB/s, {} disk hits/s (medians)",
+                r.algorithm,
+                r.ratio,
+                r.effective_capacity,
+                si(r.spill_mib_s.median),
+                si(r.disk_hits_per_s.median),
+            );
+            compression.push_str(&wrap(&line, TERMINAL_WIDTH, 2));
+        }
         format!(
-            "\n{}\n{}\n{}",
+            "\n{}\n{}\n{}\n{}",
             wrap(&header, TERMINAL_WIDTH, 2),
             self.terminal_table(),
-            self.terminal_targets()
+            self.terminal_targets(),
+            compression
         )
     }
 }
