@@ -118,9 +118,16 @@ impl TwoTierCacheBackend {
     /// Whether a resident version's deadline is still ahead. moka removes
     /// an entry when its time runs out on moka's monotonic clock; this
     /// holds reads to the wall-clock deadline itself (one branch for
-    /// entries without one).
+    /// entries without one). `memory.expired` counts the entry once, when
+    /// moka removes it.
     pub(super) fn alive(&self, res: &Resident) -> bool {
-        res.expires_at == 0 || !self.inner.spiller.clock.expired(res.expires_at)
+        if res.expires_at == 0 || !self.inner.spiller.clock.expired(res.expires_at) {
+            return true;
+        }
+        // Seen expired: the journal must know time got this far, or a
+        // crash now and a clock set back would revive a copy on disk.
+        self.inner.spiller.record_clock(true);
+        false
     }
 
     /// The spill queue and the disk tier, in that order. `warming`: the
@@ -142,7 +149,10 @@ impl TwoTierCacheBackend {
             match &slot.place {
                 // Expired: the spill worker drops it without writing it.
                 Place::Queued(res) | Place::Writing(res) if clock.expired(res.expires_at) => {
-                    return None
+                    drop(shard);
+                    // A record being written lands anyway: see `alive`.
+                    self.inner.spiller.record_clock(true);
+                    return None;
                 }
                 // Not promoted: it is about to land on disk, and the next read
                 // after that promotes it.
