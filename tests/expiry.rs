@@ -109,10 +109,18 @@ async fn a_resident_entry_is_never_returned_after_its_deadline() {
         .await
         .unwrap();
     assert!(!loaded.1, "an expired entry is a miss: the loader runs");
-    // moka's own expiry removes it and the removal is counted, not spilled.
+    // The read took it out of memory, counted once, not spilled.
+    cache.flush().await;
+    let s = cache.stats();
+    assert_eq!(s.memory.expired, 1, "{s:#?}");
+    assert_eq!(s.spill.queued, 0, "{s:#?}");
+
+    // With a default time to live, moka's own expiry removes an entry
+    // nobody reads, promptly; the removal is counted, not spilled.
     let dir2 = tempfile::tempdir().unwrap();
     let cache2 = small(dir2.path())
         .persist_after(Duration::ZERO)
+        .time_to_live(HOUR)
         .build()
         .await
         .unwrap();

@@ -282,8 +282,18 @@ impl TwoTierCacheBackend {
             .eviction_policy(parts.eviction_policy)
             .weigher(move |k: &InternalCacheKey, r: &Arc<Resident>| {
                 weigher.weigh(k.footprint().saturating_add(r.size))
-            })
-            .expire_after(ResidentExpiry(parts.clock))
+            });
+        // moka's own expiry (a timer wheel) removes expired entries
+        // promptly, but costs every memory hit about a tenth: it is attached
+        // only when a default time to live says expiry is the norm. Without
+        // it, per-entry deadlines hold all the same (reads check them); an
+        // expired entry leaves memory when it is next read or evicted.
+        let memory = if parts.default_ttl.is_some() {
+            memory.expire_after(ResidentExpiry(parts.clock))
+        } else {
+            memory
+        };
+        let memory = memory
             .eviction_listener(move |key, res, cause| match cause {
                 // Only capacity evictions spill.
                 moka::notification::RemovalCause::Size => {

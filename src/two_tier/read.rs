@@ -92,8 +92,9 @@ impl TwoTierCacheBackend {
                 self.stats_ref().memory_hits.incr();
                 return Some((res.entry.clone(), CacheTier::Resident));
             }
-            // Expired, not yet removed by moka: no tier holds a newer version.
-            Some(_) => {
+            // Expired, not yet removed: no tier holds a newer version.
+            Some(res) => {
+                self.remove_expired(key, &res).await;
                 self.stats_ref().misses.incr();
                 return None;
             }
@@ -108,16 +109,39 @@ impl TwoTierCacheBackend {
 
     /// The memory tier's live version of `key`, if any.
     pub(super) async fn resident(&self, key: &InternalCacheKey) -> Option<Arc<Resident>> {
-        self.inner
-            .memory
-            .get(key)
-            .await
-            .filter(|res| self.alive(res))
+        let res = self.inner.memory.get(key).await?;
+        if self.alive(&res) {
+            return Some(res);
+        }
+        self.remove_expired(key, &res).await;
+        None
     }
 
-    /// Whether a resident version's deadline is still ahead. moka removes
-    /// an entry when its time runs out on moka's monotonic clock; this
-    /// holds reads to the wall-clock deadline itself (one branch for
+    /// Takes a version a read found expired out of memory (and its slot and
+    /// disk copy with it), unless the key changed meanwhile. Under moka's
+    /// per-key lock, like inserts; moka reports the removal as explicit,
+    /// which the listener ignores, so it is counted once, here.
+    async fn remove_expired(&self, key: &InternalCacheKey, res: &Arc<Resident>) {
+        let spiller = &self.inner.spiller;
+        self.inner
+            .memory
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(c) if Arc::ptr_eq(c.value(), res) => {
+                        spiller.expire(key, res);
+                        Op::Remove
+                    }
+                    _ => Op::Nop,
+                };
+                ready(op)
+            })
+            .await;
+    }
+
+    /// Whether a resident version's deadline is still ahead. moka's own
+    /// expiry (attached with a default time to live) counts on its
+    /// monotonic clock; this holds reads to the wall-clock deadline itself (one branch for
     /// entries without one). `memory.expired` counts the entry once, when
     /// moka removes it.
     pub(super) fn alive(&self, res: &Resident) -> bool {
