@@ -94,12 +94,12 @@ impl Spiller {
         self.placements.retain(|key, slot| {
             if matches!(slot.place, Place::Disk) && self.clock.expired(slot.expires_at) {
                 // Its `Written` fact carries the deadline: no tombstone needed.
-                disk.delete(key.disk_hash());
+                self.delete_record(key.disk_hash(), slot.pack);
                 expired += 1;
                 return false;
             }
             let readable = slot.place.readable_on_disk();
-            if !readable || disk.contains(key.disk_hash()) {
+            if !readable || disk.contains(slot.record_key(key.disk_hash())) {
                 return true;
             }
             match slot.place {
@@ -149,6 +149,7 @@ impl Spiller {
                     slot.size,
                     slot.record_len,
                     slot.expires_at,
+                    slot.pack,
                 ));
             }
             if matches!(slot.place, Place::Memory { on_disk: true }) {

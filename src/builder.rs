@@ -248,6 +248,18 @@ impl TwoTierBuilder {
         self
     }
 
+    /// Records up to this many bytes share disk pages (`disk.pack_threshold`,
+    /// default 2 KiB; at most 4028; `0` turns packing off).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().pack_threshold(1024);
+    /// # let _ = b;
+    /// ```
+    pub fn pack_threshold(mut self, bytes: u64) -> Self {
+        self.config.disk.pack_threshold = ByteSize(bytes);
+        self
+    }
+
     /// psync or io_uring (`disk.io_engine`).
     ///
     /// ```
@@ -406,6 +418,7 @@ impl TwoTierBuilder {
                 level: d.compression_level,
                 min_size: d.compression_min_size.as_usize(),
             },
+            pack_threshold: d.pack_threshold.as_usize(),
             cache_dir,
             clock,
             default_ttl: Some(config.expiry.time_to_live.0).filter(|ttl| !ttl.is_zero()),

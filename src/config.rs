@@ -230,6 +230,10 @@ pub struct DiskConfig {
     pub compression_level: i32,
     /// Payloads shorter than this are stored raw.
     pub compression_min_size: ByteSize,
+    /// Records (after compression) up to this length share 4 KiB pages
+    /// with others instead of taking a page each; `0` turns packing off.
+    /// At most 4028 bytes: a pack is one page.
+    pub pack_threshold: ByteSize,
     /// Write-behind: an entry resident this long is written to disk as well,
     /// so that a dropped or killed cache comes back warm. `0` turns it off
     /// (then only `close()` persists what is resident).
@@ -253,6 +257,7 @@ impl Default for DiskConfig {
             compression: crate::Compression::None,
             compression_level: 3,
             compression_min_size: ByteSize(256),
+            pack_threshold: ByteSize(2048),
         }
     }
 }
@@ -452,6 +457,17 @@ impl Config {
                 "disk.compression_level",
                 d.compression_level.to_string(),
                 "must be between -7 and 22 (zstd's levels)",
+            );
+        }
+        if d.pack_threshold.0 > crate::packing::MAX_PACKED as u64 {
+            let reason = format!(
+                "must be at most {} bytes: a pack is one 4 KiB page",
+                crate::packing::MAX_PACKED
+            );
+            return bad(
+                "disk.pack_threshold",
+                d.pack_threshold.0.to_string(),
+                &reason,
             );
         }
         if d.flushers == 0 {

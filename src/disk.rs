@@ -376,6 +376,29 @@ mod tests {
         assert!(written < 200, "foyer wrote all {written} records");
     }
 
+    /// Packs rely on this: foyer's per-entry overhead is at most 64 bytes,
+    /// so a pack of `PACK_BYTES` takes one page. 120 such records fit in 8
+    /// blocks of 15 data pages each; at two pages a record they would need
+    /// 16 of the device's 16 blocks, and foyer would have evicted some.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_pack_takes_exactly_one_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(dir.path(), 256 << 10);
+        opts.capacity = 16 * (64 << 10);
+        let disk = DiskTier::open(&opts).await.unwrap();
+        let len = crate::packing::PACK_BYTES;
+        for batch in 0..20u64 {
+            for i in 0..6 {
+                disk.enqueue(batch * 6 + i, Bytes::from(vec![3u8; len]));
+            }
+            disk.wait().await;
+        }
+        for hash in 0..120u64 {
+            assert!(disk.contains(hash), "record {hash} was evicted");
+        }
+        assert_eq!(disk.load(7).await.unwrap().unwrap().len(), len);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_within_the_batch_budget_are_all_written() {
         let dir = tempfile::tempdir().unwrap();

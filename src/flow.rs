@@ -114,6 +114,13 @@ impl FlowControl {
         self.queued.load(Ordering::Acquire)
     }
 
+    /// Whether the queue holds at least half its budget: writers may be
+    /// about to wait for it (the spill worker then writes open packs out
+    /// rather than holding them).
+    pub(crate) fn half_full(&self) -> bool {
+        self.queued().saturating_mul(2) >= self.capacity
+    }
+
     /// Bytes reserved by writes not yet applied by maintenance.
     pub(crate) fn unmaintained(&self) -> u64 {
         self.credit.lock().unmaintained

@@ -11,6 +11,7 @@
 //! * `Reserved` — sequence numbers below `upto` may have been handed out;
 //! * `Resident` — the key was in memory at the last graceful close;
 //! * `WrittenUntil` — `Written` for a version with a deadline (see `expiry`);
+//! * `WrittenPacked` — `Written` for a version stored inside a pack (see `packing`);
 //! * `Clock` — the wall clock had reached `at`: expiry's clock never goes
 //!   below it, so a clock set back while the cache was down cannot revive
 //!   an entry that had expired.
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::packing::PackRef;
 use crate::{Error, InternalCacheKey, Result};
 
 /// Sequence numbers are reserved this many at a time, so that numbers used
@@ -84,23 +86,50 @@ pub(crate) enum Fact {
     Clock {
         at: u64,
     },
+    /// `Written` for a version stored inside a pack (see `packing`);
+    /// `expires_at` 0: no deadline.
+    WrittenPacked {
+        prefix: String,
+        key: String,
+        type_name: String,
+        seq: u64,
+        size: u64,
+        len: u32,
+        expires_at: u64,
+        pack: u64,
+        offset: u16,
+    },
 }
 
 impl Fact {
-    /// `Written`, or `WrittenUntil` for a version with a deadline.
+    /// `Written`, `WrittenUntil` for a version with a deadline, or
+    /// `WrittenPacked` for one inside a pack.
     pub(crate) fn written(
         key: &InternalCacheKey,
         seq: u64,
         size: u64,
         len: u32,
         expires_at: u64,
+        pack: Option<PackRef>,
     ) -> Self {
         let (prefix, key, type_name) = (
             key.prefix().to_string(),
             key.key().to_string(),
             key.type_name().to_string(),
         );
-        if expires_at == 0 {
+        if let Some(pack) = pack {
+            Fact::WrittenPacked {
+                prefix,
+                key,
+                type_name,
+                seq,
+                size,
+                len,
+                expires_at,
+                pack: pack.id,
+                offset: pack.offset,
+            }
+        } else if expires_at == 0 {
             Fact::Written {
                 prefix,
                 key,
@@ -131,6 +160,8 @@ pub(crate) struct Recovered {
     pub len: u32,
     /// Wall-clock deadline (ms since the epoch); 0: none.
     pub expires_at: u64,
+    /// The pack holding it, if it was packed.
+    pub pack: Option<PackRef>,
 }
 
 /// What a replay found.
@@ -294,11 +325,13 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             Fact::Written { seq, .. } | Fact::WrittenUntil { seq, .. } => {
                 max_seq = max_seq.max(*seq)
             }
+            // Pack ids are sequence numbers too.
+            Fact::WrittenPacked { seq, pack, .. } => max_seq = max_seq.max(*seq).max(*pack),
             Fact::Clock { at } => replay.clock = replay.clock.max(*at),
         }
     }
     for fact in facts {
-        let (prefix, key, type_name, seq, size, len, expires_at) = match fact {
+        let (prefix, key, type_name, seq, size, len, expires_at, pack) = match fact {
             Fact::Written {
                 prefix,
                 key,
@@ -306,7 +339,7 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
                 seq,
                 size,
                 len,
-            } => (prefix, key, type_name, seq, size, len, 0),
+            } => (prefix, key, type_name, seq, size, len, 0, None),
             Fact::WrittenUntil {
                 prefix,
                 key,
@@ -315,7 +348,21 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
                 size,
                 len,
                 expires_at,
-            } => (prefix, key, type_name, seq, size, len, expires_at),
+            } => (prefix, key, type_name, seq, size, len, expires_at, None),
+            Fact::WrittenPacked {
+                prefix,
+                key,
+                type_name,
+                seq,
+                size,
+                len,
+                expires_at,
+                pack,
+                offset,
+            } => {
+                let at = PackRef { id: pack, offset };
+                (prefix, key, type_name, seq, size, len, expires_at, Some(at))
+            }
             _ => continue,
         };
         let k = InternalCacheKey::new(prefix, key, intern(&type_name));
@@ -334,6 +381,7 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
                 size,
                 len,
                 expires_at,
+                pack,
             },
         );
     }
@@ -394,7 +442,7 @@ impl Journal {
         let mut facts: Vec<Fact> = replay
             .live
             .iter()
-            .map(|(k, r)| Fact::written(k, r.seq, r.size, r.len, r.expires_at))
+            .map(|(k, r)| Fact::written(k, r.seq, r.size, r.len, r.expires_at, r.pack))
             .collect();
         facts.push(Fact::Clock { at: replay.clock });
         // Oldest first, as replay reverses them.
@@ -533,7 +581,7 @@ mod tests {
     }
 
     fn written(key: &InternalCacheKey, seq: u64) -> Fact {
-        Fact::written(key, seq, 10, 100, 0)
+        Fact::written(key, seq, 10, 100, 0, None)
     }
 
     fn replay_of(facts: &[Fact]) -> Replay {
@@ -589,7 +637,7 @@ mod tests {
         let a = k("p", "a");
         let b = k("p", "b");
         let r = replay_of(&[
-            Fact::written(&a, 3, 10, 100, 5_000),
+            Fact::written(&a, 3, 10, 100, 5_000, None),
             written(&b, 4),
             Fact::Clock { at: 7_000 },
             Fact::Clock { at: 6_000 },
@@ -607,6 +655,51 @@ mod tests {
         let again = replay(dir.path()).unwrap();
         assert_eq!(again.live[&a].expires_at, 5_000);
         assert_eq!(again.clock, 7_000);
+    }
+
+    #[test]
+    fn packed_versions_replay_with_their_pack_and_die_like_the_others() {
+        let a = k("p", "a");
+        let b = k("p", "b");
+        let at = PackRef { id: 40, offset: 4 };
+        let r = replay_of(&[
+            Fact::written(&a, 3, 10, 100, 0, Some(at)),
+            Fact::written(
+                &b,
+                5,
+                10,
+                100,
+                9_000,
+                Some(PackRef {
+                    id: 40,
+                    offset: 104,
+                }),
+            ),
+            Fact::Tombstone {
+                hash: b.disk_hash(),
+                seq: 6,
+            },
+        ]);
+        assert_eq!(r.live[&a].pack, Some(at));
+        assert!(
+            !r.live.contains_key(&b),
+            "a tombstone kills a packed version"
+        );
+        // A pack id is a sequence number: never handed out again.
+        let r = replay_of(&[Fact::written(
+            &a,
+            3,
+            10,
+            100,
+            0,
+            Some(PackRef { id: 900, offset: 4 }),
+        )]);
+        assert_eq!(r.next_seq, 901);
+        // A snapshot carries the pack forward.
+        let r = replay_of(&[Fact::written(&a, 3, 10, 100, 0, Some(at))]);
+        let dir = tempfile::tempdir().unwrap();
+        let _j = Journal::open(dir.path(), &r, false).unwrap();
+        assert_eq!(replay(dir.path()).unwrap().live[&a].pack, Some(at));
     }
 
     #[test]

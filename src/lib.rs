@@ -109,6 +109,7 @@ mod memory;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+mod packing;
 mod placement;
 mod private_fs;
 mod quiet_stdout;

@@ -70,6 +70,14 @@ pub fn describe() {
         "Bytes write-behind wrote"
     );
     describe_counter!(
+        "spillway_packed_total",
+        "Entries written inside shared pack records"
+    );
+    describe_counter!(
+        "spillway_packs_total",
+        "Pack records written (one page each)"
+    );
+    describe_counter!(
         "spillway_decode_misses_total",
         "Disk records refused on read, by reason"
     );
@@ -151,6 +159,8 @@ pub fn record(stats: &StatsSnapshot, name: &str) {
     }
     total("spillway_persisted_total", &[], s.persisted);
     total("spillway_persisted_bytes_total", &[], s.persisted_bytes);
+    total("spillway_packed_total", &[], s.packed);
+    total("spillway_packs_total", &[], s.packs);
     let dm = &stats.decode_misses;
     for (reason, n) in [
         ("corrupt", dm.corrupt),

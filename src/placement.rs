@@ -16,6 +16,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::key::KeyHashBuilder;
+use crate::packing::PackRef;
 use crate::{CacheEntry, Codec, InternalCacheKey};
 
 /// A value as the memory tier and the spill queue hold it.
@@ -91,6 +92,16 @@ pub(crate) struct Slot {
     pub record_len: u32,
     /// This version's wall-clock deadline (ms since the epoch); 0: none.
     pub expires_at: u64,
+    /// Set once this version is written inside a pack (see `packing`).
+    pub pack: Option<PackRef>,
+}
+
+impl Slot {
+    /// The foyer key of this version's disk record: its pack's, or the
+    /// key's own hash.
+    pub(crate) fn record_key(&self, hash: u64) -> u64 {
+        self.pack.map_or(hash, PackRef::record_key)
+    }
 }
 
 pub(crate) type Shard = HashMap<InternalCacheKey, Slot, KeyHashBuilder>;

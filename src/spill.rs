@@ -2,8 +2,10 @@
 //! background worker that writes them to the disk tier, paced so that foyer
 //! never silently drops a record, and confirms each write.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
@@ -15,7 +17,8 @@ use crate::expiry::ExpiryClock;
 use crate::flow::FlowControl;
 use crate::health::DiskHealth;
 use crate::journal::{Fact, Journal};
-use crate::placement::{Place, Placements, Resident, Slot};
+use crate::packing::{pack_key, PackRef, PackWriter, Packer};
+use crate::placement::{Guard, Place, Placements, Resident, Slot};
 use crate::stats::{NotWrittenReason, Stats};
 use crate::InternalCacheKey;
 
@@ -52,6 +55,47 @@ pub(crate) struct SpillItem {
     version: Weak<Resident>,
     /// Once sealed: the record's length had it been stored uncompressed.
     logical_len: usize,
+    /// Once submitted inside a pack: where.
+    pack: Option<PackRef>,
+}
+
+/// One record handed to foyer: an entry's own, or a pack of small ones.
+enum Unit {
+    Single(SpillItem, Bytes),
+    Pack(Vec<(SpillItem, Bytes)>),
+}
+
+impl Unit {
+    /// Bytes it takes in foyer's buffers.
+    fn footprint(&self) -> usize {
+        match self {
+            Unit::Single(_, record) => DiskTier::footprint(record.len()),
+            Unit::Pack(members) => DiskTier::footprint(
+                crate::packing::PACK_HEADER + members.iter().map(|(_, r)| r.len()).sum::<usize>(),
+            ),
+        }
+    }
+}
+
+/// What woke an idle worker.
+enum Wake {
+    Item(SpillItem),
+    /// The cache is gone: no more items will come.
+    Closed,
+    /// Open packs are due (their hold ran out, or a flush asked).
+    Seal,
+}
+
+/// How the spill worker writes (from the disk settings).
+pub(crate) struct SpillSettings {
+    /// Byte budget of the spill queue (see `flow`).
+    pub queue_capacity: u64,
+    /// How records are compressed (`disk.compression`).
+    pub compressor: Compressor,
+    /// Records up to this length are packed (`disk.pack_threshold`; 0: none).
+    pub pack_threshold: usize,
+    /// The first sequence number to hand out.
+    pub next_seq: u64,
 }
 
 /// The bytes an entry is weighed at in the spill queue and its reservations.
@@ -88,6 +132,14 @@ pub(crate) struct Spiller {
     progress: Notify,
     /// How records are compressed (`disk.compression`).
     compressor: Compressor,
+    /// Records up to this length are packed (see `packing`).
+    pack_threshold: usize,
+    /// Set by `drained` (flush, close): open packs are written now.
+    seal_requested: AtomicBool,
+    /// Wakes an idle worker holding open packs when a seal is requested.
+    seal_now: Notify,
+    /// The next sequence number: versions and pack ids draw from it.
+    seq: AtomicU64,
     /// What deadlines are measured against.
     pub(crate) clock: Arc<ExpiryClock>,
     /// The last time a `Clock` fact was journaled (ms since the epoch).
@@ -123,8 +175,7 @@ impl Spiller {
         placements: Placements,
         disk: DiskTier,
         journal: Journal,
-        queue_capacity: u64,
-        compressor: Compressor,
+        settings: SpillSettings,
         clock: Arc<ExpiryClock>,
     ) -> Self {
         let health = DiskHealth::new(disk.dir());
@@ -133,7 +184,7 @@ impl Spiller {
             disk,
             journal,
             stats: Stats::default(),
-            flow: FlowControl::new(queue_capacity),
+            flow: FlowControl::new(settings.queue_capacity),
             health,
             admin: tokio::sync::Mutex::new(()),
             facts_gate: parking_lot::RwLock::new(()),
@@ -141,9 +192,38 @@ impl Spiller {
             unprocessed: AtomicU64::new(0),
             written_since_sweep: AtomicU64::new(0),
             progress: Notify::new(),
-            compressor,
+            compressor: settings.compressor,
+            pack_threshold: settings.pack_threshold,
+            seal_requested: AtomicBool::new(false),
+            seal_now: Notify::new(),
+            seq: AtomicU64::new(settings.next_seq),
             clock,
             clock_recorded: AtomicU64::new(0),
+        }
+    }
+
+    /// The next sequence number, covered by a durable reservation, so that
+    /// no number is ever handed out twice, even across a crash.
+    pub(crate) fn next_seq(&self) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.journal.reserve(seq) {
+            tracing::error!(error = %e, "cannot reserve sequence numbers in the journal");
+            self.stats.journal_errors.incr();
+        }
+        seq
+    }
+
+    /// Whether foyer holds the record of `slot`'s version of the key hashed `hash`.
+    pub(crate) fn has_record(&self, hash: u64, slot: &Slot) -> bool {
+        self.disk.contains(slot.record_key(hash))
+    }
+
+    /// Deletes the record of a version that is no longer current. A packed
+    /// one stays in its pack (its neighbours live there); its slot is gone
+    /// and the journal keeps it dead, so it is never served again.
+    pub(crate) fn delete_record(&self, hash: u64, pack: Option<PackRef>) {
+        if pack.is_none() {
+            self.disk.delete(hash);
         }
     }
 
@@ -236,7 +316,7 @@ impl Spiller {
             if let Some(slot) = shard.remove(key) {
                 self.release_queued(key, &slot.place, SpillEnd::Expired);
                 if slot.place.may_be_on_disk() || slot.record_len > 0 {
-                    self.disk.delete(hash);
+                    self.delete_record(hash, slot.pack);
                     drop(shard);
                     // The journal names this version: a restart must find it expired too.
                     self.record_clock(true);
@@ -275,76 +355,91 @@ impl Spiller {
     ///
     /// Evictions come first: write-behind items are taken only when no
     /// eviction is waiting, so they never delay a spill by more than the
-    /// batch already in flight.
+    /// batch already in flight. Small records go through open packs first
+    /// (see `packing`).
     pub(crate) async fn run(
         self: Arc<Self>,
         mut evictions: mpsc::UnboundedReceiver<SpillItem>,
         mut persists: mpsc::UnboundedReceiver<SpillItem>,
     ) {
-        let mut carry: Option<(SpillItem, Bytes)> = None;
+        let budget = self.disk.batch_budget();
+        let mut packer: Packer<SpillItem> = Packer::new(self.pack_threshold);
+        // Records sealed and ready to submit, in order.
+        let mut ready: VecDeque<Unit> = VecDeque::new();
         // The batch foyer is writing while the next one is prepared: at most
         // two batches of half a flusher buffer are ever unconfirmed, so the
         // buffer cannot overflow, and encoding overlaps the disk writes.
         let mut in_flight: Option<(Vec<(SpillItem, usize)>, crate::disk::Written)> = None;
         loop {
-            let mut batch = Vec::new();
-            let mut used = 0usize;
-            let mut first = carry.take();
-            if first.is_none() {
-                let item = if in_flight.is_none() {
-                    tokio::select! {
-                        biased;
-                        item = evictions.recv() => item,
-                        item = persists.recv() => item,
-                    }
-                } else {
-                    next_now(&mut evictions, &mut persists)
-                };
-                match item {
-                    Some(mut item) => {
-                        first = self.prepare_or_finish(&item).map(|(record, logical_len)| {
-                            item.logical_len = logical_len;
-                            (item, record)
-                        })
-                    }
-                    None if in_flight.is_none() => return,
-                    None => {}
-                }
-            }
-            if let Some((item, record)) = first {
-                if DiskTier::footprint(record.len()) > self.disk.batch_budget() {
-                    // Larger than half a buffer: it must share foyer's buffer
-                    // with nothing, so the batch in flight lands first, and
-                    // this one lands before anything else is submitted.
-                    if let Some((previous, written)) = in_flight.take() {
-                        self.landed(written).await;
-                        self.confirm(previous);
-                    }
-                    let mut alone = Vec::new();
-                    self.submit(item, record, &mut alone);
-                    if !alone.is_empty() {
-                        self.landed(self.disk.wait_from_now()).await;
-                        self.confirm(alone);
-                    }
-                    self.progress.notify_waiters();
-                    continue;
-                }
-                used += self.submit(item, record, &mut batch);
-            }
-            while let Some(mut item) = next_now(&mut evictions, &mut persists) {
-                let Some((record, logical_len)) = self.prepare_or_finish(&item) else {
-                    continue;
-                };
-                item.logical_len = logical_len;
-                let footprint = DiskTier::footprint(record.len());
-                if footprint > self.disk.batch_budget()
-                    || (used > 0 && used + footprint > self.disk.batch_budget())
+            let mut seal = false;
+            if ready.is_empty() && in_flight.is_none() {
+                match self
+                    .idle(&mut evictions, &mut persists, packer.due_at())
+                    .await
                 {
-                    // Write what we have first; this one opens the next batch.
-                    carry = Some((item, record));
+                    Wake::Item(item) => self.take_in(item, &mut packer, &mut ready),
+                    Wake::Closed if packer.is_empty() => return,
+                    Wake::Closed | Wake::Seal => seal = true,
+                }
+            }
+            // What is waiting now, up to a batch's worth.
+            let mut emptied = false;
+            while ready.iter().map(Unit::footprint).sum::<usize>() < budget {
+                match next_now(&mut evictions, &mut persists) {
+                    Some(item) => self.take_in(item, &mut packer, &mut ready),
+                    None => {
+                        emptied = true;
+                        break;
+                    }
+                }
+            }
+            // Partly filled packs go out when asked, when their hold ran
+            // out, or when writers may be waiting for the queue to drain.
+            let due = packer.due_at().is_some_and(|d| d <= Instant::now());
+            if !packer.is_empty()
+                && (seal
+                    || due
+                    || self.seal_requested.swap(false, Ordering::AcqRel)
+                    || (emptied && self.flow.half_full()))
+            {
+                ready.extend(packer.take_all().into_iter().map(|p| Unit::Pack(p.members)));
+            }
+            let Some(first) = ready.pop_front() else {
+                // Nothing to submit now: confirm what is in flight.
+                if let Some((previous, written)) = in_flight.take() {
+                    self.landed(written).await;
+                    self.confirm(previous);
+                }
+                self.progress.notify_waiters();
+                continue;
+            };
+            if first.footprint() > budget {
+                // Larger than half a buffer: it must share foyer's buffer
+                // with nothing, so the batch in flight lands first, and
+                // this one lands before anything else is submitted.
+                if let Some((previous, written)) = in_flight.take() {
+                    self.landed(written).await;
+                    self.confirm(previous);
+                }
+                let mut alone = Vec::new();
+                self.submit(first, &mut alone);
+                if !alone.is_empty() {
+                    self.landed(self.disk.wait_from_now()).await;
+                    self.confirm(alone);
+                }
+                self.progress.notify_waiters();
+                continue;
+            }
+            let mut batch = Vec::new();
+            let mut used = self.submit(first, &mut batch);
+            while let Some(unit) = ready.pop_front() {
+                let footprint = unit.footprint();
+                if footprint > budget || (used > 0 && used + footprint > budget) {
+                    // It opens the next batch.
+                    ready.push_front(unit);
                     break;
                 }
-                used += self.submit(item, record, &mut batch);
+                used += self.submit(unit, &mut batch);
             }
             let submitted = (!batch.is_empty()).then(|| (batch, self.disk.wait_from_now()));
             if let Some((previous, written)) = in_flight.take() {
@@ -354,6 +449,52 @@ impl Spiller {
             in_flight = submitted;
             self.progress.notify_waiters();
             self.compact_if_due().await;
+        }
+    }
+
+    /// Waits, with nothing to submit, for the next item, or for open packs
+    /// to fall due.
+    async fn idle(
+        &self,
+        evictions: &mut mpsc::UnboundedReceiver<SpillItem>,
+        persists: &mut mpsc::UnboundedReceiver<SpillItem>,
+        packs_due: Option<Instant>,
+    ) -> Wake {
+        let wake = |item: Option<SpillItem>| item.map_or(Wake::Closed, Wake::Item);
+        match packs_due {
+            None => tokio::select! {
+                biased;
+                item = evictions.recv() => wake(item),
+                item = persists.recv() => wake(item),
+            },
+            Some(due) => tokio::select! {
+                biased;
+                item = evictions.recv() => wake(item),
+                item = persists.recv() => wake(item),
+                _ = self.seal_now.notified() => Wake::Seal,
+                _ = tokio::time::sleep_until(due.into()) => Wake::Seal,
+            },
+        }
+    }
+
+    /// Seals an item's record and queues it for submission: on its own, or
+    /// into an open pack.
+    fn take_in(
+        &self,
+        mut item: SpillItem,
+        packer: &mut Packer<SpillItem>,
+        ready: &mut VecDeque<Unit>,
+    ) {
+        let Some((record, logical_len)) = self.prepare_or_finish(&item) else {
+            return;
+        };
+        item.logical_len = logical_len;
+        if packer.takes(record.len()) {
+            if let Some(full) = packer.add(item, record) {
+                ready.push_back(Unit::Pack(full.members));
+            }
+        } else {
+            ready.push_back(Unit::Single(item, record));
         }
     }
 
@@ -432,24 +573,89 @@ impl Spiller {
         }
     }
 
+    /// Hands a unit to foyer; returns the bytes it takes in foyer's buffer
+    /// (0 if nothing in it was still due).
+    fn submit(&self, unit: Unit, batch: &mut Vec<(SpillItem, usize)>) -> usize {
+        match unit {
+            Unit::Single(item, record) => self.submit_single(item, record, batch),
+            Unit::Pack(members) => self.submit_pack(members, batch),
+        }
+    }
+
     /// Moves the slot to its writing state and hands the record to foyer,
     /// both under the slot's lock, so that a concurrent replace (which deletes
-    /// from foyer under the same lock) is ordered after the write. Returns the
-    /// bytes the record takes in foyer's buffer (0 if it was superseded).
-    fn submit(&self, item: SpillItem, record: Bytes, batch: &mut Vec<(SpillItem, usize)>) -> usize {
+    /// from foyer under the same lock) is ordered after the write.
+    fn submit_single(
+        &self,
+        item: SpillItem,
+        record: Bytes,
+        batch: &mut Vec<(SpillItem, usize)>,
+    ) -> usize {
         let mut shard = self.placements.lock(item.hash);
+        if !self.begin_write(&mut shard, &item, None) {
+            return 0;
+        }
+        let len = record.len();
+        self.disk.enqueue(item.hash, record);
+        drop(shard);
+        batch.push((item, len));
+        DiskTier::footprint(len)
+    }
+
+    /// Lays the members that are still due out in one pack and hands it to
+    /// foyer. Each member's slot names the pack before the pack is
+    /// enqueued: a replace meanwhile then knows the version may be on disk
+    /// (and journals its tombstone), and leaves the pack alone.
+    fn submit_pack(
+        &self,
+        members: Vec<(SpillItem, Bytes)>,
+        batch: &mut Vec<(SpillItem, usize)>,
+    ) -> usize {
+        let id = self.next_seq();
+        let mut writer = PackWriter::new();
+        let mut accepted = Vec::with_capacity(members.len());
+        for (mut item, record) in members {
+            let at = PackRef {
+                id,
+                offset: writer.next_offset(),
+            };
+            let mut shard = self.placements.lock(item.hash);
+            if self.begin_write(&mut shard, &item, Some(at)) {
+                writer.push(&record);
+                item.pack = Some(at);
+                accepted.push((item, record.len()));
+            }
+        }
+        if writer.is_empty() {
+            return 0;
+        }
+        let pack = writer.finish();
+        let len = pack.len();
+        self.disk.enqueue(pack_key(id), pack);
+        batch.extend(accepted);
+        DiskTier::footprint(len)
+    }
+
+    /// Under the slot's lock: moves a version that is still due to its
+    /// writing state, recording where it will be written. A version no
+    /// longer due is finished with here (and counted lost if spilling was
+    /// paused or closed while it was queued).
+    fn begin_write(&self, shard: &mut Guard<'_>, item: &SpillItem, pack: Option<PackRef>) -> bool {
         let accepting = self.health.accepting();
-        let started =
-            shard
-                .current(&item.key, item.seq)
-                .is_some_and(|slot| match (item.why, &slot.place) {
-                    (Why::Evicted, Place::Queued(_)) if accepting => slot.place.start_writing(),
-                    (Why::Persist, Place::Memory { on_disk: false }) if accepting => {
-                        slot.place = Place::Persisting;
-                        true
-                    }
-                    _ => false,
-                });
+        let started = shard.current(&item.key, item.seq).is_some_and(|slot| {
+            let started = match (item.why, &slot.place) {
+                (Why::Evicted, Place::Queued(_)) if accepting => slot.place.start_writing(),
+                (Why::Persist, Place::Memory { on_disk: false }) if accepting => {
+                    slot.place = Place::Persisting;
+                    true
+                }
+                _ => false,
+            };
+            if started {
+                slot.pack = pack;
+            }
+            started
+        });
         if !started {
             let queued = matches!(
                 shard.current(&item.key, item.seq).map(|s| &s.place),
@@ -463,13 +669,8 @@ impl Spiller {
                 }
             }
             self.finished(1);
-            return 0;
         }
-        let len = record.len();
-        self.disk.enqueue(item.hash, record);
-        drop(shard);
-        batch.push((item, len));
-        DiskTier::footprint(len)
+        started
     }
 
     fn drop_queued(&self, item: &SpillItem, reason: NotWrittenReason) {
@@ -498,8 +699,16 @@ impl Spiller {
         let (mut written_n, mut lost_n) = (0, 0);
         let n = batch.len() as u64;
         let mut facts = Vec::with_capacity(batch.len());
+        let mut last_pack = None;
         for (item, len) in batch {
-            let written = self.disk.contains(item.hash);
+            let written = self
+                .disk
+                .contains(item.pack.map_or(item.hash, PackRef::record_key));
+            if written && item.pack.is_some() && item.pack.map(|p| p.id) != last_pack {
+                // A pack's members are contiguous in its batch.
+                last_pack = item.pack.map(|p| p.id);
+                self.stats.packs_written.incr();
+            }
             let mut shard = self.placements.lock(item.hash);
             // Gone or changed: superseded, counted when its slot left the queue.
             let Some(slot) = shard.current(&item.key, item.seq) else {
@@ -523,7 +732,11 @@ impl Spiller {
                             slot.size,
                             slot.record_len,
                             slot.expires_at,
+                            slot.pack,
                         ));
+                        if slot.pack.is_some() {
+                            self.stats.packed_written.incr();
+                        }
                         if persisted {
                             slot.place = Place::Memory { on_disk: true };
                             facts.push(Fact::Resident {
@@ -541,10 +754,17 @@ impl Spiller {
                             self.stats.spill_bytes.add(len as u64);
                             self.stats.spill_logical_bytes.add(item.logical_len as u64);
                         }
+                        // A packed member takes its own bytes of a shared page.
+                        let took = if slot.pack.is_some() {
+                            len
+                        } else {
+                            DiskTier::footprint(len)
+                        };
                         self.written_since_sweep
-                            .fetch_add(DiskTier::footprint(len) as u64, Ordering::Relaxed);
+                            .fetch_add(took as u64, Ordering::Relaxed);
                     } else {
                         lost_n += 1;
+                        slot.pack = None;
                         if persisted {
                             // Still in memory: its eviction spills it again.
                             slot.place = Place::Memory { on_disk: false };
@@ -576,6 +796,9 @@ impl Spiller {
             if self.unprocessed.load(Ordering::Acquire) == 0 {
                 return;
             }
+            // Open packs are written now rather than after their hold.
+            self.seal_requested.store(true, Ordering::Release);
+            self.seal_now.notify_one();
             notified.await;
         }
     }
@@ -593,18 +816,18 @@ impl Spiller {
         }
         let hash = key.disk_hash();
         let mut shard = self.placements.lock(hash);
-        let Some(Slot { place, .. }) = shard.current(key, res.seq) else {
+        let Some(slot) = shard.current(key, res.seq) else {
             return false;
         };
-        match place {
+        match slot.place {
             Place::Memory { on_disk: false } => {}
-            Place::Memory { on_disk: true } if !self.disk.contains(hash) => {}
+            Place::Memory { on_disk: true } if !self.has_record(hash, slot) => {}
             _ => return false,
         }
         self.hold_queued(key, &res);
         self.stats.spills_queued.incr();
         let seq = res.seq;
-        *place = Place::Queued(res);
+        slot.place = Place::Queued(res);
         self.send(tx, key, hash, seq, Why::Evicted, Weak::new())
     }
 
@@ -625,6 +848,7 @@ impl Spiller {
             why,
             version,
             logical_len: 0,
+            pack: None,
         };
         if tx.send(item).is_err() {
             self.finished(1);

@@ -111,6 +111,8 @@ pub(crate) struct Stats {
     pub(crate) queue_entries: Gauge,
     pub(crate) persisted: Counter,
     pub(crate) persisted_bytes: Counter,
+    pub(crate) packed_written: Counter,
+    pub(crate) packs_written: Counter,
     pub(crate) promotions_deferred: Counter,
     pub(crate) not_written: [Counter; 4],
     pub(crate) decode_misses: [Counter; 5],
@@ -306,6 +308,11 @@ pub struct SpillStats {
     pub persisted: u64,
     /// Bytes of the records write-behind wrote.
     pub persisted_bytes: u64,
+    /// Entries written inside packs (`disk.pack_threshold`), by spills and
+    /// write-behind alike: already counted in `written` or `persisted`.
+    pub packed: u64,
+    /// Pack records written: each takes one 4 KiB page on disk.
+    pub packs: u64,
     /// Whether spilling is paused now because the disk is failing or full.
     pub paused: bool,
 }
@@ -450,6 +457,8 @@ impl Stats {
                 queue_entries: self.queue_entries.get(),
                 persisted: self.persisted.get(),
                 persisted_bytes: self.persisted_bytes.get(),
+                packed: self.packed_written.get(),
+                packs: self.packs_written.get(),
                 ..Default::default()
             },
             decode_misses: DecodeMisses {

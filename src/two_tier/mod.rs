@@ -9,7 +9,7 @@ mod lifecycle;
 mod read;
 mod write;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +26,10 @@ use crate::disk::DiskTier;
 use crate::expiry::{ExpiryClock, ResidentExpiry};
 use crate::journal::{Journal, Replay};
 use crate::key::KeyHashBuilder;
+use crate::packing::PackRef;
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::single_flight::SingleFlight;
-use crate::spill::{SpillItem, Spiller};
+use crate::spill::{SpillItem, SpillSettings, Spiller};
 use crate::stats::Stats;
 use crate::weigher::ByteWeigher;
 use crate::write_behind::WriteBehind;
@@ -147,7 +148,6 @@ struct Inner {
     write_behind: WriteBehind,
     codecs: CodecRegistry,
     flights: SingleFlight,
-    seq: AtomicU64,
     /// When this many reserved bytes await maintenance, the writer runs it.
     maintain_every: u64,
     /// Time to live of entries inserted without one (`expiry.time_to_live`).
@@ -178,6 +178,8 @@ pub(crate) struct Parts {
     pub warm_on_open: bool,
     pub persist_after: Duration,
     pub compressor: crate::compression::Compressor,
+    /// Records up to this length are packed (`disk.pack_threshold`).
+    pub pack_threshold: usize,
     pub cache_dir: CacheDir,
     pub clock: Arc<ExpiryClock>,
     pub default_ttl: Option<Duration>,
@@ -236,12 +238,16 @@ impl TwoTierCacheBackend {
         for (key, r) in &parts.replay.live {
             // Only records foyer still holds: the journal may name some that
             // its block reclaim evicted since.
-            if !parts.disk.contains(key.disk_hash()) {
+            let record_key = r.pack.map_or(key.disk_hash(), PackRef::record_key);
+            if !parts.disk.contains(record_key) {
                 continue;
             }
             if parts.clock.expired(r.expires_at) {
-                // Dead by its deadline: the next snapshot leaves it out.
-                parts.disk.delete(key.disk_hash());
+                // Dead by its deadline: the next snapshot leaves it out (a
+                // packed one stays in its pack, never named again).
+                if r.pack.is_none() {
+                    parts.disk.delete(key.disk_hash());
+                }
                 expired += 1;
                 continue;
             }
@@ -253,15 +259,21 @@ impl TwoTierCacheBackend {
                 size: r.size,
                 record_len: r.len,
                 expires_at: r.expires_at,
+                pack: r.pack,
             };
             placements.lock(key.disk_hash()).insert(key.clone(), slot);
         }
+        let settings = SpillSettings {
+            queue_capacity: parts.spill_queue_capacity,
+            compressor: parts.compressor,
+            pack_threshold: parts.pack_threshold,
+            next_seq: parts.replay.next_seq,
+        };
         let spiller = Arc::new(Spiller::new(
             placements,
             parts.disk,
             parts.journal,
-            parts.spill_queue_capacity,
-            parts.compressor,
+            settings,
             parts.clock.clone(),
         ));
         *spiller.stats.recovery.lock() = crate::RecoveryStats {
@@ -313,7 +325,6 @@ impl TwoTierCacheBackend {
             write_behind: WriteBehind::new(parts.persist_after),
             codecs: parts.codecs,
             flights: SingleFlight::default(),
-            seq: AtomicU64::new(parts.replay.next_seq),
             maintain_every: (parts.spill_queue_capacity / 4).max(1),
             default_ttl: parts.default_ttl,
             closed: AtomicBool::new(false),
@@ -360,12 +371,7 @@ impl TwoTierCacheBackend {
 
     /// The next sequence number, covered by a durable reservation.
     fn next_seq(&self) -> u64 {
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.inner.spiller.journal.reserve(seq) {
-            tracing::error!(error = %e, "cannot reserve sequence numbers in the journal");
-            self.stats_ref().journal_errors.incr();
-        }
-        seq
+        self.inner.spiller.next_seq()
     }
 
     fn stats_ref(&self) -> &Stats {
@@ -414,10 +420,10 @@ impl TwoTierCacheBackend {
         s.disk.capacity = self.inner.spiller.disk.capacity() as u64;
         s.spill.queue_bytes = self.inner.spiller.flow.queued();
         s.spill.paused = self.inner.spiller.health.is_failing();
-        let disk = &self.inner.spiller.disk;
+        let spiller = &self.inner.spiller;
         let mut on_disk = 0;
-        self.inner.spiller.placements.for_each(|key, slot| {
-            if slot.place.readable_on_disk() && disk.contains(key.disk_hash()) {
+        spiller.placements.for_each(|key, slot| {
+            if slot.place.readable_on_disk() && spiller.has_record(key.disk_hash(), slot) {
                 on_disk += 1;
             }
         });
@@ -482,15 +488,12 @@ impl CacheBackend for TwoTierCacheBackend {
 
     async fn num_entries(&self) -> usize {
         self.inner.memory.run_pending_tasks().await;
-        let disk = &self.inner.spiller.disk;
+        let spiller = &self.inner.spiller;
         let mut n = 0;
-        self.inner
-            .spiller
-            .placements
-            .for_each(|key, slot| match slot.place {
-                Place::Disk => n += usize::from(disk.contains(key.disk_hash())),
-                _ => n += 1,
-            });
+        spiller.placements.for_each(|key, slot| match slot.place {
+            Place::Disk => n += usize::from(spiller.has_record(key.disk_hash(), slot)),
+            _ => n += 1,
+        });
         n
     }
 
@@ -514,10 +517,13 @@ impl CacheBackend for TwoTierCacheBackend {
         }
         let hash = key.disk_hash();
         let shard = self.inner.spiller.placements.lock(hash);
-        match shard.get(key).map(|s| &s.place) {
-            Some(Place::Queued(_) | Place::Writing(_)) => CacheTier::Local,
-            Some(Place::Disk) if self.inner.spiller.disk.contains(hash) => CacheTier::Local,
-            _ => CacheTier::Absent,
+        match shard.get(key) {
+            Some(slot) => match slot.place {
+                Place::Queued(_) | Place::Writing(_) => CacheTier::Local,
+                Place::Disk if self.inner.spiller.has_record(hash, slot) => CacheTier::Local,
+                _ => CacheTier::Absent,
+            },
+            None => CacheTier::Absent,
         }
     }
 

@@ -7,6 +7,7 @@ use moka::ops::compute::Op;
 
 use super::TwoTierCacheBackend;
 use crate::envelope;
+use crate::packing::PackRef;
 use crate::placement::{Place, Resident};
 use crate::spill::queue_weight;
 use crate::stats::DecodeMiss;
@@ -167,7 +168,7 @@ impl TwoTierCacheBackend {
         let count = !warming;
         let hash = key.disk_hash();
         let clock = &self.inner.spiller.clock;
-        let (seq, expires_at) = {
+        let (seq, expires_at, pack, record_len) = {
             let shard = self.inner.spiller.placements.lock(hash);
             let slot = shard.get(key)?;
             match &slot.place {
@@ -188,7 +189,9 @@ impl TwoTierCacheBackend {
                 }
                 // `on_disk`: moka is promoting or evicting this very version;
                 // the disk holds the same bytes.
-                Place::Disk | Place::Memory { on_disk: true } => (slot.seq, slot.expires_at),
+                Place::Disk | Place::Memory { on_disk: true } => {
+                    (slot.seq, slot.expires_at, slot.pack, slot.record_len)
+                }
                 // moka has just evicted it and the listener has not run yet.
                 Place::Memory { on_disk: false } | Place::Persisting => return None,
             }
@@ -214,7 +217,8 @@ impl TwoTierCacheBackend {
             return None;
         }
         let disk = &spiller.disk;
-        let bytes = match disk.load(hash).await {
+        let stored = pack.map_or(hash, PackRef::record_key);
+        let bytes = match disk.load(stored).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 stats.disk_vanished.incr();
@@ -229,32 +233,40 @@ impl TwoTierCacheBackend {
                 return None;
             }
         };
-        let decoded = envelope::open(&bytes).and_then(|record| {
-            if !record.is_for(key) || record.seq != seq {
-                return Err(DecodeMiss::KeyMismatch);
-            }
-
-            // A codec that panics is a decode failure, not the reader's panic.
-            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                codec.decode(record.type_version, &record.payload)
-            }))
-            .unwrap_or_else(|_| Err(CodecError::Failed("the codec panicked".into())));
-            let entry = decoded.map_err(|e| match e {
-                CodecError::Version { .. } | CodecError::Incompatible(_) => {
-                    DecodeMiss::Incompatible
+        // A packed version is one member of its pack's page.
+        let record = match pack {
+            None => Some(&bytes[..]),
+            Some(at) => crate::packing::member(&bytes, at.offset, record_len),
+        };
+        let decoded = record
+            .ok_or(DecodeMiss::Corrupt)
+            .and_then(envelope::open)
+            .and_then(|record| {
+                if !record.is_for(key) || record.seq != seq {
+                    return Err(DecodeMiss::KeyMismatch);
                 }
-                CodecError::Failed(_) => DecodeMiss::Codec,
-            })?;
-            Ok(Resident {
-                entry,
-                size: record.size_bytes as usize,
-                seq,
-                codec: Some(codec),
-                // The same version: both say the same, or the slot came
-                // from a journal that lost nothing the record says.
-                expires_at: expires_at.max(record.expires_at),
-            })
-        });
+
+                // A codec that panics is a decode failure, not the reader's panic.
+                let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    codec.decode(record.type_version, &record.payload)
+                }))
+                .unwrap_or_else(|_| Err(CodecError::Failed("the codec panicked".into())));
+                let entry = decoded.map_err(|e| match e {
+                    CodecError::Version { .. } | CodecError::Incompatible(_) => {
+                        DecodeMiss::Incompatible
+                    }
+                    CodecError::Failed(_) => DecodeMiss::Codec,
+                })?;
+                Ok(Resident {
+                    entry,
+                    size: record.size_bytes as usize,
+                    seq,
+                    codec: Some(codec),
+                    // The same version: both say the same, or the slot came
+                    // from a journal that lost nothing the record says.
+                    expires_at: expires_at.max(record.expires_at),
+                })
+            });
         let res = match decoded {
             Ok(res) => res,
             Err(reason) => {
@@ -302,9 +314,10 @@ impl TwoTierCacheBackend {
             .current(key, seq)
             .is_some_and(|s| matches!(s.place, Place::Disk))
         {
-            shard.remove(key);
+            let slot = shard.remove(key);
             if delete {
-                self.inner.spiller.disk.delete(hash);
+                let pack = slot.and_then(|s| s.pack);
+                self.inner.spiller.delete_record(hash, pack);
             }
             drop(shard);
             // The journal still names this version; keep it dead across a
@@ -323,8 +336,8 @@ impl TwoTierCacheBackend {
             .current(key, seq)
             .is_some_and(|s| matches!(s.place, Place::Disk))
         {
-            shard.remove(key);
-            spiller.disk.delete(hash);
+            let pack = shard.remove(key).and_then(|s| s.pack);
+            spiller.delete_record(hash, pack);
             spiller.stats.disk_expired.incr();
             drop(shard);
             spiller.record_clock(true);

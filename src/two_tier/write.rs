@@ -69,6 +69,7 @@ impl TwoTierCacheBackend {
                     size: size_bytes as u64,
                     record_len: 0,
                     expires_at,
+                    pack: None,
                 };
                 if let Some(prev) = shard.insert(key.clone(), slot) {
                     // `record_len`: a version of this key was written once,
@@ -79,7 +80,7 @@ impl TwoTierCacheBackend {
                         let tombstone = Fact::Tombstone { hash, seq };
                         inner.spiller.journal_append(&[tombstone], true);
                     }
-                    self.retire(key, hash, &prev.place);
+                    self.retire(key, hash, &prev);
                 }
                 drop(shard);
                 let spillable = codec.is_some();
@@ -147,12 +148,11 @@ impl TwoTierCacheBackend {
 
     /// Drops what a superseded slot held outside moka. Called under the slot's
     /// shard lock, so the foyer delete is ordered after any write of it.
-    pub(super) fn retire(&self, key: &InternalCacheKey, hash: u64, place: &Place) {
-        self.inner
-            .spiller
-            .release_queued(key, place, SpillEnd::Superseded);
-        if place.may_be_on_disk() {
-            self.inner.spiller.disk.delete(hash);
+    pub(super) fn retire(&self, key: &InternalCacheKey, hash: u64, prev: &Slot) {
+        let spiller = &self.inner.spiller;
+        spiller.release_queued(key, &prev.place, SpillEnd::Superseded);
+        if prev.place.may_be_on_disk() {
+            spiller.delete_record(hash, prev.pack);
         }
     }
 
@@ -174,7 +174,7 @@ impl TwoTierCacheBackend {
                         let seq = self.next_seq();
                         spiller.journal_append(&[Fact::Tombstone { hash, seq }], true);
                     }
-                    self.retire(key, hash, &prev.place);
+                    self.retire(key, hash, &prev);
                 }
                 ready(if current.is_some() {
                     Op::Remove
