@@ -249,7 +249,7 @@ impl TwoTierBuilder {
     }
 
     /// Records up to this many bytes share disk pages (`disk.pack_threshold`,
-    /// default 2 KiB; at most 4028; `0` turns packing off).
+    /// default 3 KiB; at most 4028; `0` turns packing off).
     ///
     /// ```
     /// let b = spillway::TwoTierCacheBackend::builder().pack_threshold(1024);

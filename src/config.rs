@@ -230,9 +230,10 @@ pub struct DiskConfig {
     pub compression_level: i32,
     /// Payloads shorter than this are stored raw.
     pub compression_min_size: ByteSize,
-    /// Records (after compression) up to this length share 4 KiB pages
-    /// with others instead of taking a page each; `0` turns packing off.
-    /// At most 4028 bytes: a pack is one page.
+    /// Records (key, envelope and value, after compression) up to this
+    /// length share 4 KiB pages with others instead of taking a page each;
+    /// `0` turns packing off. Default 3 KiB, so that values up to about
+    /// 2.9 KiB are packed; at most 4028 bytes: a pack is one page.
     pub pack_threshold: ByteSize,
     /// Write-behind: an entry resident this long is written to disk as well,
     /// so that a dropped or killed cache comes back warm. `0` turns it off
@@ -257,7 +258,7 @@ impl Default for DiskConfig {
             compression: crate::Compression::None,
             compression_level: 3,
             compression_min_size: ByteSize(256),
-            pack_threshold: ByteSize(2048),
+            pack_threshold: ByteSize(3072),
         }
     }
 }

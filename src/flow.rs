@@ -41,6 +41,11 @@ pub(crate) struct FlowControl {
     queued: AtomicU64,
     /// Woken whenever room may have appeared.
     room: Notify,
+    /// Writers waiting for the spill worker to make room.
+    waiting: AtomicU64,
+    /// Tells the spill worker a writer started waiting: whatever it holds
+    /// back to coalesce writes must go out now.
+    writer_waits: Notify,
     /// One maintenance run at a time, so each releases exactly the
     /// reservations that were made before it started.
     maintenance: tokio::sync::Mutex<()>,
@@ -90,6 +95,24 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// Counts a writer as waiting for the spill worker while it lives (a
+/// cancelled wait uncounts itself too).
+struct Waiting<'a>(&'a FlowControl);
+
+impl<'a> Waiting<'a> {
+    fn new(flow: &'a FlowControl) -> Self {
+        flow.waiting.fetch_add(1, Ordering::AcqRel);
+        flow.writer_waits.notify_one();
+        Self(flow)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What a caller that found no room should do next.
 pub(crate) enum Blocked {
     /// Writes are waiting for maintenance: run it, then try again.
@@ -105,8 +128,15 @@ impl FlowControl {
             credit: Mutex::new(Credit::default()),
             queued: AtomicU64::new(0),
             room: Notify::new(),
+            waiting: AtomicU64::new(0),
+            writer_waits: Notify::new(),
             maintenance: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The queue's byte budget.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
     }
 
     /// Bytes in the spill queue now.
@@ -114,11 +144,15 @@ impl FlowControl {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// Whether the queue holds at least half its budget: writers may be
-    /// about to wait for it (the spill worker then writes open packs out
-    /// rather than holding them).
-    pub(crate) fn half_full(&self) -> bool {
-        self.queued().saturating_mul(2) >= self.capacity
+    /// Whether a writer is waiting for the spill worker to make room.
+    pub(crate) fn writers_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves once a writer starts waiting for room (or has started since
+    /// the last call).
+    pub(crate) async fn writer_waits(&self) {
+        self.writer_waits.notified().await
     }
 
     /// Bytes reserved by writes not yet applied by maintenance.
@@ -186,7 +220,10 @@ impl FlowControl {
             match self.try_reserve(bytes, ticket.as_ref()) {
                 Ok(reservation) => return reservation,
                 Err(Blocked::Maintain) => self.maintained(maintain()).await,
-                Err(Blocked::Wait) => room.await,
+                Err(Blocked::Wait) => {
+                    let _waiting = Waiting::new(self);
+                    room.await
+                }
             }
         }
     }

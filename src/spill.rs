@@ -17,7 +17,7 @@ use crate::expiry::ExpiryClock;
 use crate::flow::FlowControl;
 use crate::health::DiskHealth;
 use crate::journal::{Fact, Journal};
-use crate::packing::{pack_key, PackRef, PackWriter, Packer};
+use crate::packing::{pack_key, PackRef, PackWriter, Packer, PACK_HOLD};
 use crate::placement::{Guard, Place, Placements, Resident, Slot};
 use crate::stats::{NotWrittenReason, Stats};
 use crate::InternalCacheKey;
@@ -75,6 +75,17 @@ impl Unit {
             ),
         }
     }
+}
+
+/// Bytes of ready records worth a flush of their own (see `Spiller::run`).
+/// foyer writes a 4 KiB index page with every flush and flushes whenever
+/// it is idle: handed a pack or two at a time, it wrote about 1.3 bytes
+/// per byte of small records; batches of this size keep that near 1.1.
+const COALESCE: usize = 256 << 10;
+
+/// Bytes the units take in foyer's buffers.
+fn footprint(units: &VecDeque<Unit>) -> usize {
+    units.iter().map(Unit::footprint).sum()
 }
 
 /// What woke an idle worker.
@@ -357,60 +368,81 @@ impl Spiller {
     /// eviction is waiting, so they never delay a spill by more than the
     /// batch already in flight. Small records go through open packs first
     /// (see `packing`).
+    ///
+    /// Batches are coalesced: foyer rewrites a 4 KiB index page with every
+    /// flush, so a trickle of one-page flushes would write each page twice.
+    /// Records wait (readable from RAM) until [`COALESCE`] bytes are ready,
+    /// for at most [`PACK_HOLD`], and not at all once `flush` or `close`
+    /// asks, or writers may be waiting for room in the queue.
     pub(crate) async fn run(
         self: Arc<Self>,
         mut evictions: mpsc::UnboundedReceiver<SpillItem>,
         mut persists: mpsc::UnboundedReceiver<SpillItem>,
     ) {
         let budget = self.disk.batch_budget();
+        // At most half the queue, so that writers rarely wait for it.
+        let coalesce = COALESCE.min(budget).min(self.flow.capacity() as usize / 2);
         let mut packer: Packer<SpillItem> = Packer::new(self.pack_threshold);
-        // Records sealed and ready to submit, in order.
+        // Records sealed and ready to submit, in order, and since when the
+        // oldest of them has waited.
         let mut ready: VecDeque<Unit> = VecDeque::new();
+        let mut held_since: Option<Instant> = None;
         // The batch foyer is writing while the next one is prepared: at most
         // two batches of half a flusher buffer are ever unconfirmed, so the
         // buffer cannot overflow, and encoding overlaps the disk writes.
         let mut in_flight: Option<(Vec<(SpillItem, usize)>, crate::disk::Written)> = None;
         loop {
-            let mut seal = false;
-            if ready.is_empty() && in_flight.is_none() {
-                match self
-                    .idle(&mut evictions, &mut persists, packer.due_at())
-                    .await
-                {
-                    Wake::Item(item) => self.take_in(item, &mut packer, &mut ready),
-                    Wake::Closed if packer.is_empty() => return,
-                    Wake::Closed | Wake::Seal => seal = true,
+            let mut force = false;
+            if in_flight.is_none() && (ready.is_empty() || footprint(&ready) < coalesce) {
+                let due = [held_since.map(|t| t + PACK_HOLD), packer.due_at()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match self.idle(&mut evictions, &mut persists, due).await {
+                    Wake::Item(item) => {
+                        held_since.get_or_insert_with(Instant::now);
+                        self.take_in(item, &mut packer, &mut ready);
+                    }
+                    Wake::Closed if ready.is_empty() && packer.is_empty() => return,
+                    Wake::Closed | Wake::Seal => force = true,
                 }
             }
             // What is waiting now, up to a batch's worth.
             let mut emptied = false;
-            while ready.iter().map(Unit::footprint).sum::<usize>() < budget {
+            while footprint(&ready) < budget {
                 match next_now(&mut evictions, &mut persists) {
-                    Some(item) => self.take_in(item, &mut packer, &mut ready),
+                    Some(item) => {
+                        held_since.get_or_insert_with(Instant::now);
+                        self.take_in(item, &mut packer, &mut ready);
+                    }
                     None => {
                         emptied = true;
                         break;
                     }
                 }
             }
-            // Partly filled packs go out when asked, when their hold ran
-            // out, or when writers may be waiting for the queue to drain.
-            let due = packer.due_at().is_some_and(|d| d <= Instant::now());
-            if !packer.is_empty()
-                && (seal
-                    || due
-                    || self.seal_requested.swap(false, Ordering::AcqRel)
-                    || (emptied && self.flow.half_full()))
-            {
+            let now = Instant::now();
+            force = force
+                || self.seal_requested.swap(false, Ordering::AcqRel)
+                || held_since.is_some_and(|t| t + PACK_HOLD <= now)
+                || packer.due_at().is_some_and(|d| d <= now)
+                || (emptied && self.flow.writers_waiting());
+            if force {
                 ready.extend(packer.take_all().into_iter().map(|p| Unit::Pack(p.members)));
             }
-            let Some(first) = ready.pop_front() else {
-                // Nothing to submit now: confirm what is in flight.
+            if ready.is_empty() || (!force && footprint(&ready) < coalesce) {
+                // Nothing worth a flush yet: confirm what is in flight.
                 if let Some((previous, written)) = in_flight.take() {
                     self.landed(written).await;
                     self.confirm(previous);
                 }
+                if ready.is_empty() && packer.is_empty() {
+                    held_since = None;
+                }
                 self.progress.notify_waiters();
+                continue;
+            }
+            let Some(first) = ready.pop_front() else {
                 continue;
             };
             if first.footprint() > budget {
@@ -422,7 +454,9 @@ impl Spiller {
                     self.confirm(previous);
                 }
                 let mut alone = Vec::new();
-                self.submit(first, &mut alone);
+                let mut packs = Vec::new();
+                self.submit(first, &mut alone, &mut packs);
+                self.enqueue_packs(packs);
                 if !alone.is_empty() {
                     self.landed(self.disk.wait_from_now()).await;
                     self.confirm(alone);
@@ -431,7 +465,8 @@ impl Spiller {
                 continue;
             }
             let mut batch = Vec::new();
-            let mut used = self.submit(first, &mut batch);
+            let mut packs = Vec::new();
+            let mut used = self.submit(first, &mut batch, &mut packs);
             while let Some(unit) = ready.pop_front() {
                 let footprint = unit.footprint();
                 if footprint > budget || (used > 0 && used + footprint > budget) {
@@ -439,8 +474,11 @@ impl Spiller {
                     ready.push_front(unit);
                     break;
                 }
-                used += self.submit(unit, &mut batch);
+                used += self.submit(unit, &mut batch, &mut packs);
             }
+            self.enqueue_packs(packs);
+            // What is left has waited since now at the earliest.
+            held_since = (!ready.is_empty()).then_some(now);
             let submitted = (!batch.is_empty()).then(|| (batch, self.disk.wait_from_now()));
             if let Some((previous, written)) = in_flight.take() {
                 self.landed(written).await;
@@ -452,16 +490,16 @@ impl Spiller {
         }
     }
 
-    /// Waits, with nothing to submit, for the next item, or for open packs
-    /// to fall due.
+    /// Waits, with nothing to submit, for the next item, or until what is
+    /// held falls `due` (or a flush asks for it).
     async fn idle(
         &self,
         evictions: &mut mpsc::UnboundedReceiver<SpillItem>,
         persists: &mut mpsc::UnboundedReceiver<SpillItem>,
-        packs_due: Option<Instant>,
+        due: Option<Instant>,
     ) -> Wake {
         let wake = |item: Option<SpillItem>| item.map_or(Wake::Closed, Wake::Item);
-        match packs_due {
+        match due {
             None => tokio::select! {
                 biased;
                 item = evictions.recv() => wake(item),
@@ -472,6 +510,7 @@ impl Spiller {
                 item = evictions.recv() => wake(item),
                 item = persists.recv() => wake(item),
                 _ = self.seal_now.notified() => Wake::Seal,
+                _ = self.flow.writer_waits() => Wake::Seal,
                 _ = tokio::time::sleep_until(due.into()) => Wake::Seal,
             },
         }
@@ -575,10 +614,26 @@ impl Spiller {
 
     /// Hands a unit to foyer; returns the bytes it takes in foyer's buffer
     /// (0 if nothing in it was still due).
-    fn submit(&self, unit: Unit, batch: &mut Vec<(SpillItem, usize)>) -> usize {
+    /// Packs are laid out here and handed over by [`Self::enqueue_packs`]
+    /// once the whole batch is ready.
+    fn submit(
+        &self,
+        unit: Unit,
+        batch: &mut Vec<(SpillItem, usize)>,
+        packs: &mut Vec<(u64, Bytes)>,
+    ) -> usize {
         match unit {
             Unit::Single(item, record) => self.submit_single(item, record, batch),
-            Unit::Pack(members) => self.submit_pack(members, batch),
+            Unit::Pack(members) => self.submit_pack(members, batch, packs),
+        }
+    }
+
+    /// Hands a batch's packs to foyer back to back: its flusher writes
+    /// whatever it holds whenever it is idle, with an index page each time,
+    /// so records handed over in a quick run share fewer writes.
+    fn enqueue_packs(&self, packs: Vec<(u64, Bytes)>) {
+        for (key, pack) in packs {
+            self.disk.enqueue(key, pack);
         }
     }
 
@@ -602,14 +657,16 @@ impl Spiller {
         DiskTier::footprint(len)
     }
 
-    /// Lays the members that are still due out in one pack and hands it to
-    /// foyer. Each member's slot names the pack before the pack is
-    /// enqueued: a replace meanwhile then knows the version may be on disk
-    /// (and journals its tombstone), and leaves the pack alone.
+    /// Lays the members that are still due out in one pack, to be handed to
+    /// foyer with the rest of the batch. Each member's slot names the pack
+    /// before the pack is enqueued: a replace meanwhile then knows the
+    /// version may be on disk (and journals its tombstone), and leaves the
+    /// pack alone.
     fn submit_pack(
         &self,
         members: Vec<(SpillItem, Bytes)>,
         batch: &mut Vec<(SpillItem, usize)>,
+        packs: &mut Vec<(u64, Bytes)>,
     ) -> usize {
         let id = self.next_seq();
         let mut writer = PackWriter::new();
@@ -631,7 +688,7 @@ impl Spiller {
         }
         let pack = writer.finish();
         let len = pack.len();
-        self.disk.enqueue(pack_key(id), pack);
+        packs.push((pack_key(id), pack));
         batch.extend(accepted);
         DiskTier::footprint(len)
     }

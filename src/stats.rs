@@ -248,6 +248,10 @@ pub struct DiskStats {
     pub queue_hits: u64,
     /// Entries spillway believes are on disk.
     pub entries: u64,
+    /// Bytes of those entries' records as stored (after compression, before
+    /// foyer's padding to 4 KiB pages): over `capacity`, how well the disk
+    /// budget is used. Packed small entries count their own bytes only.
+    pub bytes: u64,
     /// Bytes the disk tier wrote to its device (4 KiB-aligned, so ≥ spilled bytes).
     pub bytes_written: u64,
     /// Reads whose record foyer had already evicted or lost.

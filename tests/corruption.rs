@@ -28,15 +28,6 @@ enum Damage {
 
 const DAMAGES: [Damage; 4] = [Damage::Flip, Damage::Zero, Damage::Half, Damage::Empty];
 
-/// The file's length up to its last non-zero byte.
-fn used_len(path: &Path) -> u64 {
-    let bytes = std::fs::read(path).unwrap();
-    bytes
-        .iter()
-        .rposition(|b| *b != 0)
-        .map_or(0, |i| i as u64 + 1)
-}
-
 /// Damages `path` in place (same inode, so an open cache sees it too).
 fn damage(path: &Path, how: Damage) {
     let file = std::fs::OpenOptions::new()

@@ -27,21 +27,6 @@ const KEYS_PER_PREFIX: usize = 12;
 const KEYS: usize = PREFIXES * KEYS_PER_PREFIX;
 const VALUE_LEN: usize = 3000;
 
-/// splitmix64: a seeded, dependency-free generator.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn prefix(i: usize) -> String {
     format!("p{i}")
 }

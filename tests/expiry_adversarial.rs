@@ -474,9 +474,7 @@ fn expiry_child() {
             assert!(c.get(&key("a", i)).await.is_none(), "child: a/{i} expired");
         }
         eprintln!("ready");
-        use rustix::process::{getpid, kill_process, Signal};
-        kill_process(getpid(), Signal::KILL).unwrap();
-        std::future::pending::<()>().await;
+        sigkill_self().await;
     });
 }
 

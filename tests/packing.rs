@@ -125,9 +125,9 @@ async fn replaced_members_stay_dead_and_neighbours_live() {
         cache.remove(&key("a", id)).await;
     }
     let expect = |id: usize| -> Option<u8> {
-        if id % 5 == 0 {
+        if id.is_multiple_of(5) {
             None
-        } else if id % 2 == 0 {
+        } else if id.is_multiple_of(2) {
             Some(2)
         } else {
             Some(1)
@@ -208,7 +208,7 @@ async fn sizes_crossing_the_threshold_always_read_the_latest() {
     let dir = tempfile::tempdir().unwrap();
     let cache = tight(dir.path()).build().await.unwrap();
     let len = |id: usize, v: u8| {
-        if (id + v as usize) % 2 == 0 {
+        if (id + v as usize).is_multiple_of(2) {
             300
         } else {
             5000

@@ -33,7 +33,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(mut samples: Vec<f64>) -> Self {
+    pub fn of(mut samples: Vec<f64>) -> Self {
         samples.sort_by(f64::total_cmp);
         let at = |i: usize| samples.get(i).copied().unwrap_or(0.0);
         Self {

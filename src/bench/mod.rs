@@ -33,6 +33,7 @@ mod compression;
 mod device;
 mod kill;
 mod micro;
+mod packing;
 mod report;
 mod systems;
 mod terminal;
@@ -181,7 +182,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     }
     // "spillway-no-wb": write-behind off, to show what it costs in the same run.
     let systems = ["spillway", "spillway-no-wb", "moka", "foyer-hybrid"];
-    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 5;
+    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 6;
     let progress = ProgressBar::new(steps);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -241,6 +242,14 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         opts.quick,
     ))?;
     progress.inc(1);
+    progress.set_message("small entries: packed, unpacked and foyer at one disk budget");
+    let packing = runtime.block_on(packing::measure(
+        &opts.config,
+        scratch.path(),
+        bench.zipf_s,
+        opts.quick,
+    ))?;
+    progress.inc(1);
     progress.finish_with_message("done");
 
     let report = Report::new(
@@ -252,6 +261,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         micro,
         spill,
         compression,
+        packing,
         runs,
     );
     report.write(&opts.out)?;

@@ -10,6 +10,7 @@ use spillway::Config;
 use super::compression::CompressionRun;
 use super::device::DeviceReport;
 use super::micro::{MicroReport, SpillBandwidth};
+use super::packing::PackingRun;
 use super::BenchConfig;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -115,6 +116,8 @@ pub struct Report {
     pub spill_bandwidth: SpillBandwidth,
     /// The compression phase: none, lz4 and zstd on the same values.
     pub compression: Vec<CompressionRun>,
+    /// The small-entries phase: packed, unpacked and foyer.
+    pub packing: Vec<PackingRun>,
     /// RAM the placement table spends per disk-resident entry: the size of
     /// one table entry plus the key's strings (an estimate from the entry
     /// layout, not a heap measurement).
@@ -147,6 +150,7 @@ impl Report {
         micro: MicroReport,
         spill_bandwidth: SpillBandwidth,
         compression: Vec<CompressionRun>,
+        packing: Vec<PackingRun>,
         runs: Vec<RunReport>,
     ) -> Self {
         // HashMap entry: key (prefix, key: Arc<str> fat pointers, type tag) +
@@ -166,6 +170,7 @@ impl Report {
             micro,
             spill_bandwidth,
             compression,
+            packing,
             ram_per_disk_entry_bytes: (entry + key_strings) as u64,
             runs,
             targets: Vec::new(),
@@ -271,6 +276,7 @@ impl Report {
                 });
             }
         }
+        t.extend(super::packing::targets(&self.packing));
         t
     }
 
@@ -365,7 +371,7 @@ impl Report {
 
     fn markdown(&self) -> String {
         format!(
-            "# spillway bench\n\nMachine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write {:.0} MiB/s; 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}).\n\n## Results\n\n{}\n`-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\nRAM per disk-resident entry (placement table, estimate): {} bytes.\n\n## Targets\n\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
+            "# spillway bench\n\nMachine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write {:.0} MiB/s; 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}).\n\n## Results\n\n{}\n`-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\nRAM per disk-resident entry (placement table, estimate): {} bytes.\n\n## Targets\n\n{}\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
             self.machine,
             if self.direct_io { "O_DIRECT" } else { "buffered (page cache)" },
             mib(self.working_set_bytes),
@@ -385,7 +391,8 @@ impl Report {
             self.table(),
             self.ram_per_disk_entry_bytes,
             self.targets_table(),
-            self.compression_table()
+            self.compression_table(),
+            super::packing::markdown(&self.packing, self.quick)
         )
     }
 }
@@ -542,6 +549,18 @@ pub(crate) fn sample() -> Report {
             spill_mib_s: Default::default(),
             disk_hits_per_s: Default::default(),
             not_written: 0,
+        }],
+        vec![PackingRun {
+            system: "spillway".into(),
+            hit_ratio: Default::default(),
+            disk_hit_ratio: Default::default(),
+            reads_per_s: Default::default(),
+            entries_on_disk: 25_000,
+            utilisation: 0.86,
+            record_utilisation: Some(0.9),
+            write_amplification: Some(1.1),
+            packed: 30_000,
+            packs: 8_000,
         }],
         runs,
     );

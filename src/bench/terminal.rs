@@ -129,6 +129,18 @@ impl Report {
             );
             compression.push_str(&wrap(&line, TERMINAL_WIDTH, 2));
         }
+        for r in &self.packing {
+            let line = format!(
+                "small entries, {}: hit ratio {:.3}, {} entries on disk, {:.0}% utilisation{} (medians)",
+                r.system,
+                r.hit_ratio.median,
+                r.entries_on_disk,
+                r.utilisation * 100.0,
+                r.write_amplification
+                    .map_or(String::new(), |w| format!(", write amp {w:.2}")),
+            );
+            compression.push_str(&wrap(&line, TERMINAL_WIDTH, 2));
+        }
         format!(
             "\n{}\n{}\n{}\n{}",
             wrap(&header, TERMINAL_WIDTH, 2),

@@ -421,13 +421,15 @@ impl TwoTierCacheBackend {
         s.spill.queue_bytes = self.inner.spiller.flow.queued();
         s.spill.paused = self.inner.spiller.health.is_failing();
         let spiller = &self.inner.spiller;
-        let mut on_disk = 0;
+        let (mut on_disk, mut bytes) = (0, 0);
         spiller.placements.for_each(|key, slot| {
             if slot.place.readable_on_disk() && spiller.has_record(key.disk_hash(), slot) {
                 on_disk += 1;
+                bytes += u64::from(slot.record_len);
             }
         });
         s.disk.entries = on_disk;
+        s.disk.bytes = bytes;
         s
     }
 

@@ -277,3 +277,39 @@ pub fn two_thread_runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// splitmix64: a seeded, dependency-free generator for random operations.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A file's length up to its last non-zero byte (foyer's device file is
+/// mostly unwritten: damage aims at the bytes in use).
+pub fn used_len(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
+/// Ends the calling child process the way a crash would: SIGKILL, no
+/// destructors, no flush.
+pub async fn sigkill_self() -> ! {
+    use rustix::process::{getpid, kill_process, Signal};
+    kill_process(getpid(), Signal::KILL).unwrap();
+    std::future::pending::<()>().await;
+    unreachable!("SIGKILL returned")
+}
