@@ -270,7 +270,7 @@ pub fn markdown(runs: &[PackingRun], quick: bool) -> String {
     use std::fmt::Write;
     let disk = if quick { 8 } else { 32 };
     let mut s = format!(
-        "## Small entries\n\nValues of 100 B to 2 KiB (uniform), three times a {disk} MiB disk budget in total, 1 MiB of memory; every key inserted once, then Zipf look-aside reads ({REPETITIONS} repetitions; min / median / max). `spillway-unpacked` is spillway with `disk.pack_threshold = 0`.\n\n| system | hit ratio | disk-hit ratio | reads/s | entries on disk | utilisation | record utilisation | write amp | packed / packs |\n|---|---|---|---|---|---|---|---|---|\n",
+        "## Small entries\n\nValues of 100 B to 2 KiB (uniform), three times a {disk} MiB disk budget (256 KiB blocks) in total, 1 MiB of memory; every key inserted once, then Zipf look-aside reads ({REPETITIONS} repetitions; min / median / max). `spillway-unpacked` is spillway with `disk.pack_threshold = 0`.\n\n| system | hit ratio | disk-hit ratio | reads/s | entries on disk | utilisation | record utilisation | write amp | packed / packs |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let three = |v: &Spread, f: &dyn Fn(f64) -> String| {
         format!("{} / {} / {}", f(v.min), f(v.median), f(v.max))

@@ -365,7 +365,7 @@ impl Report {
                 r.not_written,
             );
         }
-        s.push_str("\nRatio: logical bytes of the records written over the bytes stored. Effective capacity: logical bytes of the entries the disk held at the end, over the disk budget; foyer pads each record to a multiple of 4 KiB: an 8 KiB value takes three pages raw and at least one compressed, which caps the gain at 3×.\n");
+        s.push_str("\nRatio: logical bytes of the records written over the bytes stored. Effective capacity: logical bytes of the entries the disk held at the end, over the disk budget. foyer pads each record to a multiple of 4 KiB: an 8 KiB value takes three pages raw; compressed under `disk.pack_threshold`, records share pages (see Small entries).\n");
         s
     }
 
