@@ -26,9 +26,10 @@ use crate::{Error, Result};
 
 /// foyer writes in 4 KiB pages: every record occupies a whole number of them.
 pub(crate) const PAGE: usize = 4096;
-/// foyer's own per-entry header plus the serialized `u64` key and the `Bytes`
-/// length prefix, rounded up generously.
-const FOYER_ENTRY_OVERHEAD: usize = 128;
+/// foyer's own per-entry header (36 bytes) plus the serialized `u64` key
+/// and the `Bytes` length prefix (8 each), rounded up to 64: a record of
+/// `PAGE - 64` bytes takes exactly one page (a test below pins it).
+pub(crate) const FOYER_ENTRY_OVERHEAD: usize = 64;
 /// foyer reserves this much of each block for its blob index (its default).
 const BLOB_INDEX: usize = 4096;
 

@@ -371,7 +371,9 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             || invalidated
                 .iter()
                 .any(|(p, s)| seq < *s && k.starts_with(p));
-        if dead || replay.live.get(&k).is_some_and(|r| r.seq >= seq) {
+        // For the same version, the later fact wins: a version whose copy
+        // foyer evicted can be written again, into another pack.
+        if dead || replay.live.get(&k).is_some_and(|r| r.seq > seq) {
             continue;
         }
         replay.live.insert(
@@ -700,6 +702,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _j = Journal::open(dir.path(), &r, false).unwrap();
         assert_eq!(replay(dir.path()).unwrap().live[&a].pack, Some(at));
+    }
+
+    /// A promoted version whose pack foyer evicted is written again, into
+    /// another pack, under the same sequence number: the later fact names
+    /// where it is now.
+    #[test]
+    fn the_latest_fact_of_one_version_says_where_it_is() {
+        let a = k("p", "a");
+        let first = PackRef { id: 10, offset: 4 };
+        let again = PackRef {
+            id: 20,
+            offset: 104,
+        };
+        let r = replay_of(&[
+            Fact::written(&a, 3, 10, 100, 0, Some(first)),
+            Fact::written(&a, 3, 10, 100, 0, Some(again)),
+        ]);
+        assert_eq!(r.live[&a].pack, Some(again));
+        // A newer version still wins whatever the order.
+        let r = replay_of(&[
+            Fact::written(&a, 4, 10, 100, 0, None),
+            Fact::written(&a, 3, 10, 100, 0, Some(again)),
+        ]);
+        assert_eq!((r.live[&a].seq, r.live[&a].pack), (4, None));
     }
 
     #[test]

@@ -33,9 +33,9 @@ use bytes::Bytes;
 
 use crate::disk::PAGE;
 
-/// The largest pack: with foyer's 52-byte entry header and serialized key
-/// and length (rounded up to 64), a pack takes exactly one page.
-pub(crate) const PACK_BYTES: usize = PAGE - 64;
+/// The largest pack: with foyer's per-entry overhead, a pack takes exactly
+/// one page.
+pub(crate) const PACK_BYTES: usize = PAGE - crate::disk::FOYER_ENTRY_OVERHEAD;
 const MAGIC: &[u8; 4] = b"SWPK";
 /// Bytes before the first member.
 pub(crate) const PACK_HEADER: usize = MAGIC.len();
@@ -64,7 +64,10 @@ impl PackRef {
     /// foyer's 64-bit key space; pack ids are small sequence numbers, so they
     /// are spread over it (a bijection, so distinct packs never share a key).
     /// A collision with a key's hash is as unlikely as two keys' hashes
-    /// colliding, and just as harmless: every read checks the envelope.
+    /// colliding. It can never serve wrong bytes (every read checks the
+    /// envelope), and a key's read that finds a pack treats it as another
+    /// key's record (see [`is_pack`]); the key's own record written there
+    /// would cost the pack's members, as a count of misses.
     pub(crate) fn record_key(self) -> u64 {
         pack_key(self.id)
     }
@@ -77,6 +80,11 @@ pub(crate) fn pack_key(id: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Whether a record read from disk is a pack.
+pub(crate) fn is_pack(record: &[u8]) -> bool {
+    record.starts_with(MAGIC)
 }
 
 /// The bytes of the member at `offset` with `len` bytes, if `pack` is a
@@ -131,6 +139,11 @@ pub(crate) struct OpenPack<T> {
 }
 
 impl<T> OpenPack<T> {
+    /// The length of the pack record its members make.
+    pub(crate) fn len(&self) -> usize {
+        self.used
+    }
+
     fn room(&self) -> usize {
         PACK_BYTES - self.used
     }
@@ -244,6 +257,9 @@ mod tests {
         assert_eq!(member(&pack, 0, 4), None);
         assert_eq!(member(&pack, u16::MAX, u32::MAX), None);
         assert_eq!(member(b"SPWYxxxxxxxx", 4, 2), None);
+        // A key's own record is never taken for a pack.
+        assert!(is_pack(&pack));
+        assert!(!is_pack(b"SPWYxxxxxxxx"));
     }
 
     #[test]

@@ -62,17 +62,21 @@ pub(crate) struct SpillItem {
 /// One record handed to foyer: an entry's own, or a pack of small ones.
 enum Unit {
     Single(SpillItem, Bytes),
-    Pack(Vec<(SpillItem, Bytes)>),
+    /// Its members, and the length of the pack they make.
+    Pack(Vec<(SpillItem, Bytes)>, usize),
 }
 
 impl Unit {
+    fn pack(open: crate::packing::OpenPack<SpillItem>) -> Self {
+        let len = open.len();
+        Unit::Pack(open.members, len)
+    }
+
     /// Bytes it takes in foyer's buffers.
     fn footprint(&self) -> usize {
         match self {
             Unit::Single(_, record) => DiskTier::footprint(record.len()),
-            Unit::Pack(members) => DiskTier::footprint(
-                crate::packing::PACK_HEADER + members.iter().map(|(_, r)| r.len()).sum::<usize>(),
-            ),
+            Unit::Pack(_, len) => DiskTier::footprint(*len),
         }
     }
 }
@@ -409,11 +413,17 @@ impl Spiller {
             }
             // What is waiting now, up to a batch's worth.
             let mut emptied = false;
-            while footprint(&ready) < budget {
+            // Kept as a running sum: a backlog can make thousands of units.
+            let mut ready_bytes = footprint(&ready);
+            while ready_bytes < budget {
                 match next_now(&mut evictions, &mut persists) {
                     Some(item) => {
                         held_since.get_or_insert_with(Instant::now);
+                        let before = ready.len();
                         self.take_in(item, &mut packer, &mut ready);
+                        if ready.len() > before {
+                            ready_bytes += ready.back().map_or(0, Unit::footprint);
+                        }
                     }
                     None => {
                         emptied = true;
@@ -428,7 +438,7 @@ impl Spiller {
                 || packer.due_at().is_some_and(|d| d <= now)
                 || (emptied && self.flow.writers_waiting());
             if force {
-                ready.extend(packer.take_all().into_iter().map(|p| Unit::Pack(p.members)));
+                ready.extend(packer.take_all().into_iter().map(Unit::pack));
             }
             if ready.is_empty() || (!force && footprint(&ready) < coalesce) {
                 // Nothing worth a flush yet: confirm what is in flight.
@@ -530,7 +540,7 @@ impl Spiller {
         item.logical_len = logical_len;
         if packer.takes(record.len()) {
             if let Some(full) = packer.add(item, record) {
-                ready.push_back(Unit::Pack(full.members));
+                ready.push_back(Unit::pack(full));
             }
         } else {
             ready.push_back(Unit::Single(item, record));
@@ -624,7 +634,7 @@ impl Spiller {
     ) -> usize {
         match unit {
             Unit::Single(item, record) => self.submit_single(item, record, batch),
-            Unit::Pack(members) => self.submit_pack(members, batch, packs),
+            Unit::Pack(members, _) => self.submit_pack(members, batch, packs),
         }
     }
 

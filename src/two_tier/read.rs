@@ -235,38 +235,40 @@ impl TwoTierCacheBackend {
         };
         // A packed version is one member of its pack's page.
         let record = match pack {
-            None => Some(&bytes[..]),
-            Some(at) => crate::packing::member(&bytes, at.offset, record_len),
+            // A pack under this key's hash (a pack id's key collided with
+            // it): another record, not this key's to delete.
+            None if crate::packing::is_pack(&bytes) => Err(DecodeMiss::KeyMismatch),
+            None => Ok(&bytes[..]),
+            Some(at) => {
+                crate::packing::member(&bytes, at.offset, record_len).ok_or(DecodeMiss::Corrupt)
+            }
         };
-        let decoded = record
-            .ok_or(DecodeMiss::Corrupt)
-            .and_then(envelope::open)
-            .and_then(|record| {
-                if !record.is_for(key) || record.seq != seq {
-                    return Err(DecodeMiss::KeyMismatch);
-                }
+        let decoded = record.and_then(envelope::open).and_then(|record| {
+            if !record.is_for(key) || record.seq != seq {
+                return Err(DecodeMiss::KeyMismatch);
+            }
 
-                // A codec that panics is a decode failure, not the reader's panic.
-                let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    codec.decode(record.type_version, &record.payload)
-                }))
-                .unwrap_or_else(|_| Err(CodecError::Failed("the codec panicked".into())));
-                let entry = decoded.map_err(|e| match e {
-                    CodecError::Version { .. } | CodecError::Incompatible(_) => {
-                        DecodeMiss::Incompatible
-                    }
-                    CodecError::Failed(_) => DecodeMiss::Codec,
-                })?;
-                Ok(Resident {
-                    entry,
-                    size: record.size_bytes as usize,
-                    seq,
-                    codec: Some(codec),
-                    // The same version: both say the same, or the slot came
-                    // from a journal that lost nothing the record says.
-                    expires_at: expires_at.max(record.expires_at),
-                })
-            });
+            // A codec that panics is a decode failure, not the reader's panic.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                codec.decode(record.type_version, &record.payload)
+            }))
+            .unwrap_or_else(|_| Err(CodecError::Failed("the codec panicked".into())));
+            let entry = decoded.map_err(|e| match e {
+                CodecError::Version { .. } | CodecError::Incompatible(_) => {
+                    DecodeMiss::Incompatible
+                }
+                CodecError::Failed(_) => DecodeMiss::Codec,
+            })?;
+            Ok(Resident {
+                entry,
+                size: record.size_bytes as usize,
+                seq,
+                codec: Some(codec),
+                // The same version: both say the same, or the slot came
+                // from a journal that lost nothing the record says.
+                expires_at: expires_at.max(record.expires_at),
+            })
+        });
         let res = match decoded {
             Ok(res) => res,
             Err(reason) => {
