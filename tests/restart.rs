@@ -335,3 +335,23 @@ async fn reopening_many_times_keeps_at_most_one_descriptor_per_open() {
     let grown = fds().saturating_sub(before);
     assert!(grown <= 60, "{grown} descriptors kept by 10 closed caches");
 }
+
+/// An insert followed at once by `clear()`, many times over: nothing
+/// inserted before the clear returned is readable after it. (The long model
+/// test once read, after `Clear`, a version written before it; this test
+/// and the next aim at the races involved but have not reproduced it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_insert_just_before_a_clear_is_gone_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = small(dir.path()).build().await.unwrap();
+    for round in 0..500usize {
+        let k = key("a", round % 7);
+        insert(&cache, &k, blob(round, 1)).await;
+        cache.clear().await;
+        assert!(
+            cache.get_without_promotion(&k).await.is_none(),
+            "round {round}: readable after clear"
+        );
+    }
+    cache.close().await.unwrap();
+}

@@ -168,5 +168,12 @@ impl TwoTierCacheBackend {
             tracing::error!(error = %e, "clearing the disk tier failed; its records stay unreachable");
         }
         self.inner.memory.run_pending_tasks().await;
+        // Every current version has a slot, and the slots are gone: what
+        // moka still holds without one (a promotion that landed after the
+        // invalidation above) is a cleared version. Inserts since the drain
+        // have slots of their own and stay.
+        for (key, res) in self.inner.memory.iter() {
+            self.drop_if_orphan(&key, res.seq).await;
+        }
     }
 }

@@ -351,6 +351,7 @@ impl TwoTierCacheBackend {
     /// overwrite a newer insert.
     pub(super) async fn promote(&self, key: &InternalCacheKey, hash: u64, res: Resident) {
         let inner = &self.inner;
+        let seq = res.seq;
         inner
             .memory
             .entry_by_ref(key)
@@ -371,5 +372,30 @@ impl TwoTierCacheBackend {
                 ready(op)
             })
             .await;
+        // `clear` drains the slots, then invalidates moka wholesale, without
+        // taking this key's lock: a clear that drained this slot after the
+        // check above, and invalidated moka before the Put landed, would
+        // leave the cleared version in memory.
+        self.drop_if_orphan(key, seq).await;
+    }
+
+    /// Takes version `seq` of `key` out of moka if its slot is gone (a
+    /// clear passed): a newer version of the key is left alone.
+    pub(super) async fn drop_if_orphan(&self, key: &InternalCacheKey, seq: u64) {
+        let inner = &self.inner;
+        let gone = || {
+            let mut shard = inner.spiller.placements.lock(key.disk_hash());
+            shard.current(key, seq).is_none()
+        };
+        if gone() {
+            inner
+                .memory
+                .entry_by_ref(key)
+                .and_compute_with(|current| {
+                    let ours = current.is_some_and(|e| e.value().seq == seq);
+                    ready(if ours && gone() { Op::Remove } else { Op::Nop })
+                })
+                .await;
+        }
     }
 }
