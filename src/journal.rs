@@ -152,6 +152,58 @@ impl Fact {
     }
 }
 
+impl Fact {
+    /// The version a `Written`, `WrittenUntil` or `WrittenPacked` fact
+    /// records (the reverse of [`Fact::written`]); `None` for other facts.
+    fn into_written(self) -> Option<(InternalCacheKey, Recovered)> {
+        let (prefix, key, type_name, recovered) = match self {
+            Fact::Written {
+                prefix,
+                key,
+                type_name,
+                seq,
+                size,
+                len,
+            } => (
+                prefix,
+                key,
+                type_name,
+                Recovered::at(seq, size, len, 0, None),
+            ),
+            Fact::WrittenUntil {
+                prefix,
+                key,
+                type_name,
+                seq,
+                size,
+                len,
+                expires_at,
+            } => {
+                let recovered = Recovered::at(seq, size, len, expires_at, None);
+                (prefix, key, type_name, recovered)
+            }
+            Fact::WrittenPacked {
+                prefix,
+                key,
+                type_name,
+                seq,
+                size,
+                len,
+                expires_at,
+                pack,
+                offset,
+            } => {
+                let at = Some(PackRef { id: pack, offset });
+                let recovered = Recovered::at(seq, size, len, expires_at, at);
+                (prefix, key, type_name, recovered)
+            }
+            _ => return None,
+        };
+        let key = InternalCacheKey::new(prefix, key, intern(&type_name));
+        Some((key, recovered))
+    }
+}
+
 /// A version the journal says is on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Recovered {
@@ -162,6 +214,18 @@ pub(crate) struct Recovered {
     pub expires_at: u64,
     /// The pack holding it, if it was packed.
     pub pack: Option<PackRef>,
+}
+
+impl Recovered {
+    fn at(seq: u64, size: u64, len: u32, expires_at: u64, pack: Option<PackRef>) -> Self {
+        Self {
+            seq,
+            size,
+            len,
+            expires_at,
+            pack,
+        }
+    }
 }
 
 /// What a replay found.
@@ -331,41 +395,10 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
         }
     }
     for fact in facts {
-        let (prefix, key, type_name, seq, size, len, expires_at, pack) = match fact {
-            Fact::Written {
-                prefix,
-                key,
-                type_name,
-                seq,
-                size,
-                len,
-            } => (prefix, key, type_name, seq, size, len, 0, None),
-            Fact::WrittenUntil {
-                prefix,
-                key,
-                type_name,
-                seq,
-                size,
-                len,
-                expires_at,
-            } => (prefix, key, type_name, seq, size, len, expires_at, None),
-            Fact::WrittenPacked {
-                prefix,
-                key,
-                type_name,
-                seq,
-                size,
-                len,
-                expires_at,
-                pack,
-                offset,
-            } => {
-                let at = PackRef { id: pack, offset };
-                (prefix, key, type_name, seq, size, len, expires_at, Some(at))
-            }
-            _ => continue,
+        let Some((k, recovered)) = fact.into_written() else {
+            continue;
         };
-        let k = InternalCacheKey::new(prefix, key, intern(&type_name));
+        let seq = recovered.seq;
         let dead = seq <= cleared
             || tombstones.get(&k.disk_hash()).is_some_and(|t| seq < *t)
             || invalidated
@@ -376,16 +409,7 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
         if dead || replay.live.get(&k).is_some_and(|r| r.seq > seq) {
             continue;
         }
-        replay.live.insert(
-            k,
-            Recovered {
-                seq,
-                size,
-                len,
-                expires_at,
-                pack,
-            },
-        );
+        replay.live.insert(k, recovered);
     }
     let by_hash: HashMap<u64, &InternalCacheKey> =
         replay.live.keys().map(|k| (k.disk_hash(), k)).collect();
