@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::journal::Fact;
-use crate::placement::Place;
+use crate::placement::{Named, Place};
 use crate::spill::Spiller;
 use crate::InternalCacheKey;
 
@@ -91,15 +91,15 @@ impl Spiller {
         let mut lost_copies = Vec::new();
         let disk = &self.disk;
         let mut expired = 0;
-        self.placements.retain(|key, slot| {
+        self.placements.retain(|hash, key, slot| {
             if matches!(slot.place, Place::Disk) && self.clock.expired(slot.expires_at) {
                 // Its `Written` fact carries the deadline: no tombstone needed.
-                self.delete_record(key.disk_hash(), slot.pack);
+                self.delete_record(hash, slot.pack);
                 expired += 1;
                 return false;
             }
             let readable = slot.place.readable_on_disk();
-            if !readable || disk.contains(slot.record_key(key.disk_hash())) {
+            if !readable || disk.contains(slot.record_key(hash)) {
                 return true;
             }
             match slot.place {
@@ -109,12 +109,13 @@ impl Spiller {
                     // it. `record_len` stays set: a replacing insert then
                     // journals the tombstone that keeps this version dead.
                     slot.place = Place::Memory { on_disk: false };
-                    lost_copies.push(key.clone());
+                    // A resident slot always has its key.
+                    lost_copies.extend(key.cloned());
                     true
                 }
                 _ => {
                     tombstones.push(Fact::Tombstone {
-                        hash: key.disk_hash(),
+                        hash,
                         seq: slot.seq + 1,
                     });
                     false
@@ -141,7 +142,17 @@ impl Spiller {
         let mut facts = vec![Fact::Clock {
             at: self.clock.now_ms(),
         }];
-        self.placements.for_each(|key, slot| {
+        self.placements.for_each_named(|hash, named, slot| {
+            let key = match named {
+                Named::Key(key) => key,
+                // Disk-only, kept without its key: the key is in the
+                // record's envelope; replay needs the hash, the prefix (for
+                // later invalidations) and where the record is.
+                Named::Prefix(prefix) => {
+                    facts.push(Fact::stored(hash, prefix, slot));
+                    return;
+                }
+            };
             if slot.place.readable_on_disk() {
                 facts.push(Fact::written(
                     key,
@@ -154,7 +165,7 @@ impl Spiller {
             }
             if matches!(slot.place, Place::Memory { on_disk: true }) {
                 facts.push(Fact::Resident {
-                    hash: key.disk_hash(),
+                    hash,
                     seq: slot.seq,
                 });
             }

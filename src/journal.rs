@@ -12,6 +12,8 @@
 //! * `Resident` — the key was in memory at the last graceful close;
 //! * `WrittenUntil` — `Written` for a version with a deadline (see `expiry`);
 //! * `WrittenPacked` — `Written` for a version stored inside a pack (see `packing`);
+//! * `Stored` — `Written` for a disk-only version, by its key's hash and
+//!   prefix (snapshots write these: the key itself is in the record);
 //! * `Clock` — the wall clock had reached `at`: expiry's clock never goes
 //!   below it, so a clock set back while the cache was down cannot revive
 //!   an entry that had expired.
@@ -99,6 +101,17 @@ pub(crate) enum Fact {
         pack: u64,
         offset: u16,
     },
+    /// A disk-only version named by its key's hash and prefix (see
+    /// `cold_slot`); `pack` 0: not packed (pack ids start at 1).
+    Stored {
+        hash: u64,
+        prefix: String,
+        seq: u64,
+        len: u32,
+        expires_at: u64,
+        pack: u64,
+        offset: u16,
+    },
 }
 
 impl Fact {
@@ -155,7 +168,20 @@ impl Fact {
 impl Fact {
     /// The version a `Written`, `WrittenUntil` or `WrittenPacked` fact
     /// records (the reverse of [`Fact::written`]); `None` for other facts.
-    fn into_written(self) -> Option<(InternalCacheKey, Recovered)> {
+    /// `Stored` for a disk-only slot.
+    pub(crate) fn stored(hash: u64, prefix: &str, slot: &crate::placement::Slot) -> Self {
+        let mut recovered = Recovered::at(
+            slot.seq,
+            slot.size,
+            slot.record_len,
+            slot.expires_at,
+            slot.pack,
+        );
+        recovered.owner = Identity::Prefix(prefix.into());
+        recovered.fact(hash)
+    }
+
+    fn into_written(self) -> Option<(u64, Recovered)> {
         let (prefix, key, type_name, recovered) = match self {
             Fact::Written {
                 prefix,
@@ -197,10 +223,27 @@ impl Fact {
                 let recovered = Recovered::at(seq, size, len, expires_at, at);
                 (prefix, key, type_name, recovered)
             }
+            Fact::Stored {
+                hash,
+                prefix,
+                seq,
+                len,
+                expires_at,
+                pack,
+                offset,
+            } => {
+                let at = (pack != 0).then_some(PackRef { id: pack, offset });
+                let mut recovered = Recovered::at(seq, u64::from(len), len, expires_at, at);
+                recovered.owner = Identity::Prefix(prefix.into());
+                return Some((hash, recovered));
+            }
             _ => return None,
         };
         let key = InternalCacheKey::new(prefix, key, intern(&type_name));
-        Some((key, recovered))
+        let hash = key.disk_hash();
+        let mut recovered = recovered;
+        recovered.owner = Identity::Key(key);
+        Some((hash, recovered))
     }
 }
 
@@ -214,6 +257,47 @@ pub(crate) struct Recovered {
     pub expires_at: u64,
     /// The pack holding it, if it was packed.
     pub pack: Option<PackRef>,
+    pub owner: Identity,
+}
+
+/// Whose version a recovered record is: the key itself, or (from a
+/// snapshot's `Stored` fact) its hash and prefix only.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Identity {
+    Key(InternalCacheKey),
+    Prefix(Box<str>),
+}
+
+impl Recovered {
+    /// The fact that records this version again (in a snapshot).
+    fn fact(&self, hash: u64) -> Fact {
+        match &self.owner {
+            Identity::Key(k) => {
+                Fact::written(k, self.seq, self.size, self.len, self.expires_at, self.pack)
+            }
+            Identity::Prefix(prefix) => {
+                let pack = self.pack.unwrap_or(PackRef { id: 0, offset: 0 });
+                Fact::Stored {
+                    hash,
+                    prefix: prefix.to_string(),
+                    seq: self.seq,
+                    len: self.len,
+                    expires_at: self.expires_at,
+                    pack: pack.id,
+                    offset: pack.offset,
+                }
+            }
+        }
+    }
+}
+
+impl Identity {
+    pub(crate) fn prefix(&self) -> &str {
+        match self {
+            Identity::Key(k) => k.prefix(),
+            Identity::Prefix(p) => p,
+        }
+    }
 }
 
 impl Recovered {
@@ -224,6 +308,7 @@ impl Recovered {
             len,
             expires_at,
             pack,
+            owner: Identity::Prefix("".into()),
         }
     }
 }
@@ -231,7 +316,9 @@ impl Recovered {
 /// What a replay found.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
-    pub live: HashMap<InternalCacheKey, Recovered>,
+    /// By key hash: one live version per hash (foyer keeps one record per
+    /// hash too).
+    pub live: HashMap<u64, Recovered>,
     /// Keys recorded as resident (at a close, or by write-behind), most
     /// recently recorded first.
     pub resident: Vec<InternalCacheKey>,
@@ -390,34 +477,53 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
                 max_seq = max_seq.max(*seq)
             }
             // Pack ids are sequence numbers too.
-            Fact::WrittenPacked { seq, pack, .. } => max_seq = max_seq.max(*seq).max(*pack),
+            Fact::WrittenPacked { seq, pack, .. } | Fact::Stored { seq, pack, .. } => {
+                max_seq = max_seq.max(*seq).max(*pack)
+            }
             Fact::Clock { at } => replay.clock = replay.clock.max(*at),
         }
     }
     for fact in facts {
-        let Some((k, recovered)) = fact.into_written() else {
+        let Some((hash, mut recovered)) = fact.into_written() else {
             continue;
         };
         let seq = recovered.seq;
+        let prefix = recovered.owner.prefix();
         let dead = seq <= cleared
-            || tombstones.get(&k.disk_hash()).is_some_and(|t| seq < *t)
+            || tombstones.get(&hash).is_some_and(|t| seq < *t)
             || invalidated
                 .iter()
-                .any(|(p, s)| seq < *s && k.starts_with(p));
+                .any(|(p, s)| seq < *s && prefix.starts_with(p.as_str()));
         // For the same version, the later fact wins: a version whose copy
-        // foyer evicted can be written again, into another pack.
-        if dead || replay.live.get(&k).is_some_and(|r| r.seq > seq) {
+        // foyer evicted can be written again, into another pack. (Keys
+        // whose hashes collide: the later version wins.)
+        let earlier = replay.live.get(&hash);
+        if dead || earlier.is_some_and(|r| r.seq > seq) {
             continue;
         }
-        replay.live.insert(k, recovered);
+        if let Some(Recovered {
+            seq: same,
+            owner: owner @ Identity::Key(_),
+            ..
+        }) = earlier
+        {
+            // A snapshot's `Stored` names the same version without its key.
+            if *same == seq && matches!(recovered.owner, Identity::Prefix(_)) {
+                recovered.owner = owner.clone();
+            }
+        }
+        replay.live.insert(hash, recovered);
     }
-    let by_hash: HashMap<u64, &InternalCacheKey> =
-        replay.live.keys().map(|k| (k.disk_hash(), k)).collect();
     let mut seen = std::collections::HashSet::new();
     for (hash, seq) in resident.into_iter().rev() {
-        if let Some(k) = by_hash.get(&hash) {
-            if replay.live[*k].seq == seq && seen.insert(hash) {
-                replay.resident.push((*k).clone());
+        if let Some(Recovered {
+            seq: live,
+            owner: Identity::Key(k),
+            ..
+        }) = replay.live.get(&hash)
+        {
+            if *live == seq && seen.insert(hash) {
+                replay.resident.push(k.clone());
             }
         }
     }
@@ -465,16 +571,30 @@ impl Journal {
     pub(crate) fn open(dir: &Path, replay: &Replay, fsync: bool) -> Result<Self> {
         let old = journal_files(dir)?;
         let generation = old.last().map_or(0, |(g, _)| g + 1);
+        // Keys only for the versions the warm-up reads: a disk-only one's
+        // record names its key.
+        let resident: std::collections::HashSet<u64> = replay
+            .resident
+            .iter()
+            .map(InternalCacheKey::disk_hash)
+            .collect();
         let mut facts: Vec<Fact> = replay
             .live
             .iter()
-            .map(|(k, r)| Fact::written(k, r.seq, r.size, r.len, r.expires_at, r.pack))
+            .map(|(hash, r)| match &r.owner {
+                Identity::Key(k) if !resident.contains(hash) => {
+                    let mut r = r.clone();
+                    r.owner = Identity::Prefix(k.prefix().into());
+                    r.fact(*hash)
+                }
+                _ => r.fact(*hash),
+            })
             .collect();
         facts.push(Fact::Clock { at: replay.clock });
         // Oldest first, as replay reverses them.
         facts.extend(replay.resident.iter().rev().map(|k| Fact::Resident {
             hash: k.disk_hash(),
-            seq: replay.live[k].seq,
+            seq: replay.live.get(&k.disk_hash()).map_or(0, |r| r.seq),
         }));
         let upto = replay.next_seq + RESERVE_BLOCK;
         facts.push(Fact::Reserved { upto });
@@ -623,7 +743,7 @@ mod tests {
             [written(&a, 3), written(&a, 7)],
             [written(&a, 7), written(&a, 3)],
         ] {
-            assert_eq!(replay_of(&facts).live[&a].seq, 7);
+            assert_eq!(replay_of(&facts).live[&a.disk_hash()].seq, 7);
         }
     }
 
@@ -652,10 +772,85 @@ mod tests {
             },
             written(&a, 9),
         ]);
-        assert_eq!(r.live[&a].seq, 9, "newer than the invalidation survives");
-        assert!(r.live.contains_key(&b));
+        assert_eq!(
+            r.live[&a.disk_hash()].seq,
+            9,
+            "newer than the invalidation survives"
+        );
+        assert!(r.live.contains_key(&b.disk_hash()));
         let r = replay_of(&[written(&a, 4), Fact::Cleared { seq: 8 }, written(&b, 9)]);
-        assert_eq!(r.live.keys().collect::<Vec<_>>(), vec![&b]);
+        assert_eq!(r.live.keys().collect::<Vec<_>>(), vec![&b.disk_hash()]);
+    }
+
+    fn stored(key: &InternalCacheKey, seq: u64, pack: u64) -> Fact {
+        Fact::Stored {
+            hash: key.disk_hash(),
+            prefix: key.prefix().into(),
+            seq,
+            len: 100,
+            expires_at: 0,
+            pack,
+            offset: 8,
+        }
+    }
+
+    #[test]
+    fn stored_facts_replay_by_hash_and_kill_facts_reach_them() {
+        let a = k("ds/1", "a");
+        let b = k("ds/2", "b");
+        let r = replay_of(&[stored(&a, 4, 9), stored(&b, 5, 0)]);
+        let ra = &r.live[&a.disk_hash()];
+        assert_eq!((ra.seq, ra.pack), (4, Some(PackRef { id: 9, offset: 8 })));
+        assert_eq!(ra.owner, Identity::Prefix("ds/1".into()));
+        assert_eq!(r.live[&b.disk_hash()].pack, None);
+        assert_eq!(r.next_seq, 10, "pack ids count as sequence numbers");
+        let inv = Fact::Invalidated {
+            prefix: "ds/1".into(),
+            seq: 6,
+        };
+        let r = replay_of(&[stored(&a, 4, 0), inv.clone(), stored(&b, 5, 0)]);
+        assert_eq!(r.live.keys().collect::<Vec<_>>(), vec![&b.disk_hash()]);
+        let tomb = Fact::Tombstone {
+            hash: b.disk_hash(),
+            seq: 6,
+        };
+        assert!(replay_of(&[tomb, stored(&b, 5, 0)]).live.is_empty());
+        assert!(replay_of(&[stored(&b, 5, 0), Fact::Cleared { seq: 5 }])
+            .live
+            .is_empty());
+    }
+
+    #[test]
+    fn a_resident_version_keeps_its_key_whichever_fact_names_it_last() {
+        let a = k("p", "a");
+        let resident = Fact::Resident {
+            hash: a.disk_hash(),
+            seq: 3,
+        };
+        for facts in [
+            [written(&a, 3), stored(&a, 3, 0), resident.clone()],
+            [stored(&a, 3, 0), written(&a, 3), resident.clone()],
+        ] {
+            let r = replay_of(&facts);
+            assert_eq!(r.resident, vec![a.clone()]);
+            // The snapshot a reopen writes keeps the key for it alone.
+            let dir = tempfile::tempdir().unwrap();
+            write_snapshot(dir.path(), 0, &facts).unwrap();
+            let j = Journal::open(dir.path(), &r, false).unwrap();
+            drop(j);
+            assert_eq!(replay(dir.path()).unwrap().resident, vec![a.clone()]);
+        }
+        // Not resident: a reopen's snapshot names it by hash and prefix.
+        let dir = tempfile::tempdir().unwrap();
+        write_snapshot(dir.path(), 0, &[written(&a, 3)]).unwrap();
+        let r = replay(dir.path()).unwrap();
+        drop(Journal::open(dir.path(), &r, false).unwrap());
+        let again = replay(dir.path()).unwrap();
+        assert_eq!(
+            again.live[&a.disk_hash()].owner,
+            Identity::Prefix("p".into())
+        );
+        assert_eq!(again.live[&a.disk_hash()].seq, 3);
     }
 
     #[test]
@@ -668,8 +863,8 @@ mod tests {
             Fact::Clock { at: 7_000 },
             Fact::Clock { at: 6_000 },
         ]);
-        assert_eq!(r.live[&a].expires_at, 5_000);
-        assert_eq!(r.live[&b].expires_at, 0);
+        assert_eq!(r.live[&a.disk_hash()].expires_at, 5_000);
+        assert_eq!(r.live[&b.disk_hash()].expires_at, 0);
         assert_eq!(r.clock, 7_000, "the latest time recorded");
         // Variants keep their numbers: a `Written` fact framed before
         // expiry existed (variant 0) still decodes as one.
@@ -679,7 +874,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _j = Journal::open(dir.path(), &r, false).unwrap();
         let again = replay(dir.path()).unwrap();
-        assert_eq!(again.live[&a].expires_at, 5_000);
+        assert_eq!(again.live[&a.disk_hash()].expires_at, 5_000);
         assert_eq!(again.clock, 7_000);
     }
 
@@ -706,9 +901,9 @@ mod tests {
                 seq: 6,
             },
         ]);
-        assert_eq!(r.live[&a].pack, Some(at));
+        assert_eq!(r.live[&a.disk_hash()].pack, Some(at));
         assert!(
-            !r.live.contains_key(&b),
+            !r.live.contains_key(&b.disk_hash()),
             "a tombstone kills a packed version"
         );
         // A pack id is a sequence number: never handed out again.
@@ -725,7 +920,10 @@ mod tests {
         let r = replay_of(&[Fact::written(&a, 3, 10, 100, 0, Some(at))]);
         let dir = tempfile::tempdir().unwrap();
         let _j = Journal::open(dir.path(), &r, false).unwrap();
-        assert_eq!(replay(dir.path()).unwrap().live[&a].pack, Some(at));
+        assert_eq!(
+            replay(dir.path()).unwrap().live[&a.disk_hash()].pack,
+            Some(at)
+        );
     }
 
     /// A promoted version whose pack foyer evicted is written again, into
@@ -743,13 +941,16 @@ mod tests {
             Fact::written(&a, 3, 10, 100, 0, Some(first)),
             Fact::written(&a, 3, 10, 100, 0, Some(again)),
         ]);
-        assert_eq!(r.live[&a].pack, Some(again));
+        assert_eq!(r.live[&a.disk_hash()].pack, Some(again));
         // A newer version still wins whatever the order.
         let r = replay_of(&[
             Fact::written(&a, 4, 10, 100, 0, None),
             Fact::written(&a, 3, 10, 100, 0, Some(again)),
         ]);
-        assert_eq!((r.live[&a].seq, r.live[&a].pack), (4, None));
+        assert_eq!(
+            (r.live[&a.disk_hash()].seq, r.live[&a.disk_hash()].pack),
+            (4, None)
+        );
     }
 
     #[test]
@@ -768,7 +969,7 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let r = replay(dir.path()).unwrap();
         assert_eq!((r.live.len(), r.torn_tails), (1, 1));
-        assert!(r.live.contains_key(&a));
+        assert!(r.live.contains_key(&a.disk_hash()));
         assert!(!r.corrupt);
     }
 
@@ -809,14 +1010,14 @@ mod tests {
         j.append(&[written(&a, 3)], false).unwrap();
         drop(j);
         let r = replay(dir.path()).unwrap();
-        assert_eq!(r.live[&a].seq, 3);
+        assert_eq!(r.live[&a.disk_hash()].seq, 3);
         let _j = Journal::open(dir.path(), &r, false).unwrap();
         assert_eq!(
             journal_files(dir.path()).unwrap().len(),
             2,
             "snapshot + fresh append file"
         );
-        assert_eq!(replay(dir.path()).unwrap().live[&a].seq, 3);
+        assert_eq!(replay(dir.path()).unwrap().live[&a.disk_hash()].seq, 3);
     }
 
     proptest::proptest! {
@@ -863,7 +1064,7 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             let r = replay(dir.path()).unwrap();
             for (key, rec) in &r.live {
-                let i = keys.iter().position(|k| k == key);
+                let i = keys.iter().position(|k| k.disk_hash() == *key);
                 proptest::prop_assert!(i.is_some(), "fabricated key {:?}", key);
                 let i = i.unwrap();
                 proptest::prop_assert_eq!(rec.seq, i as u64 + 1);

@@ -167,6 +167,13 @@ impl InternalCacheKey {
     pub(crate) fn disk_hash(&self) -> u64 {
         self.hash
     }
+
+    /// This key with another hash: a forced collision, for tests.
+    #[cfg(test)]
+    pub(crate) fn with_hash(mut self, hash: u64) -> Self {
+        self.hash = hash;
+        self
+    }
 }
 
 /// xxh3 over the three parts, each preceded by its length so that no two

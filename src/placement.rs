@@ -15,8 +15,10 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::cold_slot::ColdSlot;
 use crate::key::KeyHashBuilder;
 use crate::packing::PackRef;
+use crate::prefixes::Prefixes;
 use crate::{CacheEntry, Codec, InternalCacheKey};
 
 /// A value as the memory tier and the spill queue hold it.
@@ -104,30 +106,82 @@ impl Slot {
     }
 }
 
-pub(crate) type Shard = HashMap<InternalCacheKey, Slot, KeyHashBuilder>;
+/// How `for_each_named` names a slot's key.
+pub(crate) enum Named<'a> {
+    Key(&'a InternalCacheKey),
+    /// A compact slot: only its key's prefix is known.
+    Prefix(&'a str),
+}
+
+/// One shard of the table. A key's slot is in `full` while any tier but the
+/// disk holds its latest version (or it does not fit the compact form), and
+/// in `cold`, keyed by the key's hash and without the key, while only the
+/// disk does: a disk read names the key and checks it against the record's
+/// envelope. A hash is in `cold` for at most one key: a later key with the
+/// same hash takes the place (the earlier one becomes a miss, never another
+/// key's value).
+#[derive(Default)]
+pub(crate) struct Shard {
+    full: HashMap<InternalCacheKey, Slot, KeyHashBuilder>,
+    cold: HashMap<u64, ColdSlot, KeyHashBuilder>,
+    /// Deadlines of the cold slots that have one (see `cold_slot`).
+    deadlines: HashMap<u64, u64, KeyHashBuilder>,
+}
+
+impl Shard {
+    fn take_cold(&mut self, hash: u64) -> Option<Slot> {
+        let cold = self.cold.remove(&hash)?;
+        let expires_at = if cold.has_deadline() {
+            self.deadlines.remove(&hash).unwrap_or(0)
+        } else {
+            0
+        };
+        Some(cold.decode(expires_at))
+    }
+
+    /// Stores `slot` compactly; false (and nothing stored) if it does not
+    /// fit. A cold slot of another key with the same hash is replaced: true
+    /// in the second field.
+    fn put_cold(&mut self, hash: u64, slot: &Slot, prefix: Option<u32>) -> (bool, bool) {
+        let Some(cold) = prefix.and_then(|p| ColdSlot::encode(slot, p)) else {
+            return (false, false);
+        };
+        let replaced = self.cold.insert(hash, cold).is_some();
+        if slot.expires_at != 0 {
+            self.deadlines.insert(hash, slot.expires_at);
+        } else if replaced {
+            self.deadlines.remove(&hash);
+        }
+        (true, replaced)
+    }
+}
 
 /// The slots, sharded by key hash.
 pub(crate) struct Placements {
     shards: Box<[Mutex<Shard>]>,
     len: AtomicUsize,
+    prefixes: Prefixes,
 }
 
 impl Placements {
     pub(crate) fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards.max(1))
-                .map(|_| Mutex::new(HashMap::with_hasher(KeyHashBuilder)))
+                .map(|_| Mutex::new(Shard::default()))
                 .collect(),
             len: AtomicUsize::new(0),
+            prefixes: Prefixes::default(),
         }
     }
 
     pub(crate) fn lock(&self, hash: u64) -> Guard<'_> {
         Guard {
-            // The high half picks the shard: the map inside hashes with
-            // the same value (`KeyHashBuilder`) and indexes by its low bits.
+            // The high half picks the shard: the maps inside hash with the
+            // same value (`KeyHashBuilder`) and index by its low bits.
             shard: self.shards[((hash >> 32) % self.shards.len() as u64) as usize].lock(),
             len: &self.len,
+            prefixes: &self.prefixes,
+            touched: Vec::new(),
         }
     }
 
@@ -136,55 +190,185 @@ impl Placements {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// Visits every slot, one shard locked at a time.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&InternalCacheKey, &Slot)) {
+    /// Visits every slot, one shard locked at a time, with its key's hash
+    /// and, for a slot kept with its key, the key.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, Option<&InternalCacheKey>, &Slot)) {
         for shard in self.shards.iter() {
-            for (k, s) in shard.lock().iter() {
-                f(k, s);
+            let shard = shard.lock();
+            for (k, s) in shard.full.iter() {
+                f(k.disk_hash(), Some(k), s);
+            }
+            for (hash, cold) in shard.cold.iter() {
+                let expires_at = shard.deadlines.get(hash).copied().unwrap_or(0);
+                f(*hash, None, &cold.decode(expires_at));
             }
         }
     }
 
-    /// Keeps the slots for which `keep` returns true (it may change them).
-    pub(crate) fn retain(&self, mut keep: impl FnMut(&InternalCacheKey, &mut Slot) -> bool) {
+    /// `for_each` for a snapshot: a slot kept without its key comes with
+    /// its key's prefix instead. One pass, each shard under its lock, so a
+    /// slot moving between the two forms is seen exactly once.
+    pub(crate) fn for_each_named(&self, mut f: impl FnMut(u64, Named<'_>, &Slot)) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            let before = shard.len();
-            shard.retain(|k, s| keep(k, s));
-            self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
+            let shard = shard.lock();
+            for (k, s) in shard.full.iter() {
+                f(k.disk_hash(), Named::Key(k), s);
+            }
+            for (hash, cold) in shard.cold.iter() {
+                let Some(prefix) = self.prefixes.name(cold.prefix()) else {
+                    continue;
+                };
+                let expires_at = shard.deadlines.get(hash).copied().unwrap_or(0);
+                f(*hash, Named::Prefix(&prefix), &cold.decode(expires_at));
+            }
         }
     }
 
-    /// Removes every slot, handing each to `f` first.
+    /// Keeps the slots for which `keep` returns true. It may change a slot
+    /// kept with its key; a compact slot is kept or dropped as it is.
+    pub(crate) fn retain(
+        &self,
+        mut keep: impl FnMut(u64, Option<&InternalCacheKey>, &mut Slot) -> bool,
+    ) {
+        for shard in self.shards.iter() {
+            let mut guard = shard.lock();
+            let shard = &mut *guard;
+            let before = shard.full.len() + shard.cold.len();
+            shard.full.retain(|k, s| keep(k.disk_hash(), Some(k), s));
+            let deadlines = &mut shard.deadlines;
+            shard.cold.retain(|hash, cold| {
+                let expires_at = deadlines.get(hash).copied().unwrap_or(0);
+                let kept = keep(*hash, None, &mut cold.decode(expires_at));
+                if !kept {
+                    deadlines.remove(hash);
+                }
+                kept
+            });
+            let after = shard.full.len() + shard.cold.len();
+            self.len.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes every slot, handing each one kept with its key to `f` first
+    /// (a compact slot is disk-only: nothing to release).
     pub(crate) fn drain(&self, mut f: impl FnMut(&InternalCacheKey, Slot)) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            self.len.fetch_sub(shard.len(), Ordering::Relaxed);
-            for (k, s) in shard.drain() {
+            let n = shard.full.len() + shard.cold.len();
+            self.len.fetch_sub(n, Ordering::Relaxed);
+            shard.cold.clear();
+            shard.deadlines.clear();
+            for (k, s) in shard.full.drain() {
                 f(&k, s);
             }
         }
     }
+
+    /// For `invalidate_prefix`: removes the compact slots whose key's
+    /// prefix starts with `start`, handing each to `removed` under its
+    /// shard's lock (so that deleting its record is ordered against a new
+    /// version's write), and returns the keys of the full slots under it, for the caller to remove
+    /// key by key. Each shard is done in one step under its lock, so a
+    /// compact slot moving into the full table (a read, a promotion) or back
+    /// (a spill landing) cannot slip between the two scans.
+    pub(crate) fn under_prefix(
+        &self,
+        start: &str,
+        mut removed: impl FnMut(u64, &Slot),
+    ) -> Vec<InternalCacheKey> {
+        let prefixes = &self.prefixes;
+        let doomed = prefixes.starting_with(start);
+        let mut keys = Vec::new();
+        for shard in self.shards.iter() {
+            let mut guard = shard.lock();
+            let shard = &mut *guard;
+            keys.extend(shard.full.keys().filter(|k| k.starts_with(start)).cloned());
+            let before = shard.cold.len();
+            let deadlines = &mut shard.deadlines;
+            shard.cold.retain(|hash, cold| {
+                if !is_under(&doomed, prefixes, cold.prefix(), start) {
+                    return true;
+                }
+                let expires_at = deadlines.remove(hash).unwrap_or(0);
+                removed(*hash, &cold.decode(expires_at));
+                false
+            });
+            self.len
+                .fetch_sub(before - shard.cold.len(), Ordering::Relaxed);
+        }
+        keys
+    }
+
+    /// Adds a disk-only slot known by its key's hash and prefix only (from
+    /// a journal snapshot). False if it does not fit the compact form.
+    pub(crate) fn insert_cold(&self, hash: u64, prefix: &str, slot: &Slot) -> bool {
+        let id = self.prefixes.id(prefix);
+        let mut guard = self.lock(hash);
+        let (stored, replaced) = guard.shard.put_cold(hash, slot, id);
+        if stored && !replaced {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        stored
+    }
+}
+
+/// Whether prefix `id` starts with `start`, given `doomed` (the known
+/// prefixes' answers, taken before the scan). A prefix first seen since (a
+/// spill of its first key landed during the scan) is looked up by name.
+fn is_under(doomed: &[bool], prefixes: &Prefixes, id: u32, start: &str) -> bool {
+    doomed.get(id as usize).copied().unwrap_or_else(|| {
+        prefixes
+            .name(id)
+            .is_some_and(|name| name.starts_with(start))
+    })
 }
 
 /// One locked shard; keeps the key count in step with inserts and removals.
+///
+/// Every lookup by key first brings the key's compact slot, if any, back
+/// into the full table under that key, so callers see one kind of slot. On
+/// drop, each such slot still disk-only goes back to the compact form.
 pub(crate) struct Guard<'a> {
     shard: MutexGuard<'a, Shard>,
     len: &'a AtomicUsize,
+    prefixes: &'a Prefixes,
+    /// Keys whose slot may have become disk-only under this guard.
+    touched: Vec<InternalCacheKey>,
 }
 
 impl Guard<'_> {
-    pub(crate) fn get(&self, key: &InternalCacheKey) -> Option<&Slot> {
-        self.shard.get(key)
+    /// Moves `key`'s compact slot (by hash) into the full table under `key`.
+    fn expand(&mut self, key: &InternalCacheKey) -> bool {
+        if self.shard.full.contains_key(key) {
+            return true;
+        }
+        let Some(slot) = self.shard.take_cold(key.disk_hash()) else {
+            return false;
+        };
+        self.shard.full.insert(key.clone(), slot);
+        self.touched.push(key.clone());
+        true
+    }
+
+    pub(crate) fn get(&mut self, key: &InternalCacheKey) -> Option<&Slot> {
+        self.expand(key);
+        self.shard.full.get(key)
     }
 
     /// The slot of `key` if it still holds version `seq`.
     pub(crate) fn current(&mut self, key: &InternalCacheKey, seq: u64) -> Option<&mut Slot> {
-        self.shard.get_mut(key).filter(|s| s.seq == seq)
+        if self.expand(key) && self.touched.last() != Some(key) {
+            self.touched.push(key.clone());
+        }
+        self.shard.full.get_mut(key).filter(|s| s.seq == seq)
     }
 
     pub(crate) fn insert(&mut self, key: InternalCacheKey, slot: Slot) -> Option<Slot> {
-        let prev = self.shard.insert(key, slot);
+        self.expand(&key);
+        if matches!(slot.place, Place::Disk) {
+            self.touched.push(key.clone());
+        }
+        let prev = self.shard.full.insert(key, slot);
         if prev.is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
@@ -192,10 +376,197 @@ impl Guard<'_> {
     }
 
     pub(crate) fn remove(&mut self, key: &InternalCacheKey) -> Option<Slot> {
-        let prev = self.shard.remove(key);
+        self.expand(key);
+        let prev = self.shard.full.remove(key);
         if prev.is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
         prev
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        for key in std::mem::take(&mut self.touched) {
+            let shard = &mut *self.shard;
+            let Some(slot) = shard.full.get(&key) else {
+                continue;
+            };
+            if !matches!(slot.place, Place::Disk) {
+                continue;
+            }
+            let Some(slot) = shard.full.remove(&key) else {
+                continue;
+            };
+            let (stored, replaced) =
+                shard.put_cold(key.disk_hash(), &slot, self.prefixes.id(key.prefix()));
+            if !stored {
+                shard.full.insert(key, slot);
+            } else {
+                if replaced {
+                    // Another key with the same hash: it is a miss from now on.
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(seq: u64, expires_at: u64, pack: Option<PackRef>) -> Slot {
+        Slot {
+            seq,
+            place: Place::Disk,
+            size: 100,
+            record_len: 100,
+            expires_at,
+            pack,
+        }
+    }
+
+    fn key(prefix: &str, k: &str) -> InternalCacheKey {
+        InternalCacheKey::new(prefix, k, "T")
+    }
+
+    fn forms(p: &Placements, hash: u64) -> (usize, usize) {
+        let shard = p.lock(hash);
+        (shard.shard.full.len(), shard.shard.cold.len())
+    }
+
+    #[test]
+    fn a_disk_only_slot_is_kept_without_its_key_and_comes_back_whole() {
+        let p = Placements::new(4);
+        let k = key("ds/1", "a");
+        let h = k.disk_hash();
+        let pack = Some(PackRef { id: 12, offset: 40 });
+        p.lock(h).insert(k.clone(), disk(9, 77_000, pack));
+        assert_eq!(forms(&p, h), (0, 1), "disk-only: compact");
+        let mut g = p.lock(h);
+        let s = g.get(&k).unwrap();
+        assert_eq!(
+            (s.seq, s.record_len, s.expires_at, s.pack),
+            (9, 100, 77_000, pack)
+        );
+        // Promoted: it needs its key again, and stays full.
+        g.current(&k, 9).unwrap().place = Place::Memory { on_disk: true };
+        drop(g);
+        assert_eq!(forms(&p, h), (1, 0));
+        // Evicted unchanged: compact again.
+        p.lock(h).current(&k, 9).unwrap().place = Place::Disk;
+        assert_eq!(forms(&p, h), (0, 1));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.lock(h).remove(&k).map(|s| s.seq), Some(9));
+        assert_eq!((forms(&p, h), p.len()), ((0, 0), 0));
+    }
+
+    #[test]
+    fn a_key_with_another_keys_hash_takes_its_compact_slot_never_its_version() {
+        let p = Placements::new(1);
+        let a = key("p", "a");
+        let b = key("p", "b").with_hash(a.disk_hash());
+        let h = a.disk_hash();
+        p.lock(h).insert(a.clone(), disk(3, 0, None));
+        // b's insert takes over the hash: what it replaces is a's version,
+        // which the caller then kills (tombstone, record deleted).
+        let prev = p.lock(h).insert(b.clone(), disk(5, 0, None));
+        assert_eq!(prev.map(|s| s.seq), Some(3));
+        assert_eq!((forms(&p, h), p.len()), ((0, 1), 1));
+        // A read of `a` finds b's version 5: the record's envelope names b,
+        // so the read path refuses it (a miss, never b's value).
+        assert_eq!(p.lock(h).get(&a).map(|s| s.seq), Some(5));
+        assert_eq!(forms(&p, h), (0, 1), "and it stays b's, compact");
+    }
+
+    #[test]
+    fn invalidation_takes_compact_slots_by_prefix_and_full_ones_by_key() {
+        let p = Placements::new(8);
+        let keys = [
+            key("a/1", "x"),
+            key("a/2", "y"),
+            key("b", "z"),
+            key("a/3", "w"),
+        ];
+        for (i, k) in keys.iter().enumerate().take(3) {
+            p.lock(k.disk_hash())
+                .insert(k.clone(), disk(i as u64 + 1, 0, None));
+        }
+        let resident = Slot {
+            place: Place::Memory { on_disk: false },
+            ..disk(4, 0, None)
+        };
+        p.lock(keys[3].disk_hash())
+            .insert(keys[3].clone(), resident);
+        let mut removed = Vec::new();
+        let full = p.under_prefix("a/", |hash, slot| removed.push((hash, slot.seq)));
+        removed.sort_by_key(|r| r.1);
+        assert_eq!(
+            removed,
+            vec![(keys[0].disk_hash(), 1), (keys[1].disk_hash(), 2)]
+        );
+        assert_eq!(full, vec![keys[3].clone()]);
+        assert_eq!(
+            p.len(),
+            2,
+            "the compact ones are gone; the caller removes the rest"
+        );
+        assert!(p.lock(keys[2].disk_hash()).get(&keys[2]).is_some());
+    }
+
+    #[test]
+    fn a_prefix_first_seen_during_an_invalidation_is_still_matched() {
+        let p = Prefixes::default();
+        let old = p.id("new/0").unwrap();
+        // Taken when the scan starts; "new/1" appears during it.
+        let doomed = p.starting_with("new");
+        let fresh = p.id("new/1").unwrap();
+        let other = p.id("old").unwrap();
+        assert!(is_under(&doomed, &p, old, "new"));
+        assert!(
+            is_under(&doomed, &p, fresh, "new"),
+            "missed: it would survive"
+        );
+        assert!(!is_under(&doomed, &p, other, "new"));
+    }
+
+    #[test]
+    fn slots_that_do_not_fit_stay_full_and_work_the_same() {
+        let p = Placements::new(1);
+        let k = key("p", "huge-seq");
+        let h = k.disk_hash();
+        p.lock(h).insert(k.clone(), disk(1 << 50, 0, None));
+        assert_eq!(forms(&p, h), (1, 0));
+        let mut seen = Vec::new();
+        p.for_each(|hash, key, slot| seen.push((hash, key.cloned(), slot.seq)));
+        assert_eq!(seen, vec![(h, Some(k), 1 << 50)]);
+    }
+
+    #[test]
+    fn snapshots_name_compact_slots_by_prefix_once_each() {
+        let p = Placements::new(2);
+        let a = key("ds", "a");
+        let b = key("ds", "b");
+        p.lock(a.disk_hash()).insert(a.clone(), disk(1, 0, None));
+        let resident = Slot {
+            place: Place::Memory { on_disk: true },
+            ..disk(2, 0, None)
+        };
+        p.lock(b.disk_hash()).insert(b.clone(), resident);
+        let mut named = Vec::new();
+        p.for_each_named(|hash, n, _| {
+            named.push(match n {
+                Named::Key(k) => format!("{hash}:key {}", k.key()),
+                Named::Prefix(prefix) => format!("{hash}:prefix {prefix}"),
+            })
+        });
+        named.sort();
+        let mut want = vec![
+            format!("{}:prefix ds", a.disk_hash()),
+            format!("{}:key b", b.disk_hash()),
+        ];
+        want.sort();
+        assert_eq!(named, want);
     }
 }

@@ -352,7 +352,7 @@ impl Spiller {
             return;
         }
         let hash = key.disk_hash();
-        let shard = self.placements.lock(hash);
+        let mut shard = self.placements.lock(hash);
         let due = shard.get(key).is_some_and(|s| {
             s.seq == res.seq && matches!(s.place, Place::Memory { on_disk: false })
         });
@@ -793,14 +793,21 @@ impl Spiller {
                     if written {
                         written_n += 1;
                         slot.record_len = u32::try_from(len).unwrap_or(u32::MAX);
-                        facts.push(Fact::written(
-                            &item.key,
-                            item.seq,
-                            slot.size,
-                            slot.record_len,
-                            slot.expires_at,
-                            slot.pack,
-                        ));
+                        // A version only on disk needs no key in the
+                        // journal (its record names it); one also resident
+                        // does, for the warm-up after a restart.
+                        facts.push(if persisted {
+                            Fact::written(
+                                &item.key,
+                                item.seq,
+                                slot.size,
+                                slot.record_len,
+                                slot.expires_at,
+                                slot.pack,
+                            )
+                        } else {
+                            Fact::stored(item.hash, item.key.prefix(), slot)
+                        });
                         if slot.pack.is_some() {
                             self.stats.packed_written.incr();
                         }

@@ -122,12 +122,12 @@ impl TwoTierCacheBackend {
             seq,
         };
         spiller.journal_append(&[fact], true);
-        let mut doomed = Vec::new();
-        self.inner.spiller.placements.for_each(|key, _| {
-            if key.starts_with(prefix) {
-                doomed.push(key.clone());
-            }
-        });
+        // Disk-only versions kept without their key: by their prefix's id.
+        // The journaled fact keeps them dead across a restart; an unpacked
+        // record is deleted now (a packed one stays in its pack).
+        let mut doomed = spiller
+            .placements
+            .under_prefix(prefix, |hash, slot| spiller.delete_record(hash, slot.pack));
         // moka too: after `close()`, a spill that failed leaves its entry in
         // memory without a slot, and it must not outlive the invalidation.
         for (key, _) in self.inner.memory.iter() {

@@ -90,7 +90,7 @@ pub(super) async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget
             continue;
         }
         let size = {
-            let shard = inner.spiller.placements.lock(key.disk_hash());
+            let mut shard = inner.spiller.placements.lock(key.disk_hash());
             shard
                 .get(&key)
                 .map_or(0, |s| s.size + key.footprint() as u64)

@@ -24,7 +24,7 @@ use crate::builder::TwoTierBuilder;
 use crate::cache_dir::CacheDir;
 use crate::disk::DiskTier;
 use crate::expiry::{ExpiryClock, ResidentExpiry};
-use crate::journal::{Journal, Replay};
+use crate::journal::{Identity, Journal, Replay};
 use crate::key::KeyHashBuilder;
 use crate::packing::PackRef;
 use crate::placement::{Place, Placements, Resident, Slot};
@@ -235,10 +235,10 @@ impl TwoTierCacheBackend {
         let mut recovered_bytes = 0;
         let mut recovered = 0;
         let mut expired = 0;
-        for (key, r) in &parts.replay.live {
+        for (&hash, r) in &parts.replay.live {
             // Only records foyer still holds: the journal may name some that
             // its block reclaim evicted since.
-            let record_key = r.pack.map_or(key.disk_hash(), PackRef::record_key);
+            let record_key = r.pack.map_or(hash, PackRef::record_key);
             if !parts.disk.contains(record_key) {
                 continue;
             }
@@ -246,7 +246,7 @@ impl TwoTierCacheBackend {
                 // Dead by its deadline: the next snapshot leaves it out (a
                 // packed one stays in its pack, never named again).
                 if r.pack.is_none() {
-                    parts.disk.delete(key.disk_hash());
+                    parts.disk.delete(hash);
                 }
                 expired += 1;
                 continue;
@@ -261,7 +261,18 @@ impl TwoTierCacheBackend {
                 expires_at: r.expires_at,
                 pack: r.pack,
             };
-            placements.lock(key.disk_hash()).insert(key.clone(), slot);
+            match &r.owner {
+                Identity::Key(key) => {
+                    placements.lock(hash).insert(key.clone(), slot);
+                }
+                Identity::Prefix(prefix) => {
+                    // Written by a snapshot from a compact slot: it fits again.
+                    if !placements.insert_cold(hash, prefix, &slot) {
+                        recovered -= 1;
+                        recovered_bytes -= u64::from(r.len);
+                    }
+                }
+            }
         }
         let settings = SpillSettings {
             queue_capacity: parts.spill_queue_capacity,
@@ -422,8 +433,8 @@ impl TwoTierCacheBackend {
         s.spill.paused = self.inner.spiller.health.is_failing();
         let spiller = &self.inner.spiller;
         let (mut on_disk, mut bytes) = (0, 0);
-        spiller.placements.for_each(|key, slot| {
-            if slot.place.readable_on_disk() && spiller.has_record(key.disk_hash(), slot) {
+        spiller.placements.for_each(|hash, _, slot| {
+            if slot.place.readable_on_disk() && spiller.has_record(hash, slot) {
                 on_disk += 1;
                 bytes += u64::from(slot.record_len);
             }
@@ -492,10 +503,12 @@ impl CacheBackend for TwoTierCacheBackend {
         self.inner.memory.run_pending_tasks().await;
         let spiller = &self.inner.spiller;
         let mut n = 0;
-        spiller.placements.for_each(|key, slot| match slot.place {
-            Place::Disk => n += usize::from(spiller.has_record(key.disk_hash(), slot)),
-            _ => n += 1,
-        });
+        spiller
+            .placements
+            .for_each(|hash, _, slot| match slot.place {
+                Place::Disk => n += usize::from(spiller.has_record(hash, slot)),
+                _ => n += 1,
+            });
         n
     }
 
@@ -518,7 +531,7 @@ impl CacheBackend for TwoTierCacheBackend {
             return CacheTier::Resident;
         }
         let hash = key.disk_hash();
-        let shard = self.inner.spiller.placements.lock(hash);
+        let mut shard = self.inner.spiller.placements.lock(hash);
         match shard.get(key) {
             Some(slot) => match slot.place {
                 Place::Queued(_) | Place::Writing(_) => CacheTier::Local,

@@ -169,7 +169,7 @@ impl TwoTierCacheBackend {
         let hash = key.disk_hash();
         let clock = &self.inner.spiller.clock;
         let (seq, expires_at, pack, record_len) = {
-            let shard = self.inner.spiller.placements.lock(hash);
+            let mut shard = self.inner.spiller.placements.lock(hash);
             let slot = shard.get(key)?;
             match &slot.place {
                 // Expired: the spill worker drops it without writing it.
@@ -363,6 +363,8 @@ impl TwoTierCacheBackend {
                     match shard.current(key, res.seq) {
                         Some(slot) if slot.place.readable_on_disk() => {
                             slot.place = Place::Memory { on_disk: true };
+                            // A compact slot kept only the record's length.
+                            slot.size = res.size as u64;
                             self.stats_ref().promotions.incr();
                             Op::Put(Arc::new(res))
                         }
