@@ -31,6 +31,8 @@
 mod charts;
 mod compression;
 mod device;
+mod heap;
+mod index;
 mod kill;
 mod micro;
 mod packing;
@@ -182,7 +184,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     }
     // "spillway-no-wb": write-behind off, to show what it costs in the same run.
     let systems = ["spillway", "spillway-no-wb", "moka", "foyer-hybrid"];
-    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 6;
+    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 7;
     let progress = ProgressBar::new(steps);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -250,6 +252,9 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         opts.quick,
     ))?;
     progress.inc(1);
+    progress.set_message("index: RAM per disk-resident entry, spillway and foyer");
+    let index = runtime.block_on(index::measure(scratch.path(), opts.quick))?;
+    progress.inc(1);
     progress.finish_with_message("done");
 
     let report = Report::new(
@@ -262,6 +267,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         spill,
         compression,
         packing,
+        index,
         runs,
     );
     report.write(&opts.out)?;

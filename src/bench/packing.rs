@@ -25,7 +25,7 @@ use spillway::{ByteSize, CacheBackend, CacheTier, Config};
 
 use super::compression::Spread;
 use super::report::Target;
-use super::systems::{key, Served, System};
+use super::systems::{foyer_key, key, Served, System};
 use super::workload::{KeyPicker, Rng};
 
 const REPETITIONS: usize = 3;
@@ -117,7 +117,7 @@ async fn once(system: &System, keys: usize, reads: usize, zipf_s: f64) -> Sample
         }
         System::Foyer(c) => {
             for id in 0..keys {
-                if c.storage().may_contains(&(id as u64)) {
+                if c.storage().may_contains(&foyer_key(id)) {
                     on_disk += 1;
                     value_bytes_on_disk += small_len(id) as u64;
                 }

@@ -38,6 +38,42 @@ pub fn key(id: usize) -> InternalCacheKey {
     InternalCacheKey::new("bench", id.to_string(), VALUE_TYPE)
 }
 
+/// foyer's key for `id`: the same text as spillway's key, as one string
+/// (foyer hashes and compares it; its disk index holds only the hash).
+pub fn foyer_key(id: usize) -> String {
+    key(id).to_string()
+}
+
+/// foyer's HybridCache on `dir`, with `config`'s disk settings, the same
+/// device kind and I/O engine as spillway's disk tier, and `memory` bytes
+/// of memory (keys and values weighed).
+pub async fn foyer_hybrid(
+    config: &Config,
+    memory: usize,
+    dir: &Path,
+) -> Result<HybridCache<String, Bytes>, String> {
+    let d = &config.disk;
+    let device = FsDeviceBuilder::new(dir)
+        .with_capacity(d.capacity.as_usize())
+        .with_direct(d.direct_io)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let engine = BlockEngineConfig::new(device)
+        .with_block_size(d.block_size.as_usize())
+        .with_flushers(d.flushers)
+        .with_buffer_pool_size(d.buffer_pool.as_usize());
+    HybridCacheBuilder::new()
+        .with_name("bench-foyer")
+        .memory(memory)
+        .with_weighter(|k: &String, v: &Bytes| k.len() + v.len())
+        .storage()
+        .with_io_engine_config(PsyncIoEngineConfig::new())
+        .with_engine_config(engine)
+        .build()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A loader of configurable cost: it burns `cost` of CPU time, as a real
 /// loader (decompressing, parsing) would, then builds the value.
 pub fn load(id: usize, len: usize, cost: Duration) -> Vec<u8> {
@@ -52,7 +88,7 @@ pub fn load(id: usize, len: usize, cost: Duration) -> Vec<u8> {
 pub enum System {
     Spillway(Arc<TwoTierCacheBackend>),
     Moka(Arc<MokaCacheBackend>),
-    Foyer(HybridCache<u64, Bytes>),
+    Foyer(HybridCache<String, Bytes>),
 }
 
 impl System {
@@ -73,27 +109,9 @@ impl System {
 
     /// foyer's own hybrid cache with the same memory and disk budgets.
     pub async fn foyer(config: &Config, dir: &Path) -> Result<Self, String> {
-        let d = &config.disk;
-        let device = FsDeviceBuilder::new(dir)
-            .with_capacity(d.capacity.as_usize())
-            .with_direct(d.direct_io)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let engine = BlockEngineConfig::new(device)
-            .with_block_size(d.block_size.as_usize())
-            .with_flushers(d.flushers)
-            .with_buffer_pool_size(d.buffer_pool.as_usize());
-        let cache = HybridCacheBuilder::new()
-            .with_name("bench-foyer")
-            .memory(config.memory.capacity.as_usize())
-            .with_weighter(|_k: &u64, v: &Bytes| v.len() + 8)
-            .storage()
-            .with_io_engine_config(PsyncIoEngineConfig::new())
-            .with_engine_config(engine)
-            .build()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(System::Foyer(cache))
+        Ok(System::Foyer(
+            foyer_hybrid(config, config.memory.capacity.as_usize(), dir).await?,
+        ))
     }
 
     /// Look-aside read: on a miss, run the loader and insert.
@@ -108,13 +126,13 @@ impl System {
                 Some(_) => Served::Memory,
                 None => read_backend(c.as_ref(), id, len, cost).await,
             },
-            System::Foyer(c) => match c.get(&(id as u64)).await {
+            System::Foyer(c) => match c.get(&foyer_key(id)).await {
                 Ok(Some(e)) => match e.source() {
                     Source::Disk => Served::Disk,
                     _ => Served::Memory,
                 },
                 _ => {
-                    c.insert(id as u64, Bytes::from(load(id, len, cost)));
+                    c.insert(foyer_key(id), Bytes::from(load(id, len, cost)));
                     Served::Loader
                 }
             },
@@ -127,7 +145,7 @@ impl System {
             System::Spillway(c) => c.insert(&key(id), entry(v), len).await,
             System::Moka(c) => c.insert(&key(id), entry(v), len).await,
             System::Foyer(c) => {
-                c.insert(id as u64, Bytes::from(v));
+                c.insert(foyer_key(id), Bytes::from(v));
             }
         }
     }
