@@ -384,7 +384,12 @@ impl Report {
 
     fn markdown(&self) -> String {
         format!(
-            "# spillway bench\n\nMachine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write {:.0} MiB/s; 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}).\n\n## Results\n\n{}\n`-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\n## Targets\n\n{}\n{}\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
+            "# spillway bench\n\n{}Machine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write {:.0} MiB/s; 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}).\n\n## Results\n\n{}\n`-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\n## Targets\n\n{}\n{}\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
+            if self.quick {
+                "**`--quick`: a quarter of the work and two memory budgets. Not representative: do not quote these figures.**\n\n"
+            } else {
+                ""
+            },
             self.machine,
             if self.direct_io { "O_DIRECT" } else { "buffered (page cache)" },
             mib(self.working_set_bytes),

@@ -110,7 +110,12 @@ impl Report {
     /// What the terminal shows after a run: every line fits [`TERMINAL_WIDTH`].
     pub fn summary(&self) -> String {
         let header = format!(
-            "machine: {}; working set {:.0} MiB; device {:.0} MiB/s sequential write, 4 KiB read p50 {:.0} µs ({})",
+            "{}machine: {}; working set {:.0} MiB; device {:.0} MiB/s sequential write, 4 KiB read p50 {:.0} µs ({})",
+            if self.quick {
+                "--quick (not representative: do not quote these figures); "
+            } else {
+                ""
+            },
             self.machine,
             mib(self.working_set_bytes),
             self.device.seq_write_mib_s,
