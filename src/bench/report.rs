@@ -183,17 +183,22 @@ impl Report {
     fn targets(&self) -> Vec<Target> {
         let mut t = Vec::new();
         let m = &self.micro;
-        let ratio = m.spillway_memory_hit_ns / m.moka_get_ns;
-        t.push(Target {
-            name: "memory hit vs raw moka get".into(),
-            measured: format!(
-                "{:.0} ns vs {:.0} ns",
-                m.spillway_memory_hit_ns, m.moka_get_ns
-            ),
-            ratio,
-            goal: "≤ 1.1×".into(),
-            meets: ratio <= 1.1,
-        });
+        for (tasks, ours, moka) in [
+            (1, m.spillway_memory_hit_ns, m.moka_get_ns),
+            (2, m.spillway_memory_hit_ns_2_tasks, m.moka_get_ns_2_tasks),
+        ] {
+            let ratio = ours / moka;
+            t.push(Target {
+                name: format!(
+                    "memory hit vs raw moka get, {tasks} task{}",
+                    if tasks > 1 { "s" } else { "" }
+                ),
+                measured: format!("{ours:.0} ns vs {moka:.0} ns"),
+                ratio,
+                goal: "≤ 1.1×".into(),
+                meets: ratio <= 1.1,
+            });
+        }
         let ratio = m.spillway_disk_hit_us / m.foyer_load_decode_us;
         t.push(Target {
             name: "disk hit vs raw foyer load + decode".into(),
@@ -550,6 +555,8 @@ pub(crate) fn sample() -> Report {
         MicroReport {
             spillway_memory_hit_ns: 329.0,
             moka_get_ns: 299.0,
+            spillway_memory_hit_ns_2_tasks: 340.0,
+            moka_get_ns_2_tasks: 310.0,
             spillway_disk_hit_us: 32.7,
             foyer_load_decode_us: 24.8,
         },
