@@ -74,6 +74,19 @@ impl Drop for Parked<'_> {
 }
 
 impl SingleFlight {
+    /// Detaches the flight of `key`, if any: callers that arrive from now on
+    /// start their own instead of joining one that may be reading a version
+    /// this caller has just replaced or removed. Those already waiting get
+    /// the old flight's result: their reads overlapped the change.
+    pub(crate) fn detach(&self, key: &InternalCacheKey) {
+        self.flights.lock().remove(key);
+    }
+
+    /// `detach` for every key matching `matches`.
+    pub(crate) fn detach_where(&self, matches: impl Fn(&InternalCacheKey) -> bool) {
+        self.flights.lock().retain(|key, _| !matches(key));
+    }
+
     fn join<'a>(&'a self, key: &'a InternalCacheKey) -> Turn<'a> {
         let mut flights = self.flights.lock();
         if let Some((_, rx)) = flights.get(key) {

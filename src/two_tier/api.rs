@@ -138,6 +138,11 @@ impl TwoTierCacheBackend {
         for key in doomed {
             self.remove_from_tiers(&key, false).await;
         }
+        // Keys whose only version was on disk had no removal of their own:
+        // a `get_or_insert` from now on must not join a flight reading one.
+        self.inner
+            .flights
+            .detach_where(|key| key.starts_with(prefix));
     }
 
     /// Removes every entry from every tier. Durable like
@@ -175,5 +180,7 @@ impl TwoTierCacheBackend {
         for (key, res) in self.inner.memory.iter() {
             self.drop_if_orphan(&key, res.seq).await;
         }
+        // No flight begun before the clear may be joined after it.
+        self.inner.flights.detach_where(|_| true);
     }
 }

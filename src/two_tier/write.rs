@@ -97,6 +97,10 @@ impl TwoTierCacheBackend {
                 ready(Op::Put(version))
             })
             .await;
+        // The new version is in place: a `get_or_insert` that starts once
+        // this insert returns must not join a flight that began before it
+        // (and may be reading the version it replaced).
+        inner.flights.detach(key);
         drop(room);
         self.maintain_if_due().await;
     }
@@ -183,5 +187,7 @@ impl TwoTierCacheBackend {
                 })
             })
             .await;
+        // As for an insert: callers from now on start a flight of their own.
+        self.inner.flights.detach(key);
     }
 }
