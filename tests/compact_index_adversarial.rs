@@ -1781,3 +1781,66 @@ async fn get_or_insert_after_a_kill_never_joins_a_read_of_the_killed_version() {
         c.close().await.unwrap();
     }
 }
+
+// ------------------------------------------------------------------ clear racing spills
+
+/// `clear()` racing inserts and their spills: once everything is quiet and
+/// pushed out to disk, whatever the cache serves must come back, exactly,
+/// after a drop (it was flushed) and after `close()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_is_served_after_clears_racing_spills_survives_a_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Arc<Vec<InternalCacheKey>> = Arc::new(
+        (0..24)
+            .map(|i| InternalCacheKey::new(format!("z{}", i % 3), i.to_string(), BLOB))
+            .collect(),
+    );
+    let mut c = open(dir.path()).await;
+    let ver = Arc::new(AtomicU64::new(1));
+    for round in 0..6 {
+        let mut tasks = Vec::new();
+        for t in 0..3u64 {
+            let (c, keys, ver) = (c.clone(), keys.clone(), ver.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = Rng(round * 10 + t);
+                for _ in 0..120 {
+                    let k = rng.below(keys.len() as u64) as usize;
+                    match rng.below(20) {
+                        0 if t == 0 => c.clear().await,
+                        1..=3 => evict_all(&c).await,
+                        4 => c.flush().await,
+                        _ => {
+                            let v = ver.fetch_add(1, SeqCst);
+                            put(&c, &keys[k], val(k as u64, v, 4500 + (v % 4000) as usize)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        push_out(&c).await;
+        let mut served = Vec::new();
+        for (k, key) in keys.iter().enumerate() {
+            let got = c.get_without_promotion(key).await;
+            served.push(parts_of(&got, k, "quiet"));
+        }
+        let present = served.iter().filter(|s| s.is_some()).count();
+        assert_recoverable(dir.path(), present, &format!("round {round}"));
+        for how in [Leave::Drop, Leave::Close] {
+            c = reopen(c, dir.path(), how, false).await;
+            for (k, key) in keys.iter().enumerate() {
+                let got = c.get_without_promotion(key).await;
+                let ver = parts_of(&got, k, "reopened");
+                assert_eq!(
+                    ver,
+                    served[k],
+                    "round {round}, after {how:?}: {key} (recovered {} of {present})",
+                    c.stats().recovery.entries
+                );
+            }
+        }
+    }
+    c.close().await.unwrap();
+}
