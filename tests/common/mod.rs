@@ -313,3 +313,31 @@ pub async fn sigkill_self() -> ! {
     std::future::pending::<()>().await;
     unreachable!("SIGKILL returned")
 }
+
+/// A wall clock (ms since 1970) a test moves by hand, for
+/// `TwoTierBuilder::wall_clock`.
+#[derive(Clone)]
+pub struct Clock(Arc<std::sync::atomic::AtomicU64>);
+
+impl Clock {
+    /// Starts at the real time now.
+    pub fn real() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        Self(Arc::new(std::sync::atomic::AtomicU64::new(
+            now.as_millis() as u64
+        )))
+    }
+    pub fn add(&self, d: Duration) {
+        self.0
+            .fetch_add(d.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn wall(&self) -> spillway::WallClock {
+        let ms = self.0.clone();
+        Arc::new(move || {
+            std::time::UNIX_EPOCH
+                + Duration::from_millis(ms.load(std::sync::atomic::Ordering::SeqCst))
+        })
+    }
+}
