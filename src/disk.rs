@@ -304,16 +304,6 @@ impl DiskTier {
         Written { future, done }
     }
 
-    pub(crate) async fn clear(&self) -> Result<()> {
-        let cache = self.cache.read().clone();
-        let cleared = bounded(&self.dir, "clear", async move { cache.clear().await }).await?;
-        cleared.map_err(|e| Error::Disk {
-            dir: self.dir.clone(),
-            op: "clear",
-            message: e.to_string(),
-        })
-    }
-
     pub(crate) async fn close(&self) -> Result<()> {
         let cache = self.cache.read().clone();
         let closed = bounded(&self.dir, "close", async move { cache.close().await }).await?;
@@ -420,5 +410,40 @@ mod tests {
                 assert_eq!(bytes.len(), 8000);
             }
         }
+    }
+    /// Why `clear()` never calls foyer's `destroy`: it cleans every block,
+    /// including those its flushers are filling, while they go on writing.
+    /// Records written while it runs are served, then lost on a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn foyer_loses_records_written_during_its_destroy_on_reopen() {
+        const LEN: usize = 36 << 10; // one record per block
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), 256 << 10);
+        let disk = DiskTier::open(&opts).await.unwrap();
+        for hash in 0..100u64 {
+            disk.enqueue(hash, Bytes::from(vec![1u8; LEN]));
+            disk.wait().await;
+        }
+        let cache = disk.cache.read().clone();
+        let destroy = tokio::spawn(async move { cache.storage().destroy().await });
+        let mut hash = 1000u64;
+        let mut after = 0;
+        while after < 4 {
+            after += usize::from(destroy.is_finished());
+            disk.enqueue(hash, Bytes::from(vec![2u8; LEN]));
+            disk.wait().await;
+            hash += 1;
+        }
+        destroy.await.unwrap().unwrap();
+        let served: Vec<u64> = (1000..hash).filter(|h| disk.contains(*h)).collect();
+        assert!(!served.is_empty());
+        disk.close().await.unwrap();
+        drop(disk);
+        let disk = DiskTier::open(&opts).await.unwrap();
+        let kept = served.iter().filter(|h| disk.contains(**h)).count();
+        assert!(
+            kept < served.len(),
+            "foyer kept all {kept} records written during its destroy"
+        );
     }
 }

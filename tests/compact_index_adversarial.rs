@@ -1809,7 +1809,6 @@ async fn get_or_insert_after_a_kill_never_joins_a_read_of_the_killed_version() {
 /// record fills a block of its own, so that the clear has many blocks to
 /// go through while the writer's records land in new ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open bug: clear() calls foyer's destroy() while spills land; records written during it are lost to foyer's recovery (see the closing note of this stop)"]
 async fn versions_spilled_while_clear_runs_and_served_afterwards_survive_a_reopen() {
     const LEN: usize = 36 << 10; // one record per 64 KiB block
     let dir = tempfile::tempdir().unwrap();
