@@ -30,6 +30,8 @@ pub enum CacheTier {
     Resident,
     /// On the disk tier, or in the queue of entries being spilled to it.
     Local,
+    /// On the shared remote tier (a read then promotes it locally).
+    Remote,
     /// Nowhere: a read misses.
     Absent,
 }

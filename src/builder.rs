@@ -329,6 +329,19 @@ impl TwoTierBuilder {
         self
     }
 
+    /// A shared remote tier below the disk (`redis` feature; see
+    /// [`crate::RemoteConfig`]).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder()
+    ///     .remote(spillway::RemoteConfig::new("redis://127.0.0.1:6379"));
+    /// # let _ = b;
+    /// ```
+    pub fn remote(mut self, remote: crate::RemoteConfig) -> Self {
+        self.config.remote = Some(remote);
+        self
+    }
+
     /// The codecs that make entry types spillable.
     ///
     /// ```
@@ -395,10 +408,15 @@ impl TwoTierBuilder {
             direct_io: d.direct_io,
         })
         .await?;
+        let remote = crate::remote::Remote::open(
+            config.remote.as_ref(),
+            cache_dir.root().join("remote-sync"),
+        )
+        .await?;
         let clock = std::sync::Arc::new(ExpiryClock::new(self.wall_clock.0, replay.clock));
         replay.clock = clock.now_ms();
         let journal = Journal::open(cache_dir.root(), &replay, d.fsync)?;
-        Ok(TwoTierCacheBackend::start(Parts {
+        let cache = TwoTierCacheBackend::start(Parts {
             memory_capacity: m.capacity.0,
             spill_queue_capacity: m.spill_queue.map_or(m.capacity.0 / 8, |q| q.0),
             eviction_policy: match m.eviction_policy {
@@ -422,6 +440,9 @@ impl TwoTierBuilder {
             cache_dir,
             clock,
             default_ttl: Some(config.expiry.time_to_live.0).filter(|ttl| !ttl.is_zero()),
-        }))
+            remote,
+        });
+        cache.wait_remote_ready().await;
+        Ok(cache)
     }
 }

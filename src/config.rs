@@ -300,6 +300,8 @@ pub struct Config {
     pub disk: DiskConfig,
     /// Expiry of entries.
     pub expiry: ExpiryConfig,
+    /// The shared remote tier (`redis` feature); none by default.
+    pub remote: Option<crate::RemoteConfig>,
     /// Settings of `spillway bench`, kept as written; the library ignores them.
     pub bench: Option<toml::Table>,
 }
@@ -357,6 +359,8 @@ impl Config {
                 }
                 let value =
                     lookup(&raw, &field).map_or_else(|| "<missing>".to_string(), |v| v.to_string());
+                // An address may carry a password: never quote it.
+                let value = crate::remote::redact(&value);
                 Error::Config {
                     field,
                     value,
@@ -487,6 +491,9 @@ impl Config {
                 d.buffer_pool.0.to_string(),
                 "must give each flusher at least 8 KiB",
             );
+        }
+        if let Some(remote) = &self.remote {
+            remote.validate()?;
         }
         Ok(())
     }

@@ -65,6 +65,18 @@ pub enum Error {
         /// foyer's description of the failure.
         message: String,
     },
+    /// The remote tier's server refused or did not answer (building with
+    /// `remote.required`, or a malformed address). The address shown has
+    /// its password hidden.
+    #[error("remote tier at {url}: {op}: {message}")]
+    Remote {
+        /// The server's address, password hidden.
+        url: String,
+        /// What was being done.
+        op: &'static str,
+        /// The client's description of the failure.
+        message: String,
+    },
     /// Another process (or another cache in this process) owns the directory.
     #[error("cache directory {} is in use by {}", dir.display(), holder.map_or_else(|| "another cache".to_string(), |pid| format!("process {pid}")))]
     Locked {

@@ -334,14 +334,23 @@ pub(crate) struct Replay {
 /// Type names are `&'static str` in keys; names read back from disk are
 /// interned once each (there are few of them) to get one.
 fn intern(name: &str) -> &'static str {
+    interned(name, usize::MAX).unwrap_or("")
+}
+
+/// `name` as a `&'static str`, interned; `None` once `cap` names are, for
+/// names from sources that are not trusted to be few (other processes).
+pub(crate) fn interned(name: &str, cap: usize) -> Option<&'static str> {
     static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
     let mut names = NAMES.lock();
     if let Some(n) = names.iter().find(|n| **n == name) {
-        return n;
+        return Some(n);
+    }
+    if names.len() >= cap {
+        return None;
     }
     let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
     names.push(leaked);
-    leaked
+    Some(leaked)
 }
 
 fn frame(fact: &Fact) -> Vec<u8> {

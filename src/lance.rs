@@ -157,7 +157,34 @@ pub fn register() -> lance_core::Result<()> {
     }
 }
 
-/// Builds from `spillway:///DIR?memory=SIZE&disk=SIZE[&block_size=SIZE][&persist_after=DURATION][&compression=none|lz4|zstd][&ttl=DURATION]`.
+/// `%XX` escapes decoded (a malformed one is kept as written).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Builds from `spillway:///DIR?memory=SIZE&disk=SIZE[&block_size=SIZE][&persist_after=DURATION][&compression=none|lz4|zstd][&ttl=DURATION][&remote=URL[&remote_namespace=NAME][&remote_write_policy=on_spill|on_insert][&remote_ttl=DURATION][&remote_timeout=DURATION][&remote_required=true|false]]`.
+/// `remote` (the `redis` feature) adds the shared tier (see
+/// [`crate::RemoteConfig`]); percent-encode a URL that has its own `?`,
+/// `&` or `=` (`%3F`, `%26`, `%3D`). Its password never appears in errors.
 /// `ttl` (default `0`, none) is every entry's time to live (`expiry.time_to_live`).
 /// `persist_after` (default 2s, `0` off) is write-behind: a backend that is
 /// dropped without `close()`, as an `Arc<dyn CacheBackend>` is, still comes
@@ -170,7 +197,37 @@ fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>
         lance_core::Error::invalid_input(format!("spillway cache option {option}={value:?}: {why}"))
     };
     let mut c = Config::default();
+    let mut remote: Option<crate::RemoteConfig> = None;
     for (option, value) in &config.options {
+        if let Some(setting) = option.strip_prefix("remote") {
+            let r = remote.get_or_insert_with(crate::RemoteConfig::default);
+            let shown = crate::remote::redact(value);
+            let duration = || {
+                value
+                    .parse::<crate::Millis>()
+                    .map_err(|e| bad(option, &shown, &e))
+            };
+            match setting {
+                "" => r.url = crate::RemoteUrl::new(percent_decoded(value)),
+                "_namespace" => r.namespace = value.clone(),
+                "_ttl" => r.ttl = duration()?,
+                "_timeout" => r.timeout = duration()?,
+                "_write_policy" => {
+                    r.write_policy = match value.as_str() {
+                        "on_spill" => crate::WritePolicy::OnSpill,
+                        "on_insert" => crate::WritePolicy::OnInsert,
+                        _ => return Err(bad(option, value, "must be on_spill or on_insert")),
+                    }
+                }
+                "_required" => {
+                    r.required = value
+                        .parse()
+                        .map_err(|_| bad(option, value, "must be true or false"))?
+                }
+                _ => return Err(bad(option, &shown, "unknown remote option (known: remote, remote_namespace, remote_write_policy, remote_ttl, remote_timeout, remote_required)")),
+            }
+            continue;
+        }
         let size = || {
             value
                 .parse::<ByteSize>()
@@ -203,10 +260,16 @@ fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>
                 return Err(bad(
                     option,
                     value,
-                    "unknown option (known: path, memory, disk, block_size, persist_after, compression, ttl)",
+                    "unknown option (known: path, memory, disk, block_size, persist_after, compression, ttl, remote, remote_*)",
                 ))
             }
         }
+    }
+    if let Some(r) = remote {
+        if r.url.is_empty() {
+            return Err(bad("remote", "", "remote_* options need remote=URL"));
+        }
+        c.remote = Some(r);
     }
     if c.disk.dir.is_none() {
         return Err(bad(
@@ -227,6 +290,10 @@ fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>
                 "disk.capacity" => "disk",
                 "disk.block_size" => "block_size",
                 "disk.persist_after" => "persist_after",
+                "remote.url" => "remote",
+                "remote.namespace" => "remote_namespace",
+                "remote.ttl" => "remote_ttl",
+                "remote.timeout" => "remote_timeout",
                 other => other,
             };
             bad(option, &value, &reason.replace(&field, option))
@@ -251,7 +318,8 @@ fn build(config: &BackendConfig) -> lance_core::Result<Arc<dyn lc::CacheBackend>
 fn tier(t: CacheTier) -> lc::CacheTier {
     match t {
         CacheTier::Resident => lc::CacheTier::Resident,
-        CacheTier::Local => lc::CacheTier::Local,
+        // lance-core has no remote tier: a read costs I/O, as from disk.
+        CacheTier::Local | CacheTier::Remote => lc::CacheTier::Local,
         CacheTier::Absent => lc::CacheTier::Absent,
     }
 }

@@ -115,6 +115,7 @@ mod placement;
 mod prefixes;
 mod private_fs;
 mod quiet_stdout;
+mod remote;
 mod single_flight;
 mod spill;
 mod stats;
@@ -139,6 +140,7 @@ pub use expiry::WallClock;
 pub use inspect::DirReport;
 pub use key::{CacheEntry, InternalCacheKey};
 pub use memory::MokaCacheBackend;
+pub use remote::{RemoteConfig, RemoteNotSent, RemoteStats, RemoteUrl, WritePolicy};
 pub use stats::{
     DecodeMisses, DiskStats, MemoryStats, NotWritten, RecoveryStats, SpillStats, StatsSnapshot,
 };

@@ -30,6 +30,11 @@ pub(crate) struct Resident {
     pub codec: Option<Arc<dyn Codec>>,
     /// Wall-clock deadline (ms since the epoch, see `expiry`); 0: none.
     pub expires_at: u64,
+    /// The version's stamp for the remote tier (see `remote`); 0 without
+    /// one, or for a version read back from the local disk.
+    pub stamp: u64,
+    /// Read from the remote tier: never sent back to it.
+    pub fetched: bool,
 }
 
 /// The tier holding a key's latest version.

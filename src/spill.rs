@@ -111,6 +111,9 @@ pub(crate) struct SpillSettings {
     pub pack_threshold: usize,
     /// The first sequence number to hand out.
     pub next_seq: u64,
+    /// The shared tier, which takes a copy of each spilled record
+    /// (`remote.write_policy = "on_spill"`).
+    pub remote: crate::remote::Remote,
 }
 
 /// The bytes an entry is weighed at in the spill queue and its reservations.
@@ -159,6 +162,8 @@ pub(crate) struct Spiller {
     pub(crate) clock: Arc<ExpiryClock>,
     /// The last time a `Clock` fact was journaled (ms since the epoch).
     pub(crate) clock_recorded: AtomicU64,
+    /// The shared tier (or none).
+    pub(crate) remote: crate::remote::Remote,
 }
 
 impl Spiller {
@@ -214,6 +219,7 @@ impl Spiller {
             seq: AtomicU64::new(settings.next_seq),
             clock,
             clock_recorded: AtomicU64::new(0),
+            remote: settings.remote,
         }
     }
 
@@ -593,22 +599,13 @@ impl Spiller {
             }
             return None;
         }
-        let version = envelope::Version {
-            seq: item.seq,
-            size_bytes: res.size,
-            type_version: codec.type_version(),
-            expires_at: res.expires_at,
-        };
-        // A codec that panics must not take the spill worker down with it.
-        let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            envelope::seal(&item.key, version, &self.compressor, |out| {
-                codec.encode(&res.entry, out)
-            })
-        }))
-        .unwrap_or_else(|_| Err(crate::CodecError::Failed("the codec panicked".into())));
+        let sealed = self.seal(&item.key, item.seq, &res, codec);
+        if let (Ok((bytes, _)), Why::Evicted, false) = (&sealed, item.why, res.fetched) {
+            self.remote.spilled(&item.key, res.stamp, bytes);
+        }
         match sealed {
             Ok((bytes, logical_len)) if bytes.len() <= self.disk.max_record() => {
-                Some((Bytes::from(bytes), logical_len))
+                Some((bytes, logical_len))
             }
             Ok(_) => {
                 self.drop_queued(item, NotWrittenReason::Oversize);
@@ -620,6 +617,31 @@ impl Spiller {
                 None
             }
         }
+    }
+
+    /// Seals version `seq` of `key` into a record (and the length it would
+    /// have uncompressed). A codec that panics fails the encoding: it must
+    /// not take the spill worker (or the remote sender) down with it.
+    pub(crate) fn seal(
+        &self,
+        key: &InternalCacheKey,
+        seq: u64,
+        res: &Resident,
+        codec: &Arc<dyn crate::Codec>,
+    ) -> std::result::Result<(Bytes, usize), crate::CodecError> {
+        let version = envelope::Version {
+            seq,
+            size_bytes: res.size,
+            type_version: codec.type_version(),
+            expires_at: res.expires_at,
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            envelope::seal(key, version, &self.compressor, |out| {
+                codec.encode(&res.entry, out)
+            })
+        }))
+        .unwrap_or_else(|_| Err(crate::CodecError::Failed("the codec panicked".into())))
+        .map(|(bytes, logical)| (Bytes::from(bytes), logical))
     }
 
     /// Hands a unit to foyer; returns the bytes it takes in foyer's buffer

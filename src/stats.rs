@@ -377,6 +377,8 @@ pub struct StatsSnapshot {
     pub spill: SpillStats,
     /// Disk records refused on read.
     pub decode_misses: DecodeMisses,
+    /// The shared remote tier (all zero without one).
+    pub remote: crate::RemoteStats,
     /// Reads that found nothing (decode misses included).
     pub misses: u64,
     /// Calls to `insert` plus loader results inserted.
@@ -398,10 +400,11 @@ impl StatsSnapshot {
     /// let mut s = spillway::StatsSnapshot::default();
     /// s.memory.hits = 2;
     /// s.disk.hits = 1;
-    /// assert_eq!(s.hits(), 3);
+    /// s.remote.hits = 1;
+    /// assert_eq!(s.hits(), 4);
     /// ```
     pub fn hits(&self) -> u64 {
-        self.memory.hits + self.disk.hits + self.disk.queue_hits
+        self.memory.hits + self.disk.hits + self.disk.queue_hits + self.remote.hits
     }
 
     /// Hits divided by reads, 0 when there were no reads.
@@ -483,6 +486,7 @@ impl Stats {
                 warm_done: self.warm_done.load(Relaxed),
                 ..self.recovery.lock().clone()
             },
+            remote: Default::default(),
         }
     }
 }

@@ -114,6 +114,8 @@ mod tests {
             seq,
             codec: None,
             expires_at: 0,
+            stamp: 0,
+            fetched: false,
         })
     }
 

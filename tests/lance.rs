@@ -372,3 +372,53 @@ async fn a_uri_backend_dropped_without_close_comes_back_warm() {
         "entries needed their loader"
     );
 }
+
+/// Two Lance caches on different directories share entries through a real
+/// `redis-server` named in the URI (`remote=`, percent-encoded).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_uri_backends_share_entries_through_a_remote_option() {
+    register().unwrap();
+    let server = common::redis_server::RedisServer::start();
+    let remote = server.url().replace('?', "%3F");
+    let uri = |dir: &std::path::Path| {
+        format!(
+            "spillway://{}?memory=4MiB&disk=64MiB&block_size=1MiB&remote={remote}&remote_namespace=lance&remote_write_policy=on_insert&remote_required=true",
+            dir.display()
+        )
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a =
+        LanceCache::with_backend(lance_core::cache::build_from_uri(&uri(a_dir.path())).unwrap());
+    let b =
+        LanceCache::with_backend(lance_core::cache::build_from_uri(&uri(b_dir.path())).unwrap());
+    a.insert_with_key(&V1(7), Arc::new(postings(7))).await;
+    // a's write goes out in the background: b finds it once it is there.
+    let start = std::time::Instant::now();
+    let got = loop {
+        if let Some(got) = b.get_with_key(&V1(7)).await {
+            break got;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never shared"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(*got, postings(7));
+    assert_eq!(server.keys("lance:*:r:*").len(), 1);
+
+    // A bad remote option is named, and a password in it is not shown.
+    let err = lance_core::cache::build_from_uri(&format!(
+        "spillway://{}?remote=redis://u:hunter22@127.0.0.1:1&remote_required=true",
+        tempfile::tempdir().unwrap().path().display()
+    ))
+    .unwrap_err();
+    assert!(!err.to_string().contains("hunter22"), "{err}");
+    let err = lance_core::cache::build_from_uri(&format!(
+        "spillway://{}?remote_namespace=x",
+        tempfile::tempdir().unwrap().path().display()
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("remote"), "{err}");
+}

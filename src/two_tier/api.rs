@@ -94,7 +94,10 @@ impl TwoTierCacheBackend {
     /// # });
     /// ```
     pub async fn remove(&self, key: &InternalCacheKey) {
+        self.remote_changes_begin();
         self.remove_from_tiers(key, true).await;
+        // Older versions on the shared tier are dead too (its fence).
+        self.inner.spiller.remote.removed(key);
     }
 
     /// Removes every entry whose prefix starts with `prefix`, from every
@@ -112,6 +115,16 @@ impl TwoTierCacheBackend {
     /// # });
     /// ```
     pub async fn invalidate_prefix(&self, prefix: &str) {
+        // The shared tier first: a local miss in between must not fetch
+        // (and keep) what is being invalidated.
+        self.remote_changes_begin();
+        self.inner.spiller.remote.invalidate(prefix).await;
+        self.invalidate_locally(prefix).await;
+    }
+
+    /// [`TwoTierCacheBackend::invalidate_prefix`] on this process's tiers only.
+    pub(super) async fn invalidate_locally(&self, prefix: &str) {
+        self.remote_changes_begin();
         let spiller = &self.inner.spiller;
         let _admin = spiller.admin.lock().await;
         // Journaled first: once this is written, a crash at any later point
@@ -161,6 +174,14 @@ impl TwoTierCacheBackend {
     /// # });
     /// ```
     pub async fn clear(&self) {
+        self.remote_changes_begin();
+        self.inner.spiller.remote.invalidate("").await;
+        self.clear_locally().await;
+    }
+
+    /// [`TwoTierCacheBackend::clear`] on this process's tiers only.
+    pub(super) async fn clear_locally(&self) {
+        self.remote_changes_begin();
         let spiller = &self.inner.spiller;
         let _admin = spiller.admin.lock().await;
         let seq = self.next_seq();

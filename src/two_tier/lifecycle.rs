@@ -71,6 +71,9 @@ impl TwoTierCacheBackend {
                 }
             }
         }
+        // What waits for the shared tier goes out now (each call bounded by
+        // `remote.timeout`): other processes learn of the last replacements.
+        self.inner.spiller.remote.flush().await;
         self.inner.spiller.compact().await;
         self.inner.spiller.disk.close().await
     }

@@ -7,6 +7,7 @@
 mod api;
 mod lifecycle;
 mod read;
+mod remote;
 mod write;
 
 use std::sync::atomic::AtomicBool;
@@ -154,6 +155,11 @@ struct Inner {
     default_ttl: Option<Duration>,
     closed: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Changes begun that could make a remote read in flight stale (see
+    /// `remote::read_remote`).
+    remote_changes: std::sync::atomic::AtomicU64,
+    /// Other processes' recent replacements, for remote reads in flight.
+    peer_fences: remote::PeerFences,
 }
 
 impl Drop for Inner {
@@ -183,6 +189,7 @@ pub(crate) struct Parts {
     pub cache_dir: CacheDir,
     pub clock: Arc<ExpiryClock>,
     pub default_ttl: Option<Duration>,
+    pub remote: crate::remote::Remote,
 }
 
 impl std::fmt::Debug for TwoTierCacheBackend {
@@ -279,6 +286,7 @@ impl TwoTierCacheBackend {
             compressor: parts.compressor,
             pack_threshold: parts.pack_threshold,
             next_seq: parts.replay.next_seq,
+            remote: parts.remote,
         };
         let spiller = Arc::new(Spiller::new(
             placements,
@@ -340,7 +348,13 @@ impl TwoTierCacheBackend {
             default_ttl: parts.default_ttl,
             closed: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
+            remote_changes: std::sync::atomic::AtomicU64::new(0),
+            peer_fences: remote::PeerFences::default(),
         });
+        let remote_tasks = spiller
+            .remote
+            .start(Box::new(remote::PeerEffects(Arc::downgrade(&inner))));
+        inner.background.lock().extend(remote_tasks);
         // The worker holds the spiller, not the cache: it ends by itself
         // when the cache (and with it moka's listener, the last sender) drops.
         tokio::spawn(spiller.run(spill_rx, persist_rx));
@@ -431,6 +445,7 @@ impl TwoTierCacheBackend {
         s.disk.capacity = self.inner.spiller.disk.capacity() as u64;
         s.spill.queue_bytes = self.inner.spiller.flow.queued();
         s.spill.paused = self.inner.spiller.health.is_failing();
+        s.remote = self.inner.spiller.remote.stats();
         let spiller = &self.inner.spiller;
         let (mut on_disk, mut bytes) = (0, 0);
         spiller.placements.for_each(|hash, _, slot| {

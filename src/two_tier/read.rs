@@ -101,11 +101,14 @@ impl TwoTierCacheBackend {
             }
             None => {}
         }
-        let found = self.lower_tiers(key, codec, promote, false).await;
-        if found.is_none() {
-            self.stats_ref().misses.incr();
+        if let Some(entry) = self.lower_tiers(key, codec.clone(), promote, false).await {
+            return Some((entry, CacheTier::Local));
         }
-        found.map(|entry| (entry, CacheTier::Local))
+        if let Some(entry) = self.read_remote(key, codec).await {
+            return Some((entry, CacheTier::Remote));
+        }
+        self.stats_ref().misses.incr();
+        None
     }
 
     /// The memory tier's live version of `key`, if any.
@@ -267,6 +270,9 @@ impl TwoTierCacheBackend {
                 // The same version: both say the same, or the slot came
                 // from a journal that lost nothing the record says.
                 expires_at: expires_at.max(record.expires_at),
+                // Already sent to the shared tier when it was first spilled.
+                stamp: 0,
+                fetched: false,
             })
         });
         let res = match decoded {

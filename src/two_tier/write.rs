@@ -90,10 +90,14 @@ impl TwoTierCacheBackend {
                     seq,
                     codec,
                     expires_at,
+                    stamp: inner.spiller.remote.next_stamp(),
+                    fetched: false,
                 });
                 if spillable {
                     inner.write_behind.schedule(key, &version);
                 }
+                // Under the key's lock: its fences go out in stamp order.
+                inner.spiller.remote.inserted(key, &version);
                 ready(Op::Put(version))
             })
             .await;
