@@ -50,6 +50,16 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// The bench's fleet-phase child: a cache driven by lines on stdin.
+    #[command(hide = true)]
+    BenchFleetChild {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        worker: usize,
+    },
     /// Show a cache directory's format, budgets and what a reopen recovers.
     Inspect {
         /// The cache directory.
@@ -105,6 +115,11 @@ fn main() -> ExitCode {
         Command::BenchKillChild { config, dir } => {
             Config::from_file(&config).and_then(|config| bench::kill_child(&config, dir))
         }
+        Command::BenchFleetChild {
+            config,
+            dir,
+            worker,
+        } => Config::from_file(&config).and_then(|config| bench::fleet_child(&config, dir, worker)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -128,6 +128,16 @@ async fn remote_child() {
                 cache.sync_remote().await;
                 "ok".into()
             }
+            ["load", p, k, v] => {
+                let v = v.to_string();
+                let loader = Box::pin(async move {
+                    let len = v.len();
+                    Ok((Arc::new(v) as spillway::CacheEntry, len))
+                });
+                let (e, cached) = cache.get_or_insert(&key(p, k), loader).await.unwrap();
+                let v = e.downcast_ref::<String>().unwrap();
+                format!("{} {v}", if cached { "cached" } else { "loaded" })
+            }
             ["stats"] => serde_json::to_string(&cache.stats().remote).unwrap(),
             ["exit"] => break,
             _ => format!("bad command {line:?}"),
@@ -562,4 +572,83 @@ fn an_invalidation_on_a_cluster_is_never_served_by_another_process_after_the_sta
         assert_eq!(b.ask("get idx/1 k"), "miss");
         assert_eq!(b.ask("get idx/1 j"), "miss");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_an_acl_user_works_and_hides_the_password() {
+    // A user with a password (ACL), over TLS only.
+    let server = common::redis_server::TlsRedisServer::start(&[
+        "--user",
+        "app",
+        "on",
+        ">tls-s3cret",
+        "~*",
+        "&*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = remote(&server.url("app:tls-s3cret@"), WritePolicy::OnInsert);
+    config.tls_ca_file = Some(server.ca_file());
+    config.required = true;
+    let a = with_remote(dir.path().join("a"), config.clone())
+        .await
+        .unwrap();
+    let b = with_remote(dir.path().join("b"), config.clone())
+        .await
+        .unwrap();
+    a.insert(&key("p", "k"), Arc::new("over tls".to_string()), 8)
+        .await;
+    a.sync_remote().await;
+    let (got, tier) = b.get_with_tier(&key("p", "k")).await.unwrap();
+    assert_eq!(tier, CacheTier::Remote);
+    assert_eq!(got.downcast_ref::<String>().unwrap(), "over tls");
+    for text in [
+        format!("{a:?}"),
+        format!("{config:?}"),
+        config.url.to_string(),
+    ] {
+        assert!(!text.contains("tls-s3cret"), "{text}");
+    }
+    // Without the CA the server's certificate is not trusted; a wrong
+    // password is refused: neither error shows the password.
+    let mut untrusted = config.clone();
+    untrusted.tls_ca_file = None;
+    let mut wrong = config.clone();
+    wrong.url = spillway::RemoteUrl::new(server.url("app:wr0ng-s3cret@"));
+    for (name, bad) in [("untrusted", untrusted), ("wrong password", wrong)] {
+        let err = with_remote(dir.path().join(name), bad).await.unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("s3cret"), "{name}: {text}");
+        assert!(text.contains("remote"), "{name}: {text}");
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[test]
+fn a_loaders_result_is_shared_without_taking_the_other_processes_copies() {
+    let server = RedisServer::start();
+    let mut a = Peer::start(&server.url(), "on_insert");
+    let mut b = Peer::start(&server.url(), "on_insert");
+    assert_eq!(a.ask("load p k1 v1"), "loaded v1");
+    a.ask("sync");
+    // b's loader does not run: the fleet loaded it once.
+    assert_eq!(b.ask("load p k1 other"), "cached v1");
+    assert_eq!(b.ask("get p k1"), "hit Resident v1");
+    // b loads another key, which a then finds: neither load takes the
+    // other process's copies (a loader's result is not a replacement).
+    assert_eq!(b.ask("load p k2 w2"), "loaded w2");
+    b.ask("sync");
+    assert_eq!(a.ask("load p k2 x"), "cached w2");
+    a.ask("sync");
+    assert_eq!(b.ask("get p k1"), "hit Resident v1");
+    assert_eq!(b.stats()["peer_keys_dropped"], 0);
+    // A replacement still reaches b's copy.
+    a.ask("put p k1 v2");
+    a.ask("sync");
+    until(&mut b, "get p k1", |r| r != "hit Resident v1");
+    assert!(b.ask("get p k1").ends_with(" v2"));
 }

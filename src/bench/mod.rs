@@ -31,6 +31,7 @@
 mod charts;
 mod compression;
 mod device;
+mod fleet;
 mod heap;
 mod index;
 mod kill;
@@ -49,6 +50,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use spillway::{ByteSize, Config};
 
+pub use fleet::child as fleet_child;
 pub use kill::child as kill_child;
 use report::{Latency, Report, RunReport};
 use systems::{Served, System};
@@ -184,7 +186,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     }
     // "spillway-no-wb": write-behind off, to show what it costs in the same run.
     let systems = ["spillway", "spillway-no-wb", "moka", "foyer-hybrid"];
-    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 7;
+    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 8;
     let progress = ProgressBar::new(steps);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -255,6 +257,15 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     progress.set_message("index: RAM per disk-resident entry, spillway and foyer");
     let index = runtime.block_on(index::measure(scratch.path(), opts.quick))?;
     progress.inc(1);
+    progress.set_message("fleet: processes sharing a remote tier, and independent");
+    let fleet = fleet::measure(
+        &opts.config,
+        &bench,
+        working_set,
+        scratch.path(),
+        opts.quick,
+    )?;
+    progress.inc(1);
     progress.finish_with_message("done");
 
     let report = Report::new(
@@ -268,6 +279,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         compression,
         packing,
         index,
+        fleet,
         runs,
     );
     report.write(&opts.out)?;

@@ -121,6 +121,8 @@ pub struct Report {
     pub packing: Vec<PackingRun>,
     /// The index phase: RAM per disk-resident entry, measured on the heap.
     pub index: Vec<IndexRun>,
+    /// The fleet phase: processes sharing a remote tier.
+    pub fleet: super::fleet::FleetReport,
     pub runs: Vec<RunReport>,
     pub targets: Vec<Target>,
 }
@@ -151,6 +153,7 @@ impl Report {
         compression: Vec<CompressionRun>,
         packing: Vec<PackingRun>,
         index: Vec<IndexRun>,
+        fleet: super::fleet::FleetReport,
         runs: Vec<RunReport>,
     ) -> Self {
         let mut report = Self {
@@ -167,6 +170,7 @@ impl Report {
             compression,
             packing,
             index,
+            fleet,
             runs,
             targets: Vec::new(),
         };
@@ -416,7 +420,8 @@ impl Report {
             self.compression_table(),
             super::packing::markdown(&self.packing, self.quick),
             super::index::markdown(&self.index),
-        )
+        ) + "\n"
+            + &super::fleet::markdown(&self.fleet)
     }
 }
 
@@ -594,6 +599,7 @@ pub(crate) fn sample() -> Report {
             entries_on_disk: 1_000_000,
             bytes_per_entry: 60.0,
         }],
+        super::fleet::FleetReport::default(),
         runs,
     );
     report.machine =

@@ -169,6 +169,10 @@ pub struct RemoteConfig {
     /// `redis+unix:///path/to/socket?pass=…`. Required. With `cluster`, the
     /// seed nodes of a Redis Cluster, separated by commas.
     pub url: RemoteUrl,
+    /// For `rediss://`: a PEM file with the certificate authority that
+    /// signed the server's certificate, when it is not in the system's
+    /// trust store (default: none, the system's store).
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// The server is a Redis Cluster (default `false`): the client reads
     /// its topology from the nodes in `url` and follows slots and
     /// redirections itself.
@@ -200,6 +204,7 @@ impl Default for RemoteConfig {
     fn default() -> Self {
         Self {
             url: RemoteUrl::default(),
+            tls_ca_file: None,
             cluster: false,
             namespace: "spillway".into(),
             timeout: Millis(std::time::Duration::from_millis(50)),

@@ -59,15 +59,21 @@ pub(crate) struct ClusterConnector {
 }
 
 impl Connector {
-    /// `urls`: one server, or the seed nodes of a cluster (`cluster`).
+    /// `urls`: one server, or the seed nodes of a cluster (`cluster`);
+    /// `root_cert`: the PEM of a certificate authority to trust for TLS.
     pub(crate) fn new(
         urls: &[&str],
         cluster: bool,
+        root_cert: Option<&[u8]>,
         timeout: Duration,
         max_backoff: Duration,
     ) -> redis::RedisResult<Self> {
         if cluster {
-            let client = ClusterClient::builder(urls.iter().copied())
+            let mut builder = ClusterClient::builder(urls.iter().copied());
+            if let Some(root) = root_cert {
+                builder = builder.certs(certificates(root));
+            }
+            let client = builder
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(1)
@@ -79,7 +85,7 @@ impl Connector {
                 connection: tokio::sync::Mutex::new(None),
             })));
         }
-        let client = redis::Client::open(urls.first().copied().unwrap_or_default())?;
+        let client = client(urls.first().copied().unwrap_or_default(), root_cert)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -105,5 +111,22 @@ impl Connector {
                 Ok(Connection::Cluster(fresh))
             }
         }
+    }
+}
+
+fn certificates(root: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root.to_vec()),
+    }
+}
+
+/// A client for one address, trusting `root_cert` for TLS when given.
+pub(crate) fn client(url: &str, root_cert: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    match root_cert {
+        Some(root) if url.starts_with("rediss://") => {
+            redis::Client::build_with_tls(url, certificates(root))
+        }
+        _ => redis::Client::open(url),
     }
 }

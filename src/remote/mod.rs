@@ -13,11 +13,18 @@
 //!   the write with the highest stamp; a script refuses older ones. So the
 //!   remote tier never replaces a newer value with an older one, whatever
 //!   order the writes arrive in.
-//! - **Replacements.** An insert sends a *fence* for its key at once (the
-//!   record itself follows on spill; with `write_policy = "on_insert"` the
-//!   record is the fence). Once the fence is stored, no process reads an
-//!   older version of the key from the server. This process never reads a
-//!   version older than its own undelivered writes.
+//! - **Replacements.** `insert` (and `insert_with_ttl`, `remove`) sends a
+//!   *fence* for its key at once (the record itself follows on spill; with
+//!   `write_policy = "on_insert"` the record is the fence). Once the fence
+//!   is stored, no process reads an older version of the key from the
+//!   server. This process never reads a version older than its own
+//!   undelivered writes.
+//! - **Loader results.** A value loaded by `get_or_insert` is a *fill*: it
+//!   is stamped when its load began and shared (on spill, or at once with
+//!   `on_insert`) but not announced, so the other processes keep their own
+//!   copies of the key, loaded from the same source. A replacement
+//!   announced while a load was running is newer than the loaded value and
+//!   wins over it on every tier.
 //! - **Invalidations.** `invalidate_prefix` and `clear` write the prefix's
 //!   stamp into the server's invalidation table before they return (within
 //!   `remote.timeout`; else they are retried in the background and this
@@ -25,7 +32,7 @@
 //!   remote read checks the record against that table in the same script:
 //!   an invalidated record is never served by any process once the call
 //!   has returned.
-//! - **Other processes' local tiers.** Each delivered batch of fences and
+//! - **Other processes' local tiers.** Each delivered batch of replacements and
 //!   invalidations is published as a numbered *notice* (pub/sub) and kept
 //!   in a capped log on the server. Other processes drop the versions it
 //!   names from their memory and disk, typically within a round trip; a
@@ -166,11 +173,13 @@ impl Remote {
         0
     }
 
+    /// A new local version: a `replacement` (`insert`) is announced to
+    /// other processes; a loader's result is not.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
-    pub(crate) fn inserted(&self, key: &InternalCacheKey, res: &Arc<Resident>) {
+    pub(crate) fn inserted(&self, key: &InternalCacheKey, res: &Arc<Resident>, replacement: bool) {
         #[cfg(feature = "redis")]
         if let Some(tier) = &self.tier {
-            tier.inserted(key, res);
+            tier.inserted(key, res, replacement);
         }
     }
 

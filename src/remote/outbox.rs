@@ -50,6 +50,10 @@ impl Body {
 pub(crate) struct Outgoing {
     pub stamp: Stamp,
     pub body: Body,
+    /// A replacement: once stored, other processes are told to drop older
+    /// versions. A spilled copy of an announced version, or a loader's
+    /// result, is not announced.
+    pub announce: bool,
 }
 
 /// Why a record was not queued.
@@ -94,45 +98,64 @@ impl Outbox {
         self.waiting.is_empty() && self.prefixes.is_empty()
     }
 
-    /// Queues a fence for a new version of `key`.
+    /// Queues a fence for a new version of `key` (announced).
     pub(crate) fn fence(&mut self, key: &InternalCacheKey, stamp: Stamp) {
         self.put(
             key,
             Outgoing {
                 stamp,
                 body: Body::Fence,
+                announce: true,
             },
         );
     }
 
     /// Queues a record; refused if a newer write of the key waits, or if
-    /// the bytes are taken (its fence is queued instead).
+    /// the bytes are taken (an announced record's fence is queued instead;
+    /// an unannounced one is simply not sent).
     pub(crate) fn record(
         &mut self,
         key: &InternalCacheKey,
         stamp: Stamp,
         body: Body,
+        announce: bool,
     ) -> Result<(), Refused> {
         if self.waiting.get(key).is_some_and(|w| w.stamp > stamp) {
             return Err(Refused::Superseded);
         }
         let replaced = self.waiting.get(key).map_or(0, |w| w.body.bytes());
         if self.bytes - replaced + body.bytes() > self.byte_cap {
-            self.fence(key, stamp);
+            if announce {
+                self.fence(key, stamp);
+            }
             return Err(Refused::Full);
         }
-        self.put(key, Outgoing { stamp, body });
+        self.put(
+            key,
+            Outgoing {
+                stamp,
+                body,
+                announce,
+            },
+        );
         Ok(())
     }
 
-    fn put(&mut self, key: &InternalCacheKey, out: Outgoing) {
+    fn put(&mut self, key: &InternalCacheKey, mut out: Outgoing) {
         if let Some(prev) = self.waiting.get(key) {
             if prev.stamp > out.stamp {
                 return;
             }
+            // The same version's fence, now with its record: still announced.
+            if prev.stamp == out.stamp {
+                out.announce |= prev.announce;
+            }
         } else if self.waiting.len() >= KEY_CAP {
-            self.widened += 1;
-            self.invalidation(key.prefix(), out.stamp);
+            // Only a fence must never be lost; a record alone may be.
+            if out.announce {
+                self.widened += 1;
+                self.invalidation(key.prefix(), out.stamp);
+            }
             return;
         }
         self.bytes += out.body.bytes();
@@ -180,12 +203,13 @@ impl Outbox {
     }
 
     /// The answer to a taken batch: what failed is queued again (fences
-    /// and invalidations only; failed records go back as fences).
+    /// and invalidations only; failed announced records go back as fences,
+    /// others are dropped).
     pub(crate) fn answered(
         &mut self,
         batch_keys: &[(InternalCacheKey, Stamp)],
         batch_prefixes: &[(String, Stamp)],
-        failed_keys: &[(InternalCacheKey, Stamp)],
+        failed_keys: &[(InternalCacheKey, Stamp, bool)],
         failed_prefixes: &[(String, Stamp)],
     ) {
         for (key, stamp) in batch_keys {
@@ -198,8 +222,10 @@ impl Outbox {
                 self.prefixes_in_flight.swap_remove(i);
             }
         }
-        for (key, stamp) in failed_keys {
-            self.fence(key, *stamp);
+        for (key, stamp, announce) in failed_keys {
+            if *announce {
+                self.fence(key, *stamp);
+            }
         }
         for (prefix, stamp) in failed_prefixes {
             self.invalidation(prefix, *stamp);
@@ -246,11 +272,21 @@ mod tests {
         let mut out = Outbox::new(1 << 20);
         out.fence(&key("a"), stamp(5));
         assert_eq!(
-            out.record(&key("a"), stamp(4), Body::Record(Bytes::from_static(b"x"))),
+            out.record(
+                &key("a"),
+                stamp(4),
+                Body::Record(Bytes::from_static(b"x")),
+                true
+            ),
             Err(Refused::Superseded)
         );
-        out.record(&key("a"), stamp(5), Body::Record(Bytes::from_static(b"xy")))
-            .unwrap();
+        out.record(
+            &key("a"),
+            stamp(5),
+            Body::Record(Bytes::from_static(b"xy")),
+            true,
+        )
+        .unwrap();
         let batch = out.take(10);
         assert_eq!(batch.keys.len(), 1);
         assert!(matches!(batch.keys[0].1.body, Body::Record(_)));
@@ -263,7 +299,10 @@ mod tests {
     fn a_full_queue_keeps_the_fence_of_a_record_it_refuses() {
         let mut out = Outbox::new(4);
         let big = Body::Record(Bytes::from_static(b"12345"));
-        assert_eq!(out.record(&key("a"), stamp(1), big), Err(Refused::Full));
+        assert_eq!(
+            out.record(&key("a"), stamp(1), big, true),
+            Err(Refused::Full)
+        );
         let batch = out.take(10);
         assert!(matches!(batch.keys[0].1.body, Body::Fence));
     }
@@ -271,8 +310,13 @@ mod tests {
     #[test]
     fn failed_writes_come_back_as_fences_and_invalidations_are_retried() {
         let mut out = Outbox::new(1 << 20);
-        out.record(&key("a"), stamp(3), Body::Record(Bytes::from_static(b"x")))
-            .unwrap();
+        out.record(
+            &key("a"),
+            stamp(3),
+            Body::Record(Bytes::from_static(b"x")),
+            true,
+        )
+        .unwrap();
         out.invalidation("p/", stamp(4));
         let batch = out.take(10);
         assert!(out.is_empty());
@@ -280,12 +324,40 @@ mod tests {
         out.answered(
             &[(key("a"), stamp(3))],
             &batch.prefixes,
-            &[(key("a"), stamp(3))],
+            &[(key("a"), stamp(3), true)],
             &batch.prefixes,
         );
         let again = out.take(10);
         assert!(matches!(again.keys[0].1.body, Body::Fence));
         assert_eq!(again.prefixes, vec![("p/".to_string(), stamp(4))]);
+    }
+
+    #[test]
+    fn unannounced_records_are_dropped_when_full_or_failed_and_never_become_fences() {
+        let mut out = Outbox::new(4);
+        let big = Body::Record(Bytes::from_static(b"12345"));
+        assert_eq!(
+            out.record(&key("a"), stamp(1), big, false),
+            Err(Refused::Full)
+        );
+        assert!(out.is_empty());
+        let small = Body::Record(Bytes::from_static(b"1"));
+        out.record(&key("b"), stamp(2), small, false).unwrap();
+        let batch = out.take(10);
+        assert!(!batch.keys[0].1.announce);
+        out.answered(
+            &[(key("b"), stamp(2))],
+            &[],
+            &[(key("b"), stamp(2), false)],
+            &[],
+        );
+        assert!(out.is_empty());
+        // A record of an announced version stays announced.
+        out.fence(&key("c"), stamp(3));
+        let record = Body::Record(Bytes::from_static(b"1"));
+        out.record(&key("c"), stamp(3), record, false).unwrap();
+        let batch = out.take(10);
+        assert!(batch.keys[0].1.announce && matches!(batch.keys[0].1.body, Body::Record(_)));
     }
 
     #[test]

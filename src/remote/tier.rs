@@ -125,15 +125,27 @@ impl RemoteTier {
     pub(crate) async fn open(config: &RemoteConfig, sync_file: PathBuf) -> Result<Arc<Self>> {
         config.validate()?;
         let urls = config.urls();
+        let root_cert = match &config.tls_ca_file {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|e| Error::io("read remote.tls_ca_file", path, e))?,
+            ),
+            None => None,
+        };
         // Notices are published cluster-wide: any node serves them.
         let subscribers = urls
             .iter()
-            .map(|url| redis::Client::open(*url))
+            .map(|url| super::connection::client(url, root_cert.as_deref()))
             .collect::<redis::RedisResult<Vec<_>>>()
             .map_err(|e| remote_error(config, "parse url", e))?;
         let timeout = config.timeout.0;
-        let connector = Connector::new(&urls, config.cluster, timeout, MAX_BACKOFF)
-            .map_err(|e| remote_error(config, "connect", e))?;
+        let connector = Connector::new(
+            &urls,
+            config.cluster,
+            root_cert.as_deref(),
+            timeout,
+            MAX_BACKOFF,
+        )
+        .map_err(|e| remote_error(config, "connect", e))?;
         let writer = rand_u32();
         let tier = Arc::new(Self {
             subscribers,
@@ -329,20 +341,24 @@ impl RemoteTier {
         self.counters.hits.incr();
     }
 
-    /// A new local version (stamp `res.stamp`): its fence, or with
-    /// write-through the version itself, goes out.
-    pub(crate) fn inserted(&self, key: &InternalCacheKey, res: &Arc<Resident>) {
+    /// A new local version (stamp `res.stamp`). A `replacement` sends its
+    /// fence (with write-through, the version itself) and is announced; a
+    /// loader's result is only written through (`on_insert`), unannounced.
+    pub(crate) fn inserted(&self, key: &InternalCacheKey, res: &Arc<Resident>, replacement: bool) {
         let stamp = self.stamp_of(res.stamp);
         {
             let mut outbox = self.outbox.lock();
             match (self.config.write_policy, res.codec.is_some()) {
                 (WritePolicy::OnInsert, true) => {
-                    if outbox.record(key, stamp, Body::Unsealed(res.clone())) == Err(Refused::Full)
-                    {
-                        self.counters.not_sent_full.incr();
+                    let body = Body::Unsealed(res.clone());
+                    match outbox.record(key, stamp, body, replacement) {
+                        Err(Refused::Full) => self.counters.not_sent_full.incr(),
+                        Err(Refused::Superseded) => self.counters.not_sent_superseded.incr(),
+                        Ok(()) => {}
                     }
                 }
-                _ => outbox.fence(key, stamp),
+                _ if replacement => outbox.fence(key, stamp),
+                _ => return,
             }
         }
         self.wake.notify_one();
@@ -361,10 +377,10 @@ impl RemoteTier {
         if stamp == 0 || self.config.write_policy != WritePolicy::OnSpill {
             return;
         }
-        let refused = self
-            .outbox
-            .lock()
-            .record(key, self.stamp_of(stamp), Body::Record(record));
+        let refused =
+            self.outbox
+                .lock()
+                .record(key, self.stamp_of(stamp), Body::Record(record), false);
         match refused {
             Ok(()) => self.wake.notify_one(),
             Err(Refused::Full) => {
@@ -564,7 +580,9 @@ impl RemoteTier {
                     } else {
                         self.counters.fences_sent.incr();
                     }
-                    notice_keys.push((key.clone(), out.stamp));
+                    if out.announce {
+                        notice_keys.push((key.clone(), out.stamp));
+                    }
                 }
                 Ok(0) => self.counters.not_sent_superseded.incr(),
                 Ok(_) => self.counters.not_sent_stale.incr(),
@@ -574,7 +592,7 @@ impl RemoteTier {
                         self.counters.not_sent_failed.incr();
                     }
                     tracing::debug!(key = %key, error = %e, "remote write failed; its fence is retried");
-                    failed_keys.push((key.clone(), out.stamp));
+                    failed_keys.push((key.clone(), out.stamp, out.announce));
                 }
             }
         }

@@ -51,8 +51,15 @@ impl TwoTierCacheBackend {
         size_bytes: usize,
         ttl: std::time::Duration,
     ) {
-        self.insert_entry(key, entry, size_bytes, None, Some(ttl))
-            .await;
+        self.insert_entry(
+            key,
+            entry,
+            size_bytes,
+            None,
+            Some(ttl),
+            super::write::Origin::Insert,
+        )
+        .await;
     }
 
     /// Single-flight: concurrent callers for one key run the loader at most

@@ -589,6 +589,9 @@ impl TwoTierCacheBackend {
             self.stats_ref().memory_hits.incr();
             return Ok((res.entry.clone(), true));
         }
+        // A loaded value is as new as the moment its load began: a
+        // replacement announced after that wins over it on every tier.
+        let loading_since = self.inner.spiller.remote.next_stamp();
         self.inner
             .flights
             .get_or_insert(
@@ -596,7 +599,7 @@ impl TwoTierCacheBackend {
                 key,
                 loader,
                 || self.get_with_codec(key, codec.clone(), true),
-                |entry, size| self.insert_with_codec(key, entry, size, codec.clone()),
+                |entry, size| self.insert_loaded(key, entry, size, codec.clone(), loading_since),
             )
             .await
     }

@@ -12,6 +12,16 @@ use crate::placement::{Place, Resident, Slot};
 use crate::spill::{queue_weight, SpillEnd};
 use crate::{CacheEntry, Codec, InternalCacheKey};
 
+/// Where an inserted version comes from, for the remote tier (see `remote`).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Origin {
+    /// `insert`: a replacement, announced to other processes.
+    Insert,
+    /// A loader's result, stamped when its load began: a fill of an absent
+    /// key, not announced.
+    Loaded(u64),
+}
+
 impl TwoTierCacheBackend {
     /// Inserts with an explicit codec instead of the registry's, for hosts that
     /// pass a codec with every call. `None` falls back to the registry.
@@ -35,7 +45,22 @@ impl TwoTierCacheBackend {
         size_bytes: usize,
         codec: Option<Arc<dyn Codec>>,
     ) {
-        self.insert_entry(key, entry, size_bytes, codec, self.inner.default_ttl)
+        let ttl = self.inner.default_ttl;
+        self.insert_entry(key, entry, size_bytes, codec, ttl, Origin::Insert)
+            .await;
+    }
+
+    /// A loader's result (`get_or_insert`): stamped when its flight began.
+    pub(super) async fn insert_loaded(
+        &self,
+        key: &InternalCacheKey,
+        entry: CacheEntry,
+        size_bytes: usize,
+        codec: Option<Arc<dyn Codec>>,
+        stamp: u64,
+    ) {
+        let ttl = self.inner.default_ttl;
+        self.insert_entry(key, entry, size_bytes, codec, ttl, Origin::Loaded(stamp))
             .await;
     }
 
@@ -47,6 +72,7 @@ impl TwoTierCacheBackend {
         size_bytes: usize,
         codec: Option<Arc<dyn Codec>>,
         ttl: Option<std::time::Duration>,
+        origin: Origin,
     ) {
         let codec = self.codec_for(key, codec);
         let expires_at = self.inner.spiller.clock.deadline(ttl);
@@ -90,14 +116,18 @@ impl TwoTierCacheBackend {
                     seq,
                     codec,
                     expires_at,
-                    stamp: inner.spiller.remote.next_stamp(),
+                    stamp: match origin {
+                        Origin::Insert => inner.spiller.remote.next_stamp(),
+                        Origin::Loaded(stamp) => stamp,
+                    },
                     fetched: false,
                 });
                 if spillable {
                     inner.write_behind.schedule(key, &version);
                 }
                 // Under the key's lock: its fences go out in stamp order.
-                inner.spiller.remote.inserted(key, &version);
+                let replacement = matches!(origin, Origin::Insert);
+                inner.spiller.remote.inserted(key, &version, replacement);
                 ready(Op::Put(version))
             })
             .await;

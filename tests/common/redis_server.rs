@@ -336,3 +336,91 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// A TLS-only server on a loopback port, with a certificate for
+/// `localhost` and `127.0.0.1` signed by a private CA, whose PEM file is
+/// `ca_file()`. Clients are not asked for certificates.
+pub struct TlsRedisServer {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl TlsRedisServer {
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(path("server.pem"), cert.pem()).unwrap();
+        std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path("server.pem").display().to_string(),
+            "--tls-key-file".into(),
+            path("server.key").display().to_string(),
+            "--tls-ca-cert-file".into(),
+            path("ca.pem").display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+            "--logfile".into(),
+            path("redis.log").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(binary())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server with TLS");
+        // Ready once it accepts connections on its TLS port.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server with TLS did not start: {}",
+                std::fs::read_to_string(path("redis.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self { child, dir, port }
+    }
+
+    /// `rediss://` address, with `userinfo` (e.g. `"app:pw@"`) if given.
+    pub fn url(&self, userinfo: &str) -> String {
+        format!("rediss://{userinfo}127.0.0.1:{}", self.port)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsRedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
