@@ -102,9 +102,11 @@ impl TwoTierCacheBackend {
     /// ```
     pub async fn remove(&self, key: &InternalCacheKey) {
         self.remote_changes_begin();
-        self.remove_from_tiers(key, true).await;
-        // Older versions on the shared tier are dead too (its fence).
+        // Older versions on the shared tier are dead too (its fence). Queued
+        // first: from now on this process reads no older version from there,
+        // even before the fence is delivered.
         self.inner.spiller.remote.removed(key);
+        self.remove_from_tiers(key, true).await;
     }
 
     /// Removes every entry whose prefix starts with `prefix`, from every

@@ -36,6 +36,18 @@ impl TwoTierCacheBackend {
         }
         let codec = self.codec_for(key, codec)?;
         let changes = self.inner.remote_changes.load(Ordering::SeqCst);
+        // A local version that the lower tiers could not serve just now
+        // (moka is evicting it) is at least as new as the server's.
+        if self
+            .inner
+            .spiller
+            .placements
+            .lock(key.disk_hash())
+            .get(key)
+            .is_some()
+        {
+            return None;
+        }
         let (stamp, record) = remote.read(key).await?;
         let Some(res) = decode(key, &record, codec, stamp) else {
             remote.refused();
