@@ -59,11 +59,28 @@ impl RemoteUrl {
 /// `password=` or `pass=` query parameter (the unix-socket form). A list of
 /// addresses (a cluster's seed nodes) has each one's hidden.
 pub(crate) fn redact(text: &str) -> String {
-    text.split(',')
-        .map(redact_one)
-        .collect::<Vec<_>>()
-        .join(",")
+    // Each address starts at a scheme; a password may contain commas.
+    let bytes = text.as_bytes();
+    let mut starts: Vec<usize> = SCHEMES
+        .iter()
+        .flat_map(|scheme| text.match_indices(scheme).map(|(i, _)| i))
+        .filter(|i| *i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'+'))
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    if starts.first() != Some(&0) {
+        starts.insert(0, 0);
+    }
+    let mut out = String::with_capacity(text.len());
+    for (n, start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(text.len());
+        out.push_str(&redact_one(&text[*start..end]));
+    }
+    out
 }
+
+/// The schemes an address may start with.
+const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
 
 fn redact_one(url: &str) -> String {
     let mut out = url.to_string();
@@ -231,12 +248,19 @@ impl RemoteConfig {
         }
     }
 
-    /// The addresses in `url`.
+    /// The addresses in `url`: one, or with `cluster` the comma-separated
+    /// seed nodes (a comma inside a password must then be written `%2C`).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn urls(&self) -> Vec<&str> {
-        self.url
-            .expose()
-            .split(',')
+        let url = self.url.expose().trim();
+        if !self.cluster {
+            return if url.is_empty() {
+                Vec::new()
+            } else {
+                vec![url]
+            };
+        }
+        url.split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect()
@@ -267,23 +291,13 @@ impl RemoteConfig {
             );
         }
         for url in &urls {
-            if !["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
-            {
+            if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
                 return bad(
                     "url",
                     self.url.to_string(),
                     "must start with redis://, rediss:// or redis+unix://",
                 );
             }
-        }
-        if urls.len() > 1 && !self.cluster {
-            return bad(
-                "url",
-                self.url.to_string(),
-                "several addresses are the seed nodes of a cluster: set remote.cluster = true",
-            );
         }
         if self.cluster && urls.iter().any(|u| u.contains("unix:")) {
             return bad(

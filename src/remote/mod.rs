@@ -149,7 +149,9 @@ impl Remote {
     pub(crate) async fn wait_ready(&self) {
         #[cfg(feature = "redis")]
         if let Some(tier) = &self.tier {
-            if !tier.wait_ready(tier.probe_time()).await {
+            // Unreachable at start: the build does not wait for it again.
+            let unreachable = tier.counters.unreachable_at_start.get() > 0;
+            if !unreachable && !tier.wait_ready(tier.probe_time()).await {
                 tracing::warn!(
                     "the remote tier is not caught up yet; remote reads start once it is"
                 );
@@ -236,19 +238,22 @@ impl Remote {
         }
     }
 
-    pub(crate) fn hit(&self) {
+    /// A value read from the server verified (stamp `stamp`).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn hit(&self, stamp: u64) {
         #[cfg(feature = "redis")]
         if let Some(tier) = &self.tier {
-            tier.hit();
+            tier.hit(stamp);
         }
     }
 
     pub(crate) fn stats(&self) -> RemoteStats {
         #[cfg(feature = "redis")]
         if let Some(tier) = &self.tier {
-            return tier
-                .counters
-                .snapshot(true, tier.is_ready(), tier.widened());
+            let (widened, superseded) = tier.outbox_counts();
+            let mut stats = tier.counters.snapshot(true, tier.is_ready(), widened);
+            stats.not_sent.superseded += superseded;
+            return stats;
         }
         RemoteStats::default()
     }

@@ -36,13 +36,15 @@ impl Notice {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
-    /// A logged or published message: 16 hex digits of generation, then
-    /// the notice. `None` for anything else (written by someone else).
-    pub(crate) fn decode(message: &[u8]) -> Option<(u64, Notice)> {
+    /// A logged or published message: 16 hex digits of generation, the
+    /// data set's 16-character identity, then the notice. `None` for
+    /// anything else (written by someone else).
+    pub(crate) fn decode(message: &[u8]) -> Option<(u64, &str, Notice)> {
         let generation = std::str::from_utf8(message.get(..16)?).ok()?;
         let generation = u64::from_str_radix(generation, 16).ok()?;
-        let notice = postcard::from_bytes(message.get(16..)?).ok()?;
-        Some((generation, notice))
+        let boot = std::str::from_utf8(message.get(16..32)?).ok()?;
+        let notice = postcard::from_bytes(message.get(32..)?).ok()?;
+        Some((generation, boot, notice))
     }
 }
 
@@ -64,9 +66,12 @@ mod tests {
                 writer: 3,
             },
         );
-        let mut message = format!("{:016x}", 9u64).into_bytes();
+        let mut message = format!("{:016x}0123456789abcdef", 9u64).into_bytes();
         message.extend(notice.encode());
-        assert_eq!(Notice::decode(&message), Some((9, notice)));
+        assert_eq!(
+            Notice::decode(&message),
+            Some((9, "0123456789abcdef", notice))
+        );
         for garbage in [
             &b""[..],
             b"zzzzzzzzzzzzzzzz",

@@ -81,14 +81,26 @@ pub(crate) struct Outbox {
     /// Taken and not yet answered: still pending for reads.
     in_flight: HashMap<InternalCacheKey, Stamp>,
     prefixes_in_flight: Vec<(String, Stamp)>,
+    /// Delivered lately: a read whose answer left the server before they
+    /// landed may be handled after they were answered (see `KEEP`).
+    recent: HashMap<InternalCacheKey, (Stamp, std::time::Instant)>,
+    recent_prefixes: Vec<(String, Stamp, std::time::Instant)>,
+    /// How long delivered writes stay in `recent`: longer than any read.
+    keep: std::time::Duration,
+    /// Queued records replaced by a newer write of their key before they
+    /// were sent.
+    pub superseded: u64,
     /// Fences turned into invalidations of their prefixes.
     pub widened: u64,
 }
 
 impl Outbox {
-    pub(crate) fn new(byte_cap: usize) -> Self {
+    /// `keep`: how long a delivered write still counts for reads (more
+    /// than the longest a remote read may take).
+    pub(crate) fn new(byte_cap: usize, keep: std::time::Duration) -> Self {
         Self {
             byte_cap,
+            keep,
             ..Self::default()
         }
     }
@@ -149,6 +161,8 @@ impl Outbox {
             // The same version's fence, now with its record: still announced.
             if prev.stamp == out.stamp {
                 out.announce |= prev.announce;
+            } else if !matches!(prev.body, Body::Fence) {
+                self.superseded += 1;
             }
         } else if self.waiting.len() >= KEY_CAP {
             // Only a fence must never be lost; a record alone may be.
@@ -212,15 +226,26 @@ impl Outbox {
         failed_keys: &[(InternalCacheKey, Stamp, bool)],
         failed_prefixes: &[(String, Stamp)],
     ) {
+        let now = std::time::Instant::now();
+        let keep = self.keep;
+        if self.recent.len() >= 4096 {
+            self.recent
+                .retain(|_, (_, at)| now.duration_since(*at) < keep);
+        }
+        self.recent_prefixes
+            .retain(|(_, _, at)| now.duration_since(*at) < keep);
         for (key, stamp) in batch_keys {
             if self.in_flight.get(key) == Some(stamp) {
                 self.in_flight.remove(key);
             }
+            let entry = self.recent.entry(key.clone()).or_insert((*stamp, now));
+            *entry = (entry.0.max(*stamp), now);
         }
         for done in batch_prefixes {
             if let Some(i) = self.prefixes_in_flight.iter().position(|p| p == done) {
                 self.prefixes_in_flight.swap_remove(i);
             }
+            self.recent_prefixes.push((done.0.clone(), done.1, now));
         }
         for (key, stamp, announce) in failed_keys {
             if *announce {
@@ -232,13 +257,19 @@ impl Outbox {
         }
     }
 
-    /// The newest write of `key` this process has not yet delivered, if
-    /// any, counting invalidations that cover it: a remote record older
-    /// than it is one this process already replaced.
+    /// The newest write of `key` this process has not yet delivered, or
+    /// delivered lately, if any, counting invalidations that cover it: a
+    /// remote record older than it is one this process already replaced.
     pub(crate) fn undelivered(&self, key: &InternalCacheKey) -> Option<Stamp> {
+        let now = std::time::Instant::now();
+        let fresh = |at: &std::time::Instant| now.duration_since(*at) < self.keep;
         let by_key = [
             self.waiting.get(key).map(|w| w.stamp),
             self.in_flight.get(key).copied(),
+            self.recent
+                .get(key)
+                .filter(|(_, at)| fresh(at))
+                .map(|(s, _)| *s),
         ];
         let by_prefix = self
             .prefixes
@@ -246,7 +277,17 @@ impl Outbox {
             .chain(&self.prefixes_in_flight)
             .filter(|(p, _)| key.starts_with(p))
             .map(|(_, s)| Some(*s));
-        by_key.into_iter().chain(by_prefix).flatten().max()
+        let lately = self
+            .recent_prefixes
+            .iter()
+            .filter(|(p, _, at)| key.starts_with(p) && fresh(at))
+            .map(|(_, s, _)| Some(*s));
+        by_key
+            .into_iter()
+            .chain(by_prefix)
+            .chain(lately)
+            .flatten()
+            .max()
     }
 
     #[cfg(test)]
@@ -259,6 +300,8 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    const KEEP_TEST: std::time::Duration = std::time::Duration::from_secs(3600);
+
     fn stamp(micros: u64) -> Stamp {
         Stamp { micros, writer: 1 }
     }
@@ -269,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_newest_write_of_a_key_wins_and_older_records_are_refused() {
-        let mut out = Outbox::new(1 << 20);
+        let mut out = Outbox::new(1 << 20, KEEP_TEST);
         out.fence(&key("a"), stamp(5));
         assert_eq!(
             out.record(
@@ -292,12 +335,18 @@ mod tests {
         assert!(matches!(batch.keys[0].1.body, Body::Record(_)));
         assert_eq!(out.undelivered(&key("a")), Some(stamp(5)));
         out.answered(&[(key("a"), stamp(5))], &[], &[], &[]);
-        assert_eq!(out.undelivered(&key("a")), None);
+        // Delivered lately: still counts for reads in flight.
+        assert_eq!(out.undelivered(&key("a")), Some(stamp(5)));
+        let mut forgetful = Outbox::new(1 << 20, std::time::Duration::ZERO);
+        forgetful.fence(&key("a"), stamp(5));
+        forgetful.take(10);
+        forgetful.answered(&[(key("a"), stamp(5))], &[], &[], &[]);
+        assert_eq!(forgetful.undelivered(&key("a")), None);
     }
 
     #[test]
     fn a_full_queue_keeps_the_fence_of_a_record_it_refuses() {
-        let mut out = Outbox::new(4);
+        let mut out = Outbox::new(4, KEEP_TEST);
         let big = Body::Record(Bytes::from_static(b"12345"));
         assert_eq!(
             out.record(&key("a"), stamp(1), big, true),
@@ -309,7 +358,7 @@ mod tests {
 
     #[test]
     fn failed_writes_come_back_as_fences_and_invalidations_are_retried() {
-        let mut out = Outbox::new(1 << 20);
+        let mut out = Outbox::new(1 << 20, KEEP_TEST);
         out.record(
             &key("a"),
             stamp(3),
@@ -334,7 +383,7 @@ mod tests {
 
     #[test]
     fn unannounced_records_are_dropped_when_full_or_failed_and_never_become_fences() {
-        let mut out = Outbox::new(4);
+        let mut out = Outbox::new(4, KEEP_TEST);
         let big = Body::Record(Bytes::from_static(b"12345"));
         assert_eq!(
             out.record(&key("a"), stamp(1), big, false),
@@ -362,7 +411,7 @@ mod tests {
 
     #[test]
     fn too_many_waiting_keys_widen_into_prefix_invalidations() {
-        let mut out = Outbox::new(usize::MAX);
+        let mut out = Outbox::new(usize::MAX, KEEP_TEST);
         for i in 0..KEY_CAP + 3 {
             out.fence(&key(&i.to_string()), stamp(i as u64 + 1));
         }
@@ -374,7 +423,7 @@ mod tests {
 
     #[test]
     fn too_many_invalidations_collapse_into_one_of_everything() {
-        let mut out = Outbox::new(1);
+        let mut out = Outbox::new(1, KEEP_TEST);
         for i in 0..=PREFIX_CAP {
             out.invalidation(&format!("p{i}"), stamp(i as u64 + 10));
         }

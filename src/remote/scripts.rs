@@ -19,7 +19,14 @@
 pub(crate) const WRITE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- Our keys: anything else found under them (another writer's garbage)
+-- is replaced.
+for _, k in ipairs(KEYS) do
+  local kind = redis.call('TYPE', k).ok
+  if kind ~= 'none' and kind ~= 'string' then redis.call('DEL', k) end
+end
 local floor = redis.call('GET', KEYS[2])
+if floor and #floor ~= 24 then floor = nil end
 if not floor then
   floor = string.format('%016x', now) .. '00000000'
   redis.call('SET', KEYS[2], floor)
@@ -38,16 +45,33 @@ return 1
 "#;
 
 /// Reads a record, unless it is a fence or an invalidation of one of its
-/// key's prefixes is newer than it.
+/// key's prefixes is newer than it. The invalidations checked are the
+/// table's entries that are prefixes of the key's prefix: by looking each
+/// entry up when the table is small, else each prefix of the key's prefix
+/// (only those no longer than the table's longest entry), so a read costs
+/// O(min(entries, prefix length)) lookups.
 ///
 /// KEYS: record, its bucket's invalidations. ARGV: the key's prefix.
-/// Returns the stored value, or nil.
+/// Returns the stored value, nil, or `!` for a value that is not one of
+/// ours (another writer's garbage: a counted refusal).
 pub(crate) const READ: &str = r#"
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return false end
+if kind ~= 'string' then return '!' end
 local v = redis.call('GET', KEYS[1])
-if not v or #v <= 24 then return false end
-if redis.call('HLEN', KEYS[2]) > 0 then
-  local stamp = string.sub(v, 1, 24)
-  local p = ARGV[1]
+if #v <= 24 then return false end
+if redis.call('TYPE', KEYS[2]).ok ~= 'hash' then return v end
+local n = redis.call('HLEN', KEYS[2])
+if n == 0 then return v end
+local stamp = string.sub(v, 1, 24)
+local p = ARGV[1]
+if n <= #p + 1 then
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if #f <= #p and string.sub(p, 1, #f) == f and all[i + 1] > stamp then return false end
+  end
+else
   for i = 0, #p do
     local e = redis.call('HGET', KEYS[2], string.sub(p, 1, i))
     if e and e > stamp then return false end
@@ -62,6 +86,8 @@ return v
 /// KEYS: the bucket's invalidations. ARGV: prefix, stamp, ttl in
 /// microseconds.
 pub(crate) const INVALIDATE: &str = r#"
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'none' and kind ~= 'hash' then redis.call('DEL', KEYS[1]) end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur or cur < ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 local t = redis.call('TIME')
@@ -76,18 +102,48 @@ end
 return 1
 "#;
 
-/// Numbers a notice, keeps it in the log and publishes it.
+/// The meta keys' checks, shared by NOTICE and SYNC: a generation that is
+/// not a number, a log that is not a list or a data-set identity that is
+/// not 16 characters is damage (another writer's), and starts a new data
+/// set: every process then catches up by clearing.
+const META_GUARD: &str = r#"
+local function guard(gen, boot, log, candidate)
+  local g = redis.call('TYPE', gen).ok
+  if g ~= 'none' and (g ~= 'string' or not tonumber(redis.call('GET', gen))) then
+    redis.call('DEL', gen, boot, log)
+  end
+  if log and redis.call('TYPE', log).ok ~= 'none' and redis.call('TYPE', log).ok ~= 'list' then
+    redis.call('DEL', gen, boot, log)
+  end
+  local b = redis.call('TYPE', boot).ok
+  if b ~= 'none' and (b ~= 'string' or #redis.call('GET', boot) ~= 16) then
+    redis.call('DEL', gen, boot)
+    if log then redis.call('DEL', log) end
+  end
+  local id = redis.call('GET', boot)
+  if not id then
+    id = candidate
+    redis.call('SET', boot, id)
+  end
+  return id
+end
+"#;
+
+/// Numbers a notice, keeps it in the log and publishes it. A message is
+/// the generation (16 hex digits), the data set's identity (16
+/// characters), then the notice: a listener ignores messages of another
+/// data set (another database of the same server).
 ///
 /// KEYS: generation, log, boot. ARGV: notice bytes, log capacity, channel,
 /// a boot id to set if none is. Returns {generation, boot id}.
-pub(crate) const NOTICE: &str = r#"
+pub(crate) fn notice_script() -> String {
+    format!("{META_GUARD}{NOTICE_BODY}")
+}
+
+const NOTICE_BODY: &str = r#"
+local boot = guard(KEYS[1], KEYS[3], KEYS[2], ARGV[4])
 local g = redis.call('INCR', KEYS[1])
-local boot = redis.call('GET', KEYS[3])
-if not boot then
-  boot = ARGV[4]
-  redis.call('SET', KEYS[3], boot)
-end
-local m = string.format('%016x', g) .. ARGV[1]
+local m = string.format('%016x', g) .. boot .. ARGV[1]
 redis.call('LPUSH', KEYS[2], m)
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 redis.call('PUBLISH', ARGV[3], m)
@@ -98,7 +154,9 @@ return {g, boot}
 ///
 /// KEYS: floor. Returns 1 if it set it.
 pub(crate) const FLOOR: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'string' and #redis.call('GET', KEYS[1]) == 24 then return 0 end
+if kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local t = redis.call('TIME')
 redis.call('SET', KEYS[1], string.format('%016x', tonumber(t[1]) * 1000000 + tonumber(t[2])) .. '00000000')
 return 1
@@ -107,14 +165,14 @@ return 1
 /// Reads where the notices stand, giving the data set an identity if it
 /// has none yet (a server that started empty).
 ///
-/// KEYS: generation, boot. ARGV: a boot id to set if none is. Returns
+/// KEYS: generation, boot, log. ARGV: a boot id to set if none is. Returns
 /// {generation, boot id}.
-pub(crate) const SYNC: &str = r#"
-local boot = redis.call('GET', KEYS[2])
-if not boot then
-  boot = ARGV[1]
-  redis.call('SET', KEYS[2], boot)
-end
+pub(crate) fn sync_script() -> String {
+    format!("{META_GUARD}{SYNC_BODY}")
+}
+
+const SYNC_BODY: &str = r#"
+local boot = guard(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 return {tonumber(redis.call('GET', KEYS[1]) or '0'), boot}
 "#;
 

@@ -14,6 +14,11 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// How far ahead of this clock a stamp may be and still be taken as real
+/// (clocks are corrected by their offset from the server's, so a minute is
+/// generous).
+const MAX_SKEW_MICROS: u64 = 60_000_000;
+
 /// Length of a stamp's text.
 pub(crate) const STAMP_LEN: usize = 24;
 
@@ -97,7 +102,7 @@ impl Stamps {
         let now = (local_micros() + self.offset.load(Ordering::Relaxed)).max(0) as u64;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let micros = now.max(last + 1);
+            let micros = now.max(last.saturating_add(1));
             match self
                 .last
                 .compare_exchange_weak(last, micros, Ordering::AcqRel, Ordering::Relaxed)
@@ -111,6 +116,14 @@ impl Stamps {
                 Err(seen) => last = seen,
             }
         }
+    }
+
+    /// Whether `stamp` could have been made by now on the server's clock
+    /// (give or take `MAX_SKEW`): a stamp further ahead is garbage, or a
+    /// broken clock, and must not move this clock.
+    pub(crate) fn plausible(&self, stamp: Stamp) -> bool {
+        let now = (local_micros() + self.offset.load(Ordering::Relaxed)).max(0) as u64;
+        stamp.micros <= now.saturating_add(MAX_SKEW_MICROS)
     }
 
     /// Moves the clock past a stamp read from the server or another
@@ -155,6 +168,23 @@ mod tests {
         stamps.calibrate((now + 3_600_000_000) as u64, now, now);
         let s = stamps.next();
         assert!(s.micros >= (now + 3_600_000_000) as u64);
+    }
+
+    #[test]
+    fn stamps_far_ahead_are_implausible_and_the_clock_never_overflows() {
+        let stamps = Stamps::new(1);
+        let now = stamps.next();
+        assert!(stamps.plausible(now));
+        let far = Stamp {
+            micros: now.micros + 10 * 365 * 86_400_000_000,
+            writer: 2,
+        };
+        assert!(!stamps.plausible(far));
+        stamps.observe(Stamp {
+            micros: u64::MAX,
+            writer: 2,
+        });
+        assert_eq!(stamps.next().micros, u64::MAX);
     }
 
     #[test]

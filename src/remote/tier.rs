@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::connection::{Connection, Connector};
 use bytes::Bytes;
@@ -49,6 +49,10 @@ struct Scripts {
 struct SyncState {
     boot: Option<String>,
     generation: u64,
+    /// This cache's writer id, kept across restarts: a reopened cache
+    /// knows its own notices in the log (and does not drop its own
+    /// entries as if another process had replaced them).
+    writer: Option<u32>,
 }
 
 impl SyncState {
@@ -57,20 +61,26 @@ impl SyncState {
             return Self::default();
         };
         let mut parts = text.split_whitespace();
-        match (parts.next(), parts.next().and_then(|g| g.parse().ok())) {
+        let (boot, generation) = (parts.next(), parts.next().and_then(|g| g.parse().ok()));
+        let writer = parts.next().and_then(|w| w.parse().ok());
+        match (boot, generation) {
             (Some(boot), Some(generation)) => Self {
                 boot: Some(boot.to_string()),
                 generation,
+                writer,
             },
-            _ => Self::default(),
+            _ => Self {
+                writer,
+                ..Self::default()
+            },
         }
     }
 
     fn save(&self, path: &std::path::Path) {
         let Some(boot) = &self.boot else { return };
         let tmp = path.with_extension("tmp");
-        let written = std::fs::write(&tmp, format!("{boot} {}\n", self.generation))
-            .and_then(|()| std::fs::rename(&tmp, path));
+        let line = format!("{boot} {} {}\n", self.generation, self.writer.unwrap_or(0));
+        let written = std::fs::write(&tmp, line).and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), error = %e, "could not record the remote tier's sync point");
         }
@@ -146,7 +156,10 @@ impl RemoteTier {
             MAX_BACKOFF,
         )
         .map_err(|e| remote_error(config, "connect", e))?;
-        let writer = rand_u32();
+        let writer = SyncState::load(&sync_file)
+            .writer
+            .filter(|w| *w != 0)
+            .unwrap_or_else(rand_u32);
         let tier = Arc::new(Self {
             subscribers,
             connector,
@@ -157,11 +170,16 @@ impl RemoteTier {
                 write: Script::new(super::scripts::WRITE),
                 read: Script::new(super::scripts::READ),
                 invalidate: Script::new(super::scripts::INVALIDATE),
-                notice: Script::new(super::scripts::NOTICE),
-                sync: Script::new(super::scripts::SYNC),
+                notice: Script::new(&super::scripts::notice_script()),
+                sync: Script::new(&super::scripts::sync_script()),
                 floor: Script::new(super::scripts::FLOOR),
             },
-            outbox: Mutex::new(Outbox::new(config.queue.as_usize())),
+            // A read is bounded by the timeout: delivered writes count for
+            // reads that long, and then some.
+            outbox: Mutex::new(Outbox::new(
+                config.queue.as_usize(),
+                (config.timeout.0 * 4).max(Duration::from_secs(10)),
+            )),
             unpublished: Mutex::new(Notice {
                 writer,
                 ..Notice::default()
@@ -212,8 +230,8 @@ impl RemoteTier {
     /// Waits (at most `within`) until this process has connected and
     /// caught up with the notices; whether it has.
     pub(crate) async fn wait_ready(&self, within: Duration) -> bool {
-        if self.counters.unreachable_at_start.get() > 0 {
-            return false;
+        if self.is_ready() {
+            return true;
         }
         let mut ready = self.ready.subscribe();
         tokio::time::timeout(within, ready.wait_for(|r| *r))
@@ -231,8 +249,10 @@ impl RemoteTier {
         *self.ready.borrow()
     }
 
-    pub(crate) fn widened(&self) -> u64 {
-        self.outbox.lock().widened
+    /// Fences widened into invalidations, and records replaced while queued.
+    pub(crate) fn outbox_counts(&self) -> (u64, u64) {
+        let outbox = self.outbox.lock();
+        (outbox.widened, outbox.superseded)
     }
 
     /// A stamp for a new local version.
@@ -294,28 +314,56 @@ impl RemoteTier {
             .key(self.names.record(key))
             .key(self.names.invalidations(bucket))
             .arg(key.prefix());
+        // Only a failure of the connection turns remote reads off; an
+        // error the server returns for this one call does not.
         let value = match self.connection().await {
-            Ok(mut conn) => self.bounded(invocation.invoke_async(&mut conn)).await,
-            Err(e) => Err(e),
+            Ok(mut conn) => {
+                let call = invocation.invoke_async::<Option<Vec<u8>>>(&mut conn);
+                match tokio::time::timeout(self.config.timeout.0, call).await {
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(e)) => {
+                        let connection = e.is_io_error()
+                            || e.is_timeout()
+                            || e.is_connection_dropped()
+                            || e.is_connection_refusal();
+                        Err((super::config::redact(&e.to_string()), connection))
+                    }
+                    Err(_) => Err((
+                        format!("no answer within {:?}", self.config.timeout.0),
+                        true,
+                    )),
+                }
+            }
+            Err(e) => Err((e, true)),
         };
         let value: Option<Vec<u8>> = match value {
             Ok(value) => value,
-            Err(e) => {
+            Err((e, connection)) => {
                 self.counters.read_errors.incr();
                 tracing::debug!(key = %key, error = %e, "remote read failed; treated as a miss");
-                self.lost_connection();
+                if connection {
+                    self.lost_connection();
+                }
                 return None;
             }
         };
+        // Not one of ours (the script's marker for another writer's value).
+        if value.as_deref() == Some(b"!") {
+            self.counters.refused.incr();
+            return None;
+        }
         let Some(value) = value else {
             self.counters.misses.incr();
             return None;
         };
-        let Some(stamp) = value.get(..STAMP_LEN).and_then(Stamp::parse) else {
+        let Some(stamp) = value
+            .get(..STAMP_LEN)
+            .and_then(Stamp::parse)
+            .filter(|s| self.stamps.plausible(*s))
+        else {
             self.counters.refused.incr();
             return None;
         };
-        self.stamps.observe(stamp);
         // This process replaced the key (or invalidated it) and has not
         // told the server yet.
         if self
@@ -337,8 +385,10 @@ impl RemoteTier {
         self.counters.refused.incr();
     }
 
-    pub(crate) fn hit(&self) {
+    /// A value read from the server verified: its stamp is real.
+    pub(crate) fn hit(&self, stamp: u64) {
         self.counters.hits.incr();
+        self.stamps.observe(self.stamp_of(stamp));
     }
 
     /// A new local version (stamp `res.stamp`). A `replacement` sends its
@@ -501,6 +551,8 @@ impl RemoteTier {
 
     /// Sends everything queued so far (see `TwoTierCacheBackend::sync_remote`).
     pub(crate) async fn flush(&self) {
+        // Reconnecting: sending waits for it, within one call's bound.
+        self.wait_ready(self.config.timeout.0).await;
         self.send_round().await;
     }
 
@@ -625,10 +677,17 @@ impl RemoteTier {
     }
 
     async fn listen_forever(tier: std::sync::Weak<Self>) {
-        let mut backoff = Duration::from_millis(20);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             let Some(this) = tier.upgrade() else { return };
-            match this.clone().listen().await {
+            let started = Instant::now();
+            let outcome = this.clone().listen().await;
+            // A connection that lasted is a fresh start for the backoff.
+            if started.elapsed() > MAX_BACKOFF * 2 {
+                backoff = FIRST_BACKOFF;
+            }
+            match outcome {
                 Ok(()) => return,
                 Err(e) => {
                     this.lost_connection();
@@ -668,6 +727,7 @@ impl RemoteTier {
             .map_err(|_| "subscribe timed out".to_string())?
             .map_err(|e| super::config::redact(&e.to_string()))?;
         let mut state = SyncState::load(&self.sync_file);
+        state.writer = Some(self.stamps.writer());
         self.calibrate().await?;
         self.catch_up(&mut state).await?;
         self.ready.send_replace(true);
@@ -682,13 +742,18 @@ impl RemoteTier {
             match next {
                 Ok(Some(message)) => {
                     let payload = message.get_payload_bytes();
+                    let ours = |boot: &str| state.boot.as_deref() == Some(boot);
                     match Notice::decode(payload) {
-                        Some((generation, notice)) if generation == state.generation + 1 => {
+                        // Another data set's (another database of the same
+                        // server shares the channel): not ours. If ours
+                        // changed, the next poll finds out.
+                        Some((_, boot, _)) if !ours(boot) => {}
+                        Some((generation, _, notice)) if generation == state.generation + 1 => {
                             this.apply(&notice).await;
                             state.generation = generation;
                         }
-                        Some((generation, _)) if generation <= state.generation => {}
-                        // Missed one: the log has it.
+                        Some((generation, _, _)) if generation <= state.generation => {}
+                        // Missed one (or garbage): the log has what counts.
                         _ => this.catch_up(&mut state).await?,
                     }
                 }
@@ -716,6 +781,7 @@ impl RemoteTier {
         invocation
             .key(self.names.generation())
             .key(self.names.boot())
+            .key(self.names.log())
             .arg(boot_id());
         let (generation, boot): (u64, String) =
             self.bounded(invocation.invoke_async(&mut conn)).await?;
@@ -732,6 +798,7 @@ impl RemoteTier {
             *state = SyncState {
                 boot: Some(boot),
                 generation,
+                writer: state.writer,
             };
             state.save(&self.sync_file);
             return Ok(());
@@ -749,8 +816,12 @@ impl RemoteTier {
                     .query_async(&mut conn),
             )
             .await?;
-        let mut notices: Vec<(u64, Notice)> =
-            entries.iter().filter_map(|e| Notice::decode(e)).collect();
+        let mut notices: Vec<(u64, Notice)> = entries
+            .iter()
+            .filter_map(|e| Notice::decode(e))
+            .filter(|(_, b, _)| *b == boot)
+            .map(|(g, _, n)| (g, n))
+            .collect();
         notices.sort_by_key(|(g, _)| *g);
         let covered = notices
             .first()
@@ -803,8 +874,13 @@ impl RemoteTier {
             return;
         };
         self.counters.notices_applied.incr();
+        let observe = |stamp: Stamp| {
+            if self.stamps.plausible(stamp) {
+                self.stamps.observe(stamp);
+            }
+        };
         for (prefix, micros) in &notice.prefixes {
-            self.stamps.observe(Stamp {
+            observe(Stamp {
                 micros: *micros,
                 writer: notice.writer,
             });
@@ -816,7 +892,7 @@ impl RemoteTier {
                 micros: *micros,
                 writer: notice.writer,
             };
-            self.stamps.observe(stamp);
+            observe(stamp);
             // Type names are few; a flood of new ones from another
             // process drops the key's whole prefix here instead.
             let Some(type_name) = crate::journal::interned(type_name, TYPE_NAME_CAP) else {

@@ -56,7 +56,7 @@ impl TwoTierCacheBackend {
         if self.inner.spiller.clock.expired(res.expires_at) {
             return None;
         }
-        remote.hit();
+        remote.hit(stamp);
         let entry = res.entry.clone();
         self.admit_remote(key, res, changes).await;
         Some(entry)
