@@ -68,6 +68,8 @@ mod config;
 mod connection;
 mod counters;
 #[cfg(feature = "redis")]
+mod listener;
+#[cfg(feature = "redis")]
 mod names;
 #[cfg(feature = "redis")]
 mod notice;
@@ -75,6 +77,8 @@ mod notice;
 mod outbox;
 #[cfg(feature = "redis")]
 mod scripts;
+#[cfg(feature = "redis")]
+mod sender;
 #[cfg(feature = "redis")]
 mod stamp;
 #[cfg(feature = "redis")]
