@@ -654,3 +654,21 @@ fn a_loaders_result_is_shared_without_taking_the_other_processes_copies() {
     until(&mut b, "get p k1", |r| r != "hit Resident v1");
     assert!(b.ask("get p k1").ends_with(" v2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_point_kept_in_the_cache_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = with_remote(
+        dir.path().join("c"),
+        remote(&server.url(), WritePolicy::OnInsert),
+    )
+    .await
+    .unwrap();
+    // Written once the cache has caught up with the server (before `build` returns).
+    let file = dir.path().join("c").join("remote-sync");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    cache.close().await.unwrap();
+}

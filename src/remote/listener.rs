@@ -51,7 +51,10 @@ impl SyncState {
         let Some(boot) = &self.boot else { return };
         let tmp = path.with_extension("tmp");
         let line = format!("{boot} {} {}\n", self.generation, self.writer.unwrap_or(0));
-        let written = std::fs::write(&tmp, line).and_then(|()| std::fs::rename(&tmp, path));
+        // Private like the cache's other files (`0600`, never through a symlink).
+        let written = crate::private_fs::create(&tmp)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), error = %e, "could not record the remote tier's sync point");
         }
