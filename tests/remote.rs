@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,17 +143,14 @@ async fn remote_child() {
             ["exit"] => break,
             _ => format!("bad command {line:?}"),
         };
-        writeln!(out, "\n@@>{reply}").unwrap();
-        out.flush().unwrap();
+        common::peer::reply(&mut out, &reply);
     }
     cache.close().await.unwrap();
 }
 
-/// Another process with a cache on the same server.
+/// Another process with a cache on the same server, in its own directory.
 struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    process: common::peer::Peer,
     _dir: tempfile::TempDir,
 }
 
@@ -165,56 +161,24 @@ impl Peer {
 
     fn start_with(url: &str, policy: &str, memory: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "remote_child",
-                "--exact",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(ENV_URL, url)
-            .env(ENV_DIR, dir.path())
-            .env(ENV_POLICY, policy)
-            .env(ENV_MEMORY, memory.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let env = [
+            (ENV_URL, url.to_string()),
+            (ENV_DIR, dir.path().display().to_string()),
+            (ENV_POLICY, policy.to_string()),
+            (ENV_MEMORY, memory.to_string()),
+        ];
         Self {
-            child,
-            stdin,
-            stdout,
+            process: common::peer::Peer::spawn("remote_child", &env),
             _dir: dir,
         }
     }
 
     fn ask(&mut self, command: &str) -> String {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-        loop {
-            let mut line = String::new();
-            let n = self.stdout.read_line(&mut line).unwrap();
-            assert!(n > 0, "the peer exited while asked {command:?}");
-            // The test harness prints its own lines too.
-            if let Some((_, reply)) = line.trim_end().split_once("@@>") {
-                return reply.to_string();
-            }
-        }
+        self.process.ask(command)
     }
 
     fn stats(&mut self) -> serde_json::Value {
-        serde_json::from_str(&self.ask("stats")).unwrap()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "exit");
-        let _ = self.child.wait();
+        self.process.stats()
     }
 }
 

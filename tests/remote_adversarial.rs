@@ -10,10 +10,13 @@
 
 mod common;
 
+use common::peer::Peer;
+use std::process::Command;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -269,76 +272,19 @@ async fn adversarial_remote_child() {
             ["exit"] => break,
             _ => format!("bad command {line:?}"),
         };
-        writeln!(out, "\n@@>{reply}").unwrap();
-        out.flush().unwrap();
+        common::peer::reply(&mut out, &reply);
     }
     cache.close().await.unwrap();
 }
 
 /// Another process with a cache on the same server.
-struct Peer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Peer {
-    fn start(url: &str, dir: &Path, memory: u64) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([CHILD, "--exact", "--nocapture", "--test-threads", "1"])
-            .env(ENV_URL, url)
-            .env(ENV_DIR, dir)
-            .env(ENV_MEMORY, memory.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn send(&mut self, command: &str) {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    fn recv(&mut self) -> String {
-        loop {
-            let mut line = String::new();
-            let n = self.stdout.read_line(&mut line).unwrap();
-            assert!(n > 0, "the peer exited (panicked?)");
-            if let Some((_, reply)) = line.trim_end().split_once("@@>") {
-                return reply.to_string();
-            }
-        }
-    }
-
-    fn ask(&mut self, command: &str) -> String {
-        self.send(command);
-        self.recv()
-    }
-
-    fn stats(&mut self) -> serde_json::Value {
-        serde_json::from_str(&self.ask("stats")).unwrap()
-    }
-
-    /// SIGKILL: nothing queued is sent, nothing is closed.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "exit");
-        let _ = self.child.wait();
-    }
+fn start_peer(url: &str, dir: &Path, memory: u64) -> Peer {
+    let env = [
+        (ENV_URL, url.to_string()),
+        (ENV_DIR, dir.display().to_string()),
+        (ENV_MEMORY, memory.to_string()),
+    ];
+    Peer::spawn(CHILD, &env)
 }
 
 /// Three writers burst on four keys while a fourth process watches; with
@@ -352,7 +298,7 @@ fn bursts(restart: bool) {
     let mut server = RedisServer::start();
     let dirs = tempfile::tempdir().unwrap();
     let mut peers: Vec<Peer> = (0..4)
-        .map(|i| Peer::start(&server.url(), &dirs.path().join(i.to_string()), 64 << 20))
+        .map(|i| start_peer(&server.url(), &dirs.path().join(i.to_string()), 64 << 20))
         .collect();
     for (w, peer) in peers.iter_mut().enumerate().take(3) {
         peer.send(&format!("burst {w} {N} {KEYS}"));
@@ -439,7 +385,7 @@ fn sync_point_saved(server: &RedisServer, home: &Path) {
 /// A process writes and closes cleanly (which puts its entries on its
 /// disk): on reopen they are local again (the local tiers' warm restart).
 fn write_then_restart(server: &RedisServer, home: &Path, wait_for_sync_point: bool) -> Peer {
-    let mut a = Peer::start(&server.url(), home, 64 << 20);
+    let mut a = start_peer(&server.url(), home, 64 << 20);
     for entry in ["idx k old", "rep j old", "keep x kept"] {
         a.ask(&format!("put {entry}"));
     }
@@ -448,7 +394,7 @@ fn write_then_restart(server: &RedisServer, home: &Path, wait_for_sync_point: bo
         sync_point_saved(server, home);
     }
     drop(a);
-    Peer::start(&server.url(), home, 64 << 20)
+    start_peer(&server.url(), home, 64 << 20)
 }
 
 /// Served by this process's own memory or disk.
@@ -470,7 +416,7 @@ fn a_restarted_process_keeps_what_it_wrote_itself_before_it_closed() {
 fn a_peer_killed_and_restarted_replays_what_it_missed_while_down() {
     let server = RedisServer::start();
     let dirs = tempfile::tempdir().unwrap();
-    let mut c = Peer::start(&server.url(), &dirs.path().join("c"), 64 << 20);
+    let mut c = start_peer(&server.url(), &dirs.path().join("c"), 64 << 20);
     // (Once, under heavy load, the reopened cache had lost idx/k without
     // any notice applied: then this tries again in a fresh directory.)
     let (a, home) = (0..3)
@@ -487,7 +433,7 @@ fn a_peer_killed_and_restarted_replays_what_it_missed_while_down() {
     assert_eq!(c.ask("inv idx"), "ok");
     c.ask("put rep j new");
     c.ask("sync");
-    let mut a = Peer::start(&server.url(), &home, 64 << 20);
+    let mut a = start_peer(&server.url(), &home, 64 << 20);
     // Its disk survived the kill (else this proves nothing)...
     assert!(local(&a.ask("get keep x")));
     // ...and from its first read on, it serves neither old value.
