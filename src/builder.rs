@@ -388,17 +388,7 @@ impl TwoTierBuilder {
             disk_capacity: d.capacity.0,
         };
         let mut cache_dir = CacheDir::open(&dir, &meta, d.reset_incompatible)?;
-        let mut replay = journal::replay(cache_dir.root())?;
-        if replay.corrupt {
-            // Damage, not a crash: kill facts may be lost, so no record on
-            // disk can be trusted. Start empty (counted in `recovery.dir_reset`).
-            cache_dir.reset()?;
-            replay = journal::Replay {
-                next_seq: 1,
-                ..journal::Replay::default()
-            };
-        }
-        let disk = DiskTier::open(&DiskOptions {
+        let disk_options = DiskOptions {
             dir: cache_dir.foyer_dir(),
             capacity: d.capacity.as_usize(),
             block_size: d.block_size.as_usize(),
@@ -406,16 +396,44 @@ impl TwoTierBuilder {
             buffer_pool: d.buffer_pool.as_usize(),
             io_engine: d.io_engine,
             direct_io: d.direct_io,
-        })
-        .await?;
+        };
+        // The journal's replay and snapshot, and foyer's rebuild of its
+        // index, read different files: they run at once, so a reopen takes
+        // about the longer of the two rather than their sum. Both finish
+        // before anything is returned, errors included: the directory's
+        // lock must not be released while the journal is being rewritten.
+        let root = cache_dir.root().to_path_buf();
+        let (wall_clock, fsync) = (self.wall_clock.0.clone(), d.fsync);
+        let journaling =
+            tokio::task::spawn_blocking(move || open_journal(&root, wall_clock, fsync));
+        let disk = DiskTier::open(&disk_options).await;
+        let journaled = journaling.await.map_err(|_| Error::Disk {
+            dir: cache_dir.root().to_path_buf(),
+            op: "replay the journal",
+            message: "the replay task panicked or was cancelled".into(),
+        })?;
+        let mut disk = disk?;
+        let (replay, clock, journal) = match journaled? {
+            Journaled::Opened(opened) => opened,
+            Journaled::Corrupt => {
+                // Damage, not a crash: kill facts may be lost, so no record
+                // on disk can be trusted. Start empty (counted in
+                // `recovery.dir_reset`), on a fresh device file.
+                disk.close().await?;
+                cache_dir.reset()?;
+                disk = DiskTier::open(&disk_options).await?;
+                let replay = journal::Replay {
+                    next_seq: 1,
+                    ..journal::Replay::default()
+                };
+                open_replayed(cache_dir.root(), replay, self.wall_clock.0.clone(), d.fsync)?
+            }
+        };
         let remote = crate::remote::Remote::open(
             config.remote.as_ref(),
             cache_dir.root().join("remote-sync"),
         )
         .await?;
-        let clock = std::sync::Arc::new(ExpiryClock::new(self.wall_clock.0, replay.clock));
-        replay.clock = clock.now_ms();
-        let journal = Journal::open(cache_dir.root(), &replay, d.fsync)?;
         let cache = TwoTierCacheBackend::start(Parts {
             memory_capacity: m.capacity.0,
             spill_queue_capacity: m.spill_queue.map_or(m.capacity.0 / 8, |q| q.0),
@@ -445,4 +463,41 @@ impl TwoTierBuilder {
         cache.wait_remote_ready().await;
         Ok(cache)
     }
+}
+
+/// The replay, the expiry clock it moved forward, and the journal reopened
+/// on a snapshot of it.
+type Opened = (journal::Replay, std::sync::Arc<ExpiryClock>, Journal);
+
+/// What replaying a cache directory's journal gave.
+enum Journaled {
+    Opened(Opened),
+    /// The journal is damaged: the directory must be reset.
+    Corrupt,
+}
+
+/// Replays the journal in `root` and reopens it (blocking file I/O).
+fn open_journal(
+    root: &std::path::Path,
+    wall_clock: Option<crate::expiry::WallClock>,
+    fsync: bool,
+) -> Result<Journaled> {
+    let replay = journal::replay(root)?;
+    if replay.corrupt {
+        return Ok(Journaled::Corrupt);
+    }
+    open_replayed(root, replay, wall_clock, fsync).map(Journaled::Opened)
+}
+
+/// Starts the expiry clock where `replay` left it and reopens the journal.
+fn open_replayed(
+    root: &std::path::Path,
+    mut replay: journal::Replay,
+    wall_clock: Option<crate::expiry::WallClock>,
+    fsync: bool,
+) -> Result<Opened> {
+    let clock = std::sync::Arc::new(ExpiryClock::new(wall_clock, replay.clock));
+    replay.clock = clock.now_ms();
+    let journal = Journal::open(root, &replay, fsync)?;
+    Ok((replay, clock, journal))
 }
