@@ -6,10 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCacheBuilder, Load,
-    PsyncIoEngineConfig,
-};
+use foyer::{BlockEngineConfig, HybridCacheBuilder, Load};
 use serde::Serialize;
 use spillway::{
     CacheBackend, CacheTier, CodecRegistry, Config, EvictionPolicy, InternalCacheKey,
@@ -28,14 +25,6 @@ pub struct MicroReport {
     pub moka_get_ns_2_tasks: f64,
     pub spillway_disk_hit_us: f64,
     pub foyer_load_decode_us: f64,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SpillBandwidth {
-    pub bytes: u64,
-    pub secs: f64,
-    pub mib_s: f64,
-    pub not_written: u64,
 }
 
 fn io<'a>(op: &'static str, dir: &'a Path) -> impl FnOnce(foyer::Error) -> spillway::Error + 'a {
@@ -146,14 +135,20 @@ pub async fn measure(scratch: &Path, quick: bool) -> spillway::Result<MicroRepor
     let foyer_dir = scratch.join("micro-foyer");
     std::fs::create_dir_all(&foyer_dir)
         .map_err(|e| spillway::Error::io("create", &foyer_dir, e))?;
-    let device = FsDeviceBuilder::new(&foyer_dir)
-        .with_capacity(64 << 20)
-        .build()
-        .map_err(io("open", &foyer_dir))?;
+    let mut foyer_config = Config::default();
+    foyer_config.disk.capacity = spillway::ByteSize(64 << 20);
+    let (device, io_engine) =
+        super::systems::foyer_device(&foyer_config, &foyer_dir).map_err(|message| {
+            spillway::Error::Disk {
+                dir: foyer_dir.clone(),
+                op: "open",
+                message,
+            }
+        })?;
     let foyer = HybridCacheBuilder::new()
         .memory(1)
         .storage()
-        .with_io_engine_config(PsyncIoEngineConfig::new())
+        .with_io_engine_config(io_engine)
         .with_engine_config(BlockEngineConfig::new(device).with_block_size(1 << 20))
         .build()
         .await
@@ -192,41 +187,5 @@ pub async fn measure(scratch: &Path, quick: bool) -> spillway::Result<MicroRepor
         moka_get_ns_2_tasks: moka_ns[1],
         spillway_disk_hit_us: spill_us,
         foyer_load_decode_us: foyer_us,
-    })
-}
-
-/// Sustained spill bandwidth: a working set far larger than memory, inserted
-/// as fast as the cache accepts it, until every spill is written or counted.
-pub async fn spill_bandwidth(
-    base: &Config,
-    scratch: &Path,
-    quick: bool,
-) -> spillway::Result<SpillBandwidth> {
-    let total: usize = if quick { 64 << 20 } else { 256 << 20 };
-    let value_len = 64 << 10;
-    let mut config = base.clone();
-    config.memory.capacity = spillway::ByteSize(16 << 20);
-    config.memory.spill_queue = Some(spillway::ByteSize(8 << 20));
-    config.disk.capacity = spillway::ByteSize((total as u64 * 2).max(base.disk.block_size.0 * 16));
-    config.disk.dir = Some(scratch.join("spill-bandwidth"));
-    let codecs = CodecRegistry::new().register::<ByteBuf>(VALUE_TYPE, 1)?;
-    let cache = TwoTierCacheBackend::from_config(&config, codecs).await?;
-    // Values are cloned from one template: generating them is not the cost measured.
-    let template = value(0, value_len);
-    let started = Instant::now();
-    for i in 0..total / value_len {
-        cache
-            .insert(&key(i), entry(template.clone()), value_len)
-            .await;
-    }
-    cache.flush().await;
-    let secs = started.elapsed().as_secs_f64();
-    let s = cache.stats();
-    cache.close().await?;
-    Ok(SpillBandwidth {
-        bytes: s.spill.written_bytes,
-        secs,
-        mib_s: s.spill.written_bytes as f64 / (1 << 20) as f64 / secs,
-        not_written: s.spill.not_written.total(),
     })
 }

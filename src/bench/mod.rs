@@ -37,9 +37,12 @@ mod index;
 mod kill;
 mod micro;
 mod packing;
+mod quiet;
 mod report;
+mod storm;
 mod systems;
 mod terminal;
+mod versus;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -149,6 +152,25 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         bench.memory_fractions = vec![0.1, 0.5];
     }
     std::fs::create_dir_all(&opts.out).map_err(err("create output directory", &opts.out))?;
+    let report = {
+        let _quiet = quiet::QuietStdout::new();
+        measure(&opts, bench)?
+    };
+    report.write(&opts.out)?;
+    if opts.metrics {
+        write_metrics(&report, &opts.out)?;
+    }
+    charts::write(&report, &opts.out)?;
+    print!("{}", report.summary());
+    println!(
+        "\nreport: {}/report.md, report.json, *.svg",
+        opts.out.display()
+    );
+    Ok(())
+}
+
+/// Every phase, in order; the report of all of them.
+fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
     let scratch_parent = opts
         .config
         .disk
@@ -186,7 +208,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     }
     // "spillway-no-wb": write-behind off, to show what it costs in the same run.
     let systems = ["spillway", "spillway-no-wb", "moka", "foyer-hybrid"];
-    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 8;
+    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 9;
     let progress = ProgressBar::new(steps);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -194,9 +216,21 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     );
 
     progress.set_message("device: sequential write and random read");
-    let device_bytes = if opts.quick { 32 << 20 } else { 128 << 20 };
+    // The device tests and the spill storms write this much each: at least
+    // 1 GiB, so that a cache's own buffering cannot hide the device's pace.
+    let device_bytes = if opts.quick { 128 << 20 } else { 1 << 30 };
     let device = device::measure(scratch.path(), device_bytes)
         .map_err(err("measure device in", scratch.path()))?;
+    progress.inc(1);
+
+    let versus = runtime.block_on(versus::measure(
+        &opts.config,
+        scratch.path(),
+        opts.quick,
+        bench.seed,
+        bench.ops as f64 / (BenchConfig::default().ops as f64 / if opts.quick { 4.0 } else { 1.0 }),
+        |cell| progress.set_message(format!("head to head with foyer: {cell}")),
+    ))?;
     progress.inc(1);
 
     let mut runs = Vec::new();
@@ -232,11 +266,20 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     progress.set_message("micro: memory hit and disk hit against raw moka and foyer");
     let micro = runtime.block_on(micro::measure(scratch.path(), opts.quick))?;
     progress.inc(1);
-    progress.set_message("spill bandwidth");
-    let spill = runtime.block_on(micro::spill_bandwidth(
+    progress.set_message("spill storm: bandwidth and losses, buffered and O_DIRECT");
+    let storm_modes: &[bool] = if device.direct {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    // A storm of the device test's size, or of the configured disk
+    // budget if that is smaller (a tiny configuration stays tiny).
+    let storm_bytes = device_bytes.min(opts.config.disk.capacity.as_usize().max(16 << 20));
+    let storm = runtime.block_on(storm::measure(
         &opts.config,
         scratch.path(),
-        opts.quick,
+        storm_bytes,
+        storm_modes,
     ))?;
     progress.inc(1);
     progress.set_message("compression: none, lz4, zstd on JSON-like values");
@@ -268,32 +311,25 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     progress.inc(1);
     progress.finish_with_message("done");
 
-    let report = Report::new(
+    Ok(Report::new(
         &opts.config,
         bench,
         working_set,
         opts.quick,
         device,
         micro,
-        spill,
+        storm,
         compression,
         packing,
         index,
         fleet,
+        versus,
         runs,
-    );
-    report.write(&opts.out)?;
-    if opts.metrics {
-        write_metrics(&report, &opts.out)?;
-    }
-    charts::write(&report, &opts.out)?;
-    print!("{}", report.summary());
-    println!(
-        "\nreport: {}/report.md, report.json, *.svg",
-        opts.out.display()
-    );
-    Ok(())
+    ))
 }
+
+/// Runs of each system's steady phase, for min / median / max throughput.
+pub(crate) const STEADY_REPETITIONS: usize = 3;
 
 /// The smallest memory budget a run gets.
 const MIN_MEMORY_BUDGET: u64 = 1 << 20;
@@ -402,6 +438,14 @@ async fn run_system(
     let before = stats_of(&system);
     let steady = phase(&system, &picker, bench, bench.seed + 1, Some(&mut series)).await;
     let after = stats_of(&system);
+    // The same operations again, for the spread of the throughput: the
+    // first run's counts, latencies and spills are the ones reported.
+    let mut rates = vec![steady.ops as f64 / steady.secs];
+    for _ in 1..STEADY_REPETITIONS {
+        let again = phase(&system, &picker, bench, bench.seed + 1, None).await;
+        rates.push(again.ops as f64 / again.secs);
+    }
+    let rates = compression::Spread::of(rates);
 
     let mut restart_hit_ratio = None;
     let mut reopen_ms = None;
@@ -451,7 +495,8 @@ async fn run_system(
         memory_fraction: fraction,
         memory_bytes: config.memory.capacity.0,
         disk_bytes: config.disk.capacity.0,
-        ops_per_sec: steady.ops as f64 / steady.secs,
+        ops_per_sec: rates.median,
+        ops_per_sec_spread: rates,
         hit_ratio: steady.hit_ratio(),
         memory_hit_ratio: steady.memory as f64 / reads,
         disk_hit_ratio: steady.disk as f64 / reads,

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    PsyncIoEngineConfig, Source,
+    BlockEngineConfig, DeviceBuilder, FileDeviceBuilder, HybridCache, HybridCacheBuilder,
+    IoEngineConfig, PsyncIoEngineConfig, Source,
 };
 use spillway::{
-    CacheBackend, CacheEntry, CacheTier, CodecRegistry, Config, InternalCacheKey, MokaCacheBackend,
-    TwoTierCacheBackend,
+    CacheBackend, CacheEntry, CacheTier, CodecRegistry, Config, InternalCacheKey, IoEngine,
+    MokaCacheBackend, TwoTierCacheBackend,
 };
 
 use super::workload::value;
@@ -44,6 +44,29 @@ pub fn foyer_key(id: usize) -> String {
     key(id).to_string()
 }
 
+/// A foyer device and the I/O engine to drive it.
+pub type FoyerDevice = (Arc<dyn foyer::Device>, Box<dyn IoEngineConfig>);
+
+/// The device kind spillway's disk tier uses (one file of the disk budget,
+/// O_DIRECT as `disk.direct_io` says) and the I/O engine `disk.io_engine`
+/// names, for foyer's own caches in the bench. foyer prints a line to
+/// stdout when it builds this device; the bench keeps its stdout closed
+/// while it measures (see `bench::run`).
+pub fn foyer_device(config: &Config, dir: &Path) -> Result<FoyerDevice, String> {
+    let d = &config.disk;
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let device = FileDeviceBuilder::new(dir.join("blocks"))
+        .with_capacity(d.capacity.as_usize())
+        .with_direct(d.direct_io)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let engine: Box<dyn IoEngineConfig> = match d.io_engine {
+        IoEngine::Psync => PsyncIoEngineConfig::new().into(),
+        IoEngine::IoUring => Box::new(foyer::UringIoEngineConfig::new()),
+    };
+    Ok((device, engine))
+}
+
 /// foyer's HybridCache on `dir`, with `config`'s disk settings, the same
 /// device kind and I/O engine as spillway's disk tier, and `memory` bytes
 /// of memory (keys and values weighed).
@@ -53,11 +76,7 @@ pub async fn foyer_hybrid(
     dir: &Path,
 ) -> Result<HybridCache<String, Bytes>, String> {
     let d = &config.disk;
-    let device = FsDeviceBuilder::new(dir)
-        .with_capacity(d.capacity.as_usize())
-        .with_direct(d.direct_io)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (device, io_engine) = foyer_device(config, dir)?;
     let engine = BlockEngineConfig::new(device)
         .with_block_size(d.block_size.as_usize())
         .with_flushers(d.flushers)
@@ -67,7 +86,7 @@ pub async fn foyer_hybrid(
         .memory(memory)
         .with_weighter(|k: &String, v: &Bytes| k.len() + v.len())
         .storage()
-        .with_io_engine_config(PsyncIoEngineConfig::new())
+        .with_io_engine_config(io_engine)
         .with_engine_config(engine)
         .build()
         .await

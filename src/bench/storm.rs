@@ -1,0 +1,297 @@
+//! The spill storm: a gigabyte of evictions poured through a small memory
+//! tier, as fast as the writer can insert, once through the page cache and
+//! once with O_DIRECT. Each system's bandwidth is compared with the
+//! device's sequential write in the same mode (buffered `write` plus
+//! `fdatasync` against buffered spills, O_DIRECT against O_DIRECT), then
+//! every key is read back: what a system lost is counted, not assumed,
+//! and its disk hits are timed in that mode.
+//!
+//! foyer's HybridCache takes every insert without waiting; what its flush
+//! buffers cannot take is dropped without a word. spillway makes the
+//! writer wait for room instead, so its drops must be zero.
+
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+use spillway::{CacheTier, CodecRegistry, Config, TwoTierCacheBackend};
+
+use super::report::{Latency, Target};
+use super::systems::{entry, foyer_hybrid, foyer_key, key, ByteBuf, VALUE_TYPE};
+use super::workload::value;
+
+/// Value size of the storm's entries.
+const VALUE_LEN: usize = 64 << 10;
+/// Memory budget of every system in the storm.
+const MEMORY: u64 = 16 << 20;
+
+/// One system in one I/O mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct StormRun {
+    pub system: String,
+    /// O_DIRECT (true) or the page cache.
+    pub direct: bool,
+    /// Bytes of values inserted.
+    pub bytes: u64,
+    /// Seconds from the first insert until the system said everything was
+    /// written (spillway's `flush`, foyer's `wait`) and an `fdatasync` of
+    /// its device file returned.
+    pub secs: f64,
+    /// Inserted value bytes over `secs`.
+    pub mib_s: f64,
+    /// Keys inserted, and keys a read-back found (memory or disk).
+    pub inserted: u64,
+    pub read_back: u64,
+    /// Drops the system itself reported (spillway's `spill.not_written`;
+    /// foyer reports none).
+    pub reported_lost: u64,
+    /// Latency of the read-back's disk hits.
+    pub disk_hit: Latency,
+}
+
+impl StormRun {
+    /// `keys` values of [`VALUE_LEN`] inserted in `secs`; `latency`: the
+    /// read-back's disk hits, in µs.
+    fn new(
+        system: &str,
+        direct: bool,
+        keys: usize,
+        secs: f64,
+        read_back: u64,
+        reported_lost: u64,
+        latency: &[f64],
+    ) -> Self {
+        let bytes = (keys * VALUE_LEN) as u64;
+        Self {
+            system: system.into(),
+            direct,
+            bytes,
+            secs,
+            mib_s: bytes as f64 / (1 << 20) as f64 / secs,
+            inserted: keys as u64,
+            read_back,
+            reported_lost,
+            disk_hit: Latency::of(latency),
+        }
+    }
+
+    /// Keys inserted that no read found and no counter reported.
+    pub fn silently_lost(&self) -> u64 {
+        self.inserted
+            .saturating_sub(self.read_back)
+            .saturating_sub(self.reported_lost)
+    }
+}
+
+/// spillway and foyer's HybridCache, buffered then (where the filesystem
+/// allows it) O_DIRECT; `bytes` per storm.
+pub async fn measure(
+    base: &Config,
+    scratch: &Path,
+    bytes: usize,
+    direct_modes: &[bool],
+) -> spillway::Result<Vec<StormRun>> {
+    let mut runs = Vec::new();
+    for &direct in direct_modes {
+        let mut config = base.clone();
+        config.memory.capacity = spillway::ByteSize(MEMORY);
+        config.memory.spill_queue = Some(spillway::ByteSize(MEMORY / 2));
+        config.disk.capacity =
+            spillway::ByteSize((bytes as u64 * 2).max(base.disk.block_size.0 * 16));
+        config.disk.direct_io = direct;
+        let dir = scratch.join(format!("storm-spillway-{direct}"));
+        runs.push(spillway_storm(&config, &dir, bytes).await?);
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch.join(format!("storm-foyer-{direct}"));
+        runs.push(foyer_storm(&config, &dir, bytes).await?);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(runs)
+}
+
+async fn spillway_storm(config: &Config, dir: &Path, bytes: usize) -> spillway::Result<StormRun> {
+    let mut config = config.clone();
+    config.disk.dir = Some(dir.to_path_buf());
+    let codecs = CodecRegistry::new().register::<ByteBuf>(VALUE_TYPE, 1)?;
+    let cache = TwoTierCacheBackend::from_config(&config, codecs).await?;
+    let keys = bytes / VALUE_LEN;
+    // Values are cloned from one template: generating them is not the cost measured.
+    let template = value(0, VALUE_LEN);
+    let started = Instant::now();
+    for i in 0..keys {
+        cache
+            .insert(&key(i), entry(template.clone()), VALUE_LEN)
+            .await;
+    }
+    cache.flush().await;
+    sync_file(&dir.join("foyer").join("blocks"))?;
+    let secs = started.elapsed().as_secs_f64();
+    let reported_lost = cache.stats().spill.not_written.total();
+    let (mut read_back, mut latency) = (0, Vec::new());
+    for i in 0..keys {
+        let t = Instant::now();
+        if let Some((_, tier)) = cache.get_with_tier(&key(i)).await {
+            read_back += 1;
+            if tier == CacheTier::Local {
+                latency.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    cache.close().await?;
+    Ok(StormRun::new(
+        "spillway",
+        config.disk.direct_io,
+        keys,
+        secs,
+        read_back,
+        reported_lost,
+        &latency,
+    ))
+}
+
+async fn foyer_storm(config: &Config, dir: &Path, bytes: usize) -> spillway::Result<StormRun> {
+    std::fs::create_dir_all(dir).map_err(|e| spillway::Error::io("create", dir, e))?;
+    let failed = |message: String| spillway::Error::Disk {
+        dir: dir.to_path_buf(),
+        op: "foyer HybridCache storm",
+        message,
+    };
+    let cache = foyer_hybrid(config, MEMORY as usize, dir)
+        .await
+        .map_err(failed)?;
+    let keys = bytes / VALUE_LEN;
+    let template = Bytes::from(value(0, VALUE_LEN));
+    let started = Instant::now();
+    for i in 0..keys {
+        cache.insert(foyer_key(i), template.clone());
+    }
+    cache.storage().wait().await;
+    sync_file(&dir.join("blocks"))?;
+    let secs = started.elapsed().as_secs_f64();
+    let (mut read_back, mut latency) = (0, Vec::new());
+    for i in 0..keys {
+        let t = Instant::now();
+        if let Ok(Some(e)) = cache.get(&foyer_key(i)).await {
+            read_back += 1;
+            if e.source() == foyer::Source::Disk {
+                latency.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    cache.close().await.map_err(|e| failed(e.to_string()))?;
+    // foyer reports no drops.
+    Ok(StormRun::new(
+        "foyer-hybrid",
+        config.disk.direct_io,
+        keys,
+        secs,
+        read_back,
+        0,
+        &latency,
+    ))
+}
+
+/// `fdatasync` of a device file, as `dd conv=fdatasync` ends: a buffered
+/// storm is done when its bytes are on the device, not in the page cache
+/// (with O_DIRECT there is nothing left to write).
+fn sync_file(path: &Path) -> spillway::Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_data())
+        .map_err(|e| spillway::Error::io("fdatasync", path, e))
+}
+
+fn mode(direct: bool) -> &'static str {
+    if direct {
+        "O_DIRECT"
+    } else {
+        "buffered"
+    }
+}
+
+/// spillway's spill bandwidth against the device in the same mode.
+pub fn targets(runs: &[StormRun], device: &super::device::DeviceReport) -> Vec<Target> {
+    let mut t = Vec::new();
+    for r in runs.iter().filter(|r| r.system == "spillway") {
+        let Some(device_mib_s) = device.write_mib_s(r.direct) else {
+            continue;
+        };
+        let ratio = r.mib_s / device_mib_s.max(1e-9);
+        let lost = r.inserted - r.read_back;
+        t.push(Target {
+            name: format!(
+                "spill bandwidth vs device sequential write, {} ({} MiB storm)",
+                mode(r.direct),
+                r.bytes >> 20
+            ),
+            measured: format!(
+                "{:.0} vs {:.0} MiB/s; {} of {} keys not read back ({} counted)",
+                r.mib_s, device_mib_s, lost, r.inserted, r.reported_lost
+            ),
+            ratio,
+            goal: "≥ 0.5×, nothing lost".into(),
+            meets: ratio >= 0.5 && lost == 0,
+        });
+    }
+    t
+}
+
+/// The storm section of report.md.
+pub fn markdown(runs: &[StormRun], device: &super::device::DeviceReport) -> String {
+    use std::fmt::Write;
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
+    let mut s = format!(
+        "## Spill storm: bandwidth and what is lost\n\n{} MiB of 64 KiB values inserted as fast as one writer can into {} MiB of memory, on a disk twice that size, through the page cache and with O_DIRECT; then every key read back. The device's sequential write in the same mode, {} MiB: buffered `write` + `fdatasync` {:.0} MiB/s, O_DIRECT {}. Bandwidth: value bytes inserted over the time until the system said all was written (spillway `flush`, foyer `storage().wait()`) and an `fdatasync` of its device file returned. Silently lost: inserted, not read back, and not reported by any counter.\n\n| system | I/O | MiB/s | vs device | inserted | read back | reported lost | silently lost | disk hit p50 / p99 µs |\n|---|---|---|---|---|---|---|---|---|\n",
+        first.bytes >> 20,
+        MEMORY >> 20,
+        device.bytes >> 20,
+        device.buffered_write_mib_s,
+        device
+            .write_mib_s(true)
+            .map_or_else(|| "refused by the filesystem".into(), |v| format!("{v:.0} MiB/s")),
+    );
+    for r in runs {
+        let vs = device
+            .write_mib_s(r.direct)
+            .map_or_else(|| "-".into(), |d| format!("{:.2}×", r.mib_s / d.max(1e-9)));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} / {} |",
+            r.system,
+            mode(r.direct),
+            r.mib_s,
+            vs,
+            r.inserted,
+            r.read_back,
+            r.reported_lost,
+            r.silently_lost(),
+            super::report::opt(r.disk_hit.p50(), |v| format!("{v:.0}")),
+            super::report::opt(r.disk_hit.p99(), |v| format!("{v:.0}")),
+        );
+    }
+    s
+}
+
+/// Storm runs with made-up figures, for the report's tests.
+#[cfg(test)]
+pub fn sample() -> Vec<StormRun> {
+    let run = |system: &str, direct, mib_s, read_back| StormRun {
+        system: system.into(),
+        direct,
+        bytes: 1 << 30,
+        secs: 4.0,
+        mib_s,
+        inserted: 16384,
+        read_back,
+        reported_lost: 0,
+        disk_hit: Latency::of(&[40.0, 60.0, 300.0]),
+    };
+    vec![
+        run("spillway", false, 250.0, 16384),
+        run("foyer-hybrid", false, 900.0, 2000),
+        run("spillway", true, 200.0, 16384),
+        run("foyer-hybrid", true, 700.0, 1500),
+    ]
+}

@@ -1,0 +1,315 @@
+//! Head to head: spillway against foyer's HybridCache on the workloads the
+//! performance goals name (Zipf 0.99 over ten times the memory budget;
+//! 4 KiB and 64 KiB entries; 1 and 16 tasks; a free loader and a 50 µs
+//! one). Each cell runs [`REPETITIONS`] times; within a repetition both
+//! systems run the same operations on fresh directories, in alternating
+//! order, and the ratios are taken there, so a slow moment of the machine
+//! lands on one repetition's pair rather than on one system.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use spillway::{ByteSize, Config};
+
+use super::compression::Spread;
+use super::report::{si, Target};
+use super::workload::{KeyPicker, SizeDistribution};
+use super::{phase, BenchConfig};
+
+/// Repetitions of each cell.
+pub const REPETITIONS: usize = 3;
+/// Zipf exponent of the head-to-head workloads.
+const ZIPF_S: f64 = 0.99;
+/// Working set over memory budget.
+const WORKING_SET_OVER_MEMORY: u64 = 10;
+/// The goals: throughput at least foyer's, p99 at most 1.2× foyer's.
+const THROUGHPUT_GOAL: f64 = 1.0;
+const P99_GOAL: f64 = 1.2;
+
+/// One workload of the matrix.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Cell {
+    pub value_size: usize,
+    pub tasks: usize,
+    pub loader_us: u64,
+}
+
+impl Cell {
+    fn label(&self) -> String {
+        format!(
+            "{} KiB, {} task{}, {} loader",
+            self.value_size >> 10,
+            self.tasks,
+            if self.tasks > 1 { "s" } else { "" },
+            if self.loader_us == 0 {
+                "free".to_string()
+            } else {
+                format!("{} µs", self.loader_us)
+            }
+        )
+    }
+}
+
+/// What one system did in one repetition's measured phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct Side {
+    pub ops_per_sec: f64,
+    pub hit_ratio: f64,
+    /// p99 of every read (memory hits, disk hits and misses together).
+    pub p99_us: f64,
+}
+
+/// One cell: both systems over the repetitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct CellRun {
+    pub cell: Cell,
+    pub memory_bytes: u64,
+    pub keys: usize,
+    pub ops: usize,
+    pub spillway: Vec<Side>,
+    pub foyer: Vec<Side>,
+    /// spillway / foyer ops/s, within each repetition.
+    pub throughput_ratio: Spread,
+    /// spillway / foyer p99, within each repetition.
+    pub p99_ratio: Spread,
+}
+
+/// The matrix the goals name.
+pub fn cells() -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for value_size in [4 << 10, 64 << 10] {
+        for tasks in [1, 16] {
+            for loader_us in [0, 50] {
+                cells.push(Cell {
+                    value_size,
+                    tasks,
+                    loader_us,
+                });
+            }
+        }
+    }
+    cells
+}
+
+/// Runs every cell with `base`'s `[memory]` and `[disk]` settings, the
+/// memory budget set to 32 MiB (8 MiB with `quick`; never more than
+/// `memory.capacity`) and the working set ten times that. `ops_scale`
+/// scales the operations per phase (`bench.ops` over its default).
+pub async fn measure(
+    base: &Config,
+    scratch: &Path,
+    quick: bool,
+    seed: u64,
+    ops_scale: f64,
+    mut progress: impl FnMut(&str),
+) -> spillway::Result<Vec<CellRun>> {
+    let memory: u64 =
+        (if quick { 8 << 20 } else { 32 << 20 }).min(base.memory.capacity.0.max(1 << 20));
+    let mut runs = Vec::new();
+    for cell in cells() {
+        progress(&cell.label());
+        let keys = (memory * WORKING_SET_OVER_MEMORY / cell.value_size as u64) as usize;
+        // About the same bytes moved per cell: 40k operations on 4 KiB
+        // entries, fewer on 64 KiB ones.
+        let ops = ((if cell.value_size <= 4 << 10 {
+            40_000.0
+        } else {
+            8_000.0
+        } * ops_scale) as usize
+            / if quick { 4 } else { 1 })
+        .max(100);
+        let bench = BenchConfig {
+            keys,
+            value_size: ByteSize(cell.value_size as u64),
+            value_sizes: SizeDistribution::Fixed,
+            zipf_s: ZIPF_S,
+            read_ratio: 0.95,
+            ops,
+            loader_cost_us: cell.loader_us,
+            memory_fractions: vec![1.0 / WORKING_SET_OVER_MEMORY as f64],
+            tasks: cell.tasks,
+            seed,
+        };
+        let mut config = base.clone();
+        config.memory.capacity = ByteSize(memory);
+        config.memory.spill_queue = None;
+        config.disk.dir = None;
+        let picker = Arc::new(KeyPicker::new(keys, ZIPF_S));
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for rep in 0..REPETITIONS {
+            let order = if rep % 2 == 0 {
+                ["spillway", "foyer-hybrid"]
+            } else {
+                ["foyer-hybrid", "spillway"]
+            };
+            for name in order {
+                let dir = scratch.join(format!("versus-{name}-{rep}"));
+                let side = run_one(name, &config, &dir, &picker, &bench, rep as u64).await?;
+                let _ = std::fs::remove_dir_all(&dir);
+                if name == "spillway" {
+                    ours.push(side);
+                } else {
+                    theirs.push(side);
+                }
+            }
+        }
+        let ratios = |f: fn(&Side) -> f64| {
+            Spread::of(
+                ours.iter()
+                    .zip(&theirs)
+                    .map(|(a, b)| f(a) / f(b).max(1e-9))
+                    .collect(),
+            )
+        };
+        runs.push(CellRun {
+            cell,
+            memory_bytes: memory,
+            keys,
+            ops,
+            throughput_ratio: ratios(|s| s.ops_per_sec),
+            p99_ratio: ratios(|s| s.p99_us),
+            spillway: ours,
+            foyer: theirs,
+        });
+    }
+    Ok(runs)
+}
+
+/// One system, one repetition: a warm-up phase, then the measured one
+/// (the same operations for both systems).
+async fn run_one(
+    name: &str,
+    config: &Config,
+    dir: &Path,
+    picker: &Arc<KeyPicker>,
+    bench: &BenchConfig,
+    rep: u64,
+) -> spillway::Result<Side> {
+    let system = Arc::new(super::open(name, config, dir).await?);
+    let seed = bench.seed + 100 * (rep + 1);
+    phase(&system, picker, bench, seed, None).await;
+    let measured = phase(&system, picker, bench, seed + 1, None).await;
+    system.close().await;
+    let mut all: Vec<f64> = measured.latency.iter().flatten().copied().collect();
+    all.sort_by(f64::total_cmp);
+    let p99 = all
+        .get((all.len() * 99 / 100).min(all.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0);
+    Ok(Side {
+        ops_per_sec: measured.ops as f64 / measured.secs.max(1e-9),
+        hit_ratio: measured.hit_ratio(),
+        p99_us: p99,
+    })
+}
+
+fn median(v: impl Iterator<Item = f64>) -> f64 {
+    Spread::of(v.collect()).median
+}
+
+/// A throughput target and a p99 target per cell.
+pub fn targets(runs: &[CellRun]) -> Vec<Target> {
+    let mut t = Vec::new();
+    for r in runs {
+        let label = r.cell.label();
+        let (ours, theirs) = (
+            median(r.spillway.iter().map(|s| s.ops_per_sec)),
+            median(r.foyer.iter().map(|s| s.ops_per_sec)),
+        );
+        let q = &r.throughput_ratio;
+        t.push(Target {
+            name: format!("Zipf 0.99, {label}: throughput vs foyer HybridCache"),
+            measured: format!(
+                "median {} vs {} ops/s; ratio min {:.2} / max {:.2}",
+                si(ours),
+                si(theirs),
+                q.min,
+                q.max
+            ),
+            ratio: q.median,
+            goal: format!("≥ {THROUGHPUT_GOAL}× (median)"),
+            meets: q.median >= THROUGHPUT_GOAL,
+        });
+        let (ours, theirs) = (
+            median(r.spillway.iter().map(|s| s.p99_us)),
+            median(r.foyer.iter().map(|s| s.p99_us)),
+        );
+        let p = &r.p99_ratio;
+        t.push(Target {
+            name: format!("Zipf 0.99, {label}: read p99 vs foyer HybridCache"),
+            measured: format!(
+                "median {ours:.0} vs {theirs:.0} µs; ratio min {:.2} / max {:.2}",
+                p.min, p.max
+            ),
+            ratio: p.median,
+            goal: format!("≤ {P99_GOAL}× (median)"),
+            meets: p.median <= P99_GOAL,
+        });
+    }
+    t
+}
+
+/// The head-to-head section of report.md.
+pub fn markdown(runs: &[CellRun]) -> String {
+    use std::fmt::Write;
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
+    let mut s = format!(
+        "## Head to head: spillway vs foyer HybridCache\n\nZipf {ZIPF_S} over a working set ten times the {:.0} MiB memory budget, 95% look-aside reads (a miss runs the loader and inserts), 5% writes; the disk as `[disk]` says. Each repetition opens both systems on fresh directories (alternating which goes first), runs one warm-up phase and then the measured one, the same operations for both; ratios are taken within a repetition ({REPETITIONS} repetitions; min / median / max). p99 is over every read.\n\n| workload | keys | ops | spillway ops/s | foyer ops/s | throughput ratio | spillway p99 µs | foyer p99 µs | p99 ratio | hit ratio (spillway / foyer) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        first.memory_bytes as f64 / (1 << 20) as f64
+    );
+    let three = |v: &Spread, f: &dyn Fn(f64) -> String| {
+        format!("{} / {} / {}", f(v.min), f(v.median), f(v.max))
+    };
+    let spread = |sides: &[Side], f: fn(&Side) -> f64| Spread::of(sides.iter().map(f).collect());
+    let ratio = |v: f64| format!("{v:.2}");
+    let us = |v: f64| format!("{v:.0}");
+    for r in runs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} / {:.3} |",
+            r.cell.label(),
+            r.keys,
+            r.ops,
+            three(&spread(&r.spillway, |x| x.ops_per_sec), &si),
+            three(&spread(&r.foyer, |x| x.ops_per_sec), &si),
+            three(&r.throughput_ratio, &ratio),
+            three(&spread(&r.spillway, |x| x.p99_us), &us),
+            three(&spread(&r.foyer, |x| x.p99_us), &us),
+            three(&r.p99_ratio, &ratio),
+            median(r.spillway.iter().map(|x| x.hit_ratio)),
+            median(r.foyer.iter().map(|x| x.hit_ratio)),
+        );
+    }
+    s
+}
+
+/// A cell with made-up figures, for the report's tests.
+#[cfg(test)]
+pub fn sample() -> CellRun {
+    let side = |ops_per_sec, p99_us| Side {
+        ops_per_sec,
+        hit_ratio: 0.9,
+        p99_us,
+    };
+    CellRun {
+        cell: Cell {
+            value_size: 64 << 10,
+            tasks: 16,
+            loader_us: 50,
+        },
+        memory_bytes: 32 << 20,
+        keys: 5120,
+        ops: 8000,
+        spillway: vec![side(1000.0, 90.0), side(1100.0, 80.0), side(900.0, 100.0)],
+        foyer: vec![
+            side(1000.0, 100.0),
+            side(1000.0, 100.0),
+            side(1000.0, 100.0),
+        ],
+        throughput_ratio: Spread::of(vec![1.0, 1.1, 0.9]),
+        p99_ratio: Spread::of(vec![0.9, 0.8, 1.0]),
+    }
+}
