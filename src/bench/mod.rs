@@ -223,16 +223,6 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
         .map_err(err("measure device in", scratch.path()))?;
     progress.inc(1);
 
-    let versus = runtime.block_on(versus::measure(
-        &opts.config,
-        scratch.path(),
-        opts.quick,
-        bench.seed,
-        bench.ops as f64 / (BenchConfig::default().ops as f64 / if opts.quick { 4.0 } else { 1.0 }),
-        |cell| progress.set_message(format!("head to head with foyer: {cell}")),
-    ))?;
-    progress.inc(1);
-
     let mut runs = Vec::new();
     for &fraction in &bench.memory_fractions {
         for name in systems {
@@ -308,6 +298,19 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
         scratch.path(),
         opts.quick,
     )?;
+    progress.inc(1);
+    // Last. Run first, it was followed by a micro disk hit 2.6x slower
+    // than in runs without it (87 against 33 us): its 48 opens leave foyer
+    // instances behind (foyer 0.22 does not release a closed device), and
+    // what they cost later phases is not understood yet.
+    let versus = runtime.block_on(versus::measure(
+        &opts.config,
+        scratch.path(),
+        opts.quick,
+        bench.seed,
+        bench.ops as f64 / (BenchConfig::default().ops as f64 / if opts.quick { 4.0 } else { 1.0 }),
+        |cell| progress.set_message(format!("head to head with foyer: {cell}")),
+    ))?;
     progress.inc(1);
     progress.finish_with_message("done");
 
