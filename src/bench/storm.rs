@@ -295,3 +295,49 @@ pub fn sample() -> Vec<StormRun> {
         run("foyer-hybrid", true, 700.0, 1500),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::device::DeviceReport;
+
+    #[test]
+    fn what_no_read_found_and_no_counter_reported_is_silently_lost() {
+        let mut run = sample().remove(1);
+        assert_eq!((run.inserted, run.read_back), (16384, 2000));
+        assert_eq!(run.silently_lost(), 14384);
+        run.reported_lost = 384;
+        assert_eq!(run.silently_lost(), 14000);
+        run.read_back = run.inserted;
+        assert_eq!(run.silently_lost(), 0);
+    }
+
+    #[test]
+    fn each_mode_is_compared_with_the_device_in_the_same_mode() {
+        let device = DeviceReport {
+            bytes: 1 << 30,
+            seq_write_mib_s: 200.0,
+            buffered_write_mib_s: 400.0,
+            rand_read_4k_p50_us: 50.0,
+            rand_read_4k_p99_us: 150.0,
+            direct: true,
+        };
+        let t = targets(&sample(), &device);
+        // spillway only: one target per mode.
+        assert_eq!(t.len(), 2);
+        assert!((t[0].ratio - 250.0 / 400.0).abs() < 1e-9, "{:?}", t[0]);
+        assert!(t[0].name.contains("buffered") && t[0].meets);
+        assert!((t[1].ratio - 200.0 / 200.0).abs() < 1e-9, "{:?}", t[1]);
+        assert!(t[1].name.contains("O_DIRECT") && t[1].meets);
+        // A key not read back fails the target, whatever the bandwidth.
+        let mut runs = sample();
+        runs[0].read_back -= 1;
+        assert!(!targets(&runs, &device)[0].meets);
+        // A filesystem that refused O_DIRECT has no direct figure to compare.
+        let buffered_only = DeviceReport {
+            direct: false,
+            ..device
+        };
+        assert_eq!(targets(&sample(), &buffered_only).len(), 1);
+    }
+}

@@ -313,3 +313,41 @@ pub fn sample() -> CellRun {
         p99_ratio: Spread::of(vec![0.9, 0.8, 1.0]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matrix_is_the_goals_workloads() {
+        let cells = cells();
+        assert_eq!(cells.len(), 8);
+        for size in [4 << 10, 64 << 10] {
+            for tasks in [1, 16] {
+                for loader_us in [0, 50] {
+                    assert!(cells.iter().any(|c| c.value_size == size
+                        && c.tasks == tasks
+                        && c.loader_us == loader_us));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn verdicts_use_the_median_ratio_of_the_repetitions() {
+        let mut run = sample();
+        let t = targets(std::slice::from_ref(&run));
+        assert_eq!(t.len(), 2);
+        // Throughput ratios 0.9 / 1.0 / 1.1: the median meets 1x.
+        assert!(t[0].meets && (t[0].ratio - 1.0).abs() < 1e-9, "{:?}", t[0]);
+        // p99 ratios 0.8 / 0.9 / 1.0: the median meets 1.2x.
+        assert!(t[1].meets && (t[1].ratio - 0.9).abs() < 1e-9, "{:?}", t[1]);
+        run.throughput_ratio = Spread::of(vec![0.5, 0.99, 2.0]);
+        run.p99_ratio = Spread::of(vec![1.0, 1.3, 1.25]);
+        let t = targets(&[run]);
+        assert!(!t[0].meets && !t[1].meets);
+        let table = markdown(&[sample()]);
+        assert!(table.contains("64 KiB, 16 tasks, 50 µs loader"), "{table}");
+        assert!(table.contains("0.90 / 1.00 / 1.10"), "{table}");
+    }
+}
