@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
-use spillway::{
-    CacheTier, CodecRegistry, InternalCacheKey, RemoteConfig, TwoTierCacheBackend, WritePolicy,
-};
+use spillway::{CacheTier, InternalCacheKey, RemoteConfig, TwoTierCacheBackend, WritePolicy};
 
 const ENV_URL: &str = "SPILLWAY_REMOTE_TEST_URL";
 const ENV_DIR: &str = "SPILLWAY_REMOTE_TEST_DIR";
@@ -23,12 +21,6 @@ const ENV_MEMORY: &str = "SPILLWAY_REMOTE_TEST_MEMORY";
 /// The stated bound on how late another process's invalidation reaches
 /// this one's local tiers (`remote.sync_interval` in these tests).
 const SYNC_INTERVAL: Duration = Duration::from_millis(200);
-
-fn codecs() -> CodecRegistry {
-    CodecRegistry::new()
-        .register::<String>("String", 1)
-        .unwrap()
-}
 
 fn remote(url: &str, policy: WritePolicy) -> RemoteConfig {
     let mut r = RemoteConfig::new(url);
@@ -48,7 +40,7 @@ async fn open(dir: &Path, url: &str, policy: WritePolicy, memory: u64) -> TwoTie
         .disk_dir(dir)
         .disk_capacity(64 << 20)
         .persist_after(Duration::from_secs(3600))
-        .codecs(codecs())
+        .codecs(common::string_codecs())
         .remote(remote(url, policy))
         .build()
         .await
@@ -63,7 +55,7 @@ async fn with_remote(
     TwoTierCacheBackend::builder()
         .disk_dir(dir.as_ref())
         .disk_capacity(64 << 20)
-        .codecs(codecs())
+        .codecs(common::string_codecs())
         .remote(config)
         .build()
         .await

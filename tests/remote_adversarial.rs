@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use spillway::{
-    ByteSize, CacheEntry, CacheTier, CodecRegistry, InternalCacheKey, Millis, RemoteConfig,
-    TwoTierCacheBackend, WritePolicy,
+    ByteSize, CacheEntry, CacheTier, InternalCacheKey, Millis, RemoteConfig, TwoTierCacheBackend,
+    WritePolicy,
 };
 
 const ENV_URL: &str = "SPILLWAY_ADVERSARIAL_REMOTE_URL";
@@ -39,12 +39,6 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// The notice log and counter (`<namespace>:{<namespace>/meta}:...`).
 const LOG: &str = "test:{test/meta}:log";
 const GENERATION: &str = "test:{test/meta}:gen";
-
-fn codecs() -> CodecRegistry {
-    CodecRegistry::new()
-        .register::<String>("String", 1)
-        .unwrap()
-}
 
 fn config(url: &str, policy: WritePolicy) -> RemoteConfig {
     let mut r = RemoteConfig::new(url);
@@ -61,7 +55,7 @@ async fn open_with(dir: &Path, config: RemoteConfig, memory: u64) -> TwoTierCach
         .disk_dir(dir)
         .disk_capacity(64 << 20)
         .persist_after(Duration::from_secs(3600))
-        .codecs(codecs())
+        .codecs(common::string_codecs())
         .remote(config)
         .build()
         .await
@@ -952,7 +946,7 @@ async fn a_password_with_a_comma_never_shows() {
     let built = TwoTierCacheBackend::builder()
         .disk_dir(dir.path())
         .disk_capacity(64 << 20)
-        .codecs(codecs())
+        .codecs(common::string_codecs())
         .remote(config.clone())
         .build()
         .await;

@@ -308,7 +308,7 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
         scratch.path(),
         opts.quick,
         bench.seed,
-        bench.ops as f64 / (BenchConfig::default().ops as f64 / if opts.quick { 4.0 } else { 1.0 }),
+        bench.ops as f64 / BenchConfig::default().ops as f64,
         |cell| progress.set_message(format!("head to head with foyer: {cell}")),
     ))?;
     progress.inc(1);

@@ -95,7 +95,8 @@ pub fn cells() -> Vec<Cell> {
 /// Runs every cell with `base`'s `[memory]` and `[disk]` settings, the
 /// memory budget set to 32 MiB (8 MiB with `quick`; never more than
 /// `memory.capacity`) and the working set ten times that. `ops_scale`
-/// scales the operations per phase (`bench.ops` over its default).
+/// scales the operations per phase (`bench.ops`, `--quick` included, over
+/// its default).
 pub async fn measure(
     base: &Config,
     scratch: &Path,
@@ -116,9 +117,8 @@ pub async fn measure(
             40_000.0
         } else {
             8_000.0
-        } * ops_scale) as usize
-            / if quick { 4 } else { 1 })
-        .max(100);
+        } * ops_scale) as usize)
+            .max(100);
         let bench = BenchConfig {
             keys,
             value_size: ByteSize(cell.value_size as u64),

@@ -30,6 +30,13 @@ pub fn blob_codecs() -> CodecRegistry {
     CodecRegistry::new().register::<Vec<u8>>(BLOB, 1).unwrap()
 }
 
+/// `String` values under the type name "String".
+pub fn string_codecs() -> CodecRegistry {
+    CodecRegistry::new()
+        .register::<String>("String", 1)
+        .unwrap()
+}
+
 /// Small budgets so that a few dozen entries spill: 256 KiB of RAM (half of
 /// it spill queue), 64 KiB blocks, 8 MiB of disk, LRU so that promotion is
 /// deterministic.
