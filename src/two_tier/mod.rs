@@ -357,7 +357,13 @@ impl TwoTierCacheBackend {
         inner.background.lock().extend(remote_tasks);
         // The worker holds the spiller, not the cache: it ends by itself
         // when the cache (and with it moka's listener, the last sender) drops.
-        tokio::spawn(spiller.run(spill_rx, persist_rx));
+        // It runs on the disk runtime (see `disk_runtime`), which the disk
+        // tier has already started; the caller's runtime only if that failed.
+        let worker = spiller.run(spill_rx, persist_rx);
+        match crate::disk_runtime::handle() {
+            Ok(disk_runtime) => drop(disk_runtime.spawn(worker)),
+            Err(_) => drop(tokio::spawn(worker)),
+        }
         if inner.write_behind.enabled() {
             let task = tokio::spawn(persist(Arc::downgrade(&inner)));
             inner.background.lock().push(task);
