@@ -77,14 +77,13 @@ pub fn measure(dir: &Path, total: usize) -> std::io::Result<DeviceReport> {
         Ok(f) => (f, true),
         Err(_) => (open(false)?, false),
     };
+    // Written in either mode: the random reads below need its contents.
+    let written = write_all(&mut file, buf)?;
     let seq_write_mib_s = if direct {
-        write_all(&mut file, buf)?
+        written
     } else {
         buffered_write_mib_s
     };
-    if !direct {
-        write_all(&mut file, buf)?;
-    }
 
     let mut rng = Rng::new(42);
     let mut backing = Vec::new();

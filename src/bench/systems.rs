@@ -141,7 +141,7 @@ impl System {
                 Some(_) => Served::Disk,
                 None => load_and_insert(c.as_ref(), id, len, cost).await,
             },
-            System::Moka(c) => match CacheBackend::get(c.as_ref(), &key(id)).await {
+            System::Moka(c) => match c.get(&key(id)).await {
                 Some(_) => Served::Memory,
                 None => load_and_insert(c.as_ref(), id, len, cost).await,
             },
