@@ -118,6 +118,7 @@ mod quiet_stdout;
 mod remote;
 mod single_flight;
 mod spill;
+mod staggered_shards;
 mod stats;
 mod two_tier;
 mod typed;

@@ -19,6 +19,7 @@ use crate::cold_slot::ColdSlot;
 use crate::key::KeyHashBuilder;
 use crate::packing::PackRef;
 use crate::prefixes::Prefixes;
+use crate::staggered_shards::StaggeredShards;
 use crate::{CacheEntry, Codec, InternalCacheKey};
 
 /// A value as the memory tier and the spill queue hold it.
@@ -161,9 +162,11 @@ impl Shard {
     }
 }
 
-/// The slots, sharded by key hash.
+/// The slots, sharded by key hash (in staggered shares: see
+/// `staggered_shards`).
 pub(crate) struct Placements {
     shards: Box<[Mutex<Shard>]>,
+    picker: StaggeredShards,
     len: AtomicUsize,
     prefixes: Prefixes,
 }
@@ -174,6 +177,7 @@ impl Placements {
             shards: (0..shards.max(1))
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
+            picker: StaggeredShards::new(shards),
             len: AtomicUsize::new(0),
             prefixes: Prefixes::default(),
         }
@@ -181,9 +185,7 @@ impl Placements {
 
     pub(crate) fn lock(&self, hash: u64) -> Guard<'_> {
         Guard {
-            // The high half picks the shard: the maps inside hash with the
-            // same value (`KeyHashBuilder`) and index by its low bits.
-            shard: self.shards[((hash >> 32) % self.shards.len() as u64) as usize].lock(),
+            shard: self.shards[self.picker.pick(hash)].lock(),
             len: &self.len,
             prefixes: &self.prefixes,
             touched: Vec::new(),
@@ -534,6 +536,41 @@ mod tests {
             "missed: it would survive"
         );
         assert!(!is_under(&doomed, &p, other, "new"));
+    }
+
+    /// Buckets the compact tables hold, over the entries in them.
+    fn buckets_per_entry(p: &Placements) -> f64 {
+        let (mut capacity, mut len) = (0, 0);
+        for shard in p.shards.iter() {
+            let shard = shard.lock();
+            capacity += shard.cold.capacity();
+            len += shard.cold.len();
+        }
+        // hashbrown fills its buckets to 7/8 before it doubles.
+        capacity as f64 * 8.0 / 7.0 / len as f64
+    }
+
+    #[test]
+    fn the_index_does_not_double_its_ram_just_past_a_power_of_two() {
+        // 64 shards of equal share would each hold about 1,900 entries
+        // here, just past a table's 1,792 (7/8 of 2,048): every one would
+        // just have doubled to 4,096 buckets, 2.2 per entry.
+        for entries in [120_000u64, 60_000, 200_000] {
+            let p = Placements::new(64);
+            for i in 0..entries {
+                // splitmix64: well-spread hashes, as keys have.
+                let mut h = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                h ^= h >> 31;
+                let k = key("p", &i.to_string()).with_hash(h);
+                p.lock(h).insert(k, disk(i + 1, 0, None));
+            }
+            assert_eq!(p.len() as u64, entries);
+            let ratio = buckets_per_entry(&p);
+            // Staggered shares keep it near 1.65 at every size.
+            assert!((1.3..1.9).contains(&ratio), "{entries}: {ratio}");
+        }
     }
 
     #[test]
