@@ -17,6 +17,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use spillway::{CacheTier, CodecRegistry, Config, TwoTierCacheBackend};
 
+use super::device::settle_writeback;
 use super::report::{Latency, Target};
 use super::systems::{entry, foyer_hybrid, foyer_key, key, ByteBuf, VALUE_TYPE};
 use super::workload::value;
@@ -100,10 +101,16 @@ pub async fn measure(
         config.disk.capacity =
             spillway::ByteSize((bytes as u64 * 2).max(base.disk.block_size.0 * 16));
         config.disk.direct_io = direct;
+        // Each storm starts with no earlier phase's writeback pending, as
+        // the device test it is compared with did.
+        let settle =
+            || settle_writeback(scratch).map_err(|e| spillway::Error::io("sync", scratch, e));
         let dir = scratch.join(format!("storm-spillway-{direct}"));
+        settle()?;
         runs.push(spillway_storm(&config, &dir, bytes).await?);
         let _ = std::fs::remove_dir_all(&dir);
         let dir = scratch.join(format!("storm-foyer-{direct}"));
+        settle()?;
         runs.push(foyer_storm(&config, &dir, bytes).await?);
         let _ = std::fs::remove_dir_all(&dir);
     }
