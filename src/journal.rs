@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::key::KeyHashBuilder;
 use crate::packing::PackRef;
 use crate::{Error, InternalCacheKey, Result};
 
@@ -180,6 +181,17 @@ impl Fact {
         .fact(hash)
     }
 
+    /// Whether this fact records a written version (see `into_written`).
+    fn is_written(&self) -> bool {
+        matches!(
+            self,
+            Fact::Written { .. }
+                | Fact::WrittenUntil { .. }
+                | Fact::WrittenPacked { .. }
+                | Fact::Stored { .. }
+        )
+    }
+
     /// The version a `Written`, `WrittenUntil`, `WrittenPacked` or `Stored`
     /// fact records, by key hash (the reverse of [`Fact::written`] and
     /// [`Fact::stored`]); `None` for other facts.
@@ -317,8 +329,8 @@ impl Recovered {
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
     /// By key hash: one live version per hash (foyer keeps one record per
-    /// hash too).
-    pub live: HashMap<u64, Recovered>,
+    /// hash too). Key hashes are already mixed: no second hash over them.
+    pub live: HashMap<u64, Recovered, KeyHashBuilder>,
     /// Keys recorded as resident (at a close, or by write-behind), most
     /// recently recorded first.
     pub resident: Vec<InternalCacheKey>,
@@ -353,14 +365,21 @@ pub(crate) fn interned(name: &str, cap: usize) -> Option<&'static str> {
     Some(leaked)
 }
 
-fn frame(fact: &Fact) -> Vec<u8> {
-    // Serializing a plain enum of strings and integers cannot fail.
-    let payload = postcard::to_stdvec(fact).unwrap_or_default();
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
+/// Appends `fact`'s frame (length, CRC, payload) to `out`, serialized in
+/// place: a snapshot frames every live version, so no buffer per fact.
+fn frame_into(fact: &Fact, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    // Serializing a plain enum of strings and integers into memory cannot
+    // fail; were it to, the fact is left out rather than half written.
+    if postcard::to_io(fact, &mut *out).is_err() {
+        out.truncate(start);
+        return;
+    }
+    let payload = &out[start + 8..];
+    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// How a journal file ended.
@@ -464,12 +483,14 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
         next_seq: 1,
         ..Replay::default()
     };
-    let mut tombstones: HashMap<u64, u64> = HashMap::new();
+    let mut tombstones: HashMap<u64, u64, KeyHashBuilder> = HashMap::default();
     let mut invalidated: HashMap<String, u64> = HashMap::new();
     let mut cleared = 0u64;
     let mut resident = Vec::new();
     let mut max_seq = 0u64;
+    let mut written = 0usize;
     for fact in &facts {
+        written += usize::from(fact.is_written());
         match fact {
             Fact::Tombstone { hash, seq } => {
                 let t = tombstones.entry(*hash).or_default();
@@ -492,6 +513,9 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             Fact::Clock { at } => replay.clock = replay.clock.max(*at),
         }
     }
+    // One map allocation, not one per doubling (at most this many versions
+    // are live; the facts themselves take more room than their slots).
+    replay.live.reserve(written);
     for fact in facts {
         let Some((hash, mut recovered)) = fact.into_written() else {
             continue;
@@ -628,7 +652,7 @@ impl Journal {
     pub(crate) fn append(&self, facts: &[Fact], durable: bool) -> Result<()> {
         let mut bytes = Vec::new();
         for f in facts {
-            bytes.extend_from_slice(&frame(f));
+            frame_into(f, &mut bytes);
         }
         let mut current = self.current.lock();
         if self.detached.load(Ordering::Acquire) {
@@ -716,7 +740,7 @@ fn write_snapshot(dir: &Path, generation: u64, facts: &[Fact]) -> Result<()> {
     let path = dir.join(format!("{FILE_PREFIX}{generation}"));
     let mut bytes = Vec::new();
     for f in facts {
-        bytes.extend_from_slice(&frame(f));
+        frame_into(f, &mut bytes);
     }
     let mut file = crate::private_fs::create(&tmp)
         .map_err(|e| Error::io("create journal snapshot", &tmp, e))?;
