@@ -197,22 +197,34 @@ impl Placements {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// Visits every slot, one shard locked at a time, with its key's hash
-    /// and, for a slot kept with its key, the key.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, Option<&InternalCacheKey>, &Slot)) {
+    /// Visits every slot, in two steps per shard:
+    /// `pick` runs under the shard's lock and copies out what it needs,
+    /// `then` runs on the copies once the lock is released. For walks
+    /// whose per-slot work is slow (a lookup in foyer's index per slot, for
+    /// `stats`): the shard's readers and writers wait for a copy, not for
+    /// the walk.
+    pub(crate) fn for_each_unlocked<T>(
+        &self,
+        mut pick: impl FnMut(u64, &Slot) -> Option<T>,
+        mut then: impl FnMut(T),
+    ) {
+        let mut picked = Vec::new();
         for shard in self.shards.iter() {
-            let shard = shard.lock();
-            for (k, s) in shard.full.iter() {
-                f(k.disk_hash(), Some(k), s);
+            {
+                let shard = shard.lock();
+                for (k, s) in shard.full.iter() {
+                    picked.extend(pick(k.disk_hash(), s));
+                }
+                for (hash, cold) in shard.cold.iter() {
+                    let expires_at = shard.deadlines.get(hash).copied().unwrap_or(0);
+                    picked.extend(pick(*hash, &cold.decode(expires_at)));
+                }
             }
-            for (hash, cold) in shard.cold.iter() {
-                let expires_at = shard.deadlines.get(hash).copied().unwrap_or(0);
-                f(*hash, None, &cold.decode(expires_at));
-            }
+            picked.drain(..).for_each(&mut then);
         }
     }
 
-    /// `for_each` for a snapshot: a slot kept without its key comes with
+    /// Every slot, for a snapshot: a slot kept without its key comes with
     /// its key's prefix instead. One pass, each shard under its lock, so a
     /// slot moving between the two forms is seen exactly once.
     pub(crate) fn for_each_named(&self, mut f: impl FnMut(u64, Named<'_>, &Slot)) {
@@ -581,8 +593,17 @@ mod tests {
         p.lock(h).insert(k.clone(), disk(1 << 50, 0, None));
         assert_eq!(forms(&p, h), (1, 0));
         let mut seen = Vec::new();
-        p.for_each(|hash, key, slot| seen.push((hash, key.cloned(), slot.seq)));
+        p.for_each_named(|hash, named, slot| {
+            let key = match named {
+                Named::Key(k) => Some(k.clone()),
+                Named::Prefix(_) => None,
+            };
+            seen.push((hash, key, slot.seq))
+        });
         assert_eq!(seen, vec![(h, Some(k), 1 << 50)]);
+        let mut picked = Vec::new();
+        p.for_each_unlocked(|hash, slot| Some((hash, slot.seq)), |x| picked.push(x));
+        assert_eq!(picked, vec![(h, 1 << 50)]);
     }
 
     #[test]

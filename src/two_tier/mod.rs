@@ -454,12 +454,20 @@ impl TwoTierCacheBackend {
         s.remote = self.inner.spiller.remote.stats();
         let spiller = &self.inner.spiller;
         let (mut on_disk, mut bytes) = (0, 0);
-        spiller.placements.for_each(|hash, _, slot| {
-            if slot.place.readable_on_disk() && spiller.has_record(hash, slot) {
-                on_disk += 1;
-                bytes += u64::from(slot.record_len);
-            }
-        });
+        // foyer's index is asked outside the shard locks: a metrics scrape
+        // must not hold up the shard's reads and writes for its walk.
+        spiller.placements.for_each_unlocked(
+            |hash, slot| {
+                let readable = slot.place.readable_on_disk();
+                readable.then(|| (slot.record_key(hash), slot.record_len))
+            },
+            |(record_key, len)| {
+                if spiller.disk.contains(record_key) {
+                    on_disk += 1;
+                    bytes += u64::from(len);
+                }
+            },
+        );
         s.disk.entries = on_disk;
         s.disk.bytes = bytes;
         s
@@ -524,12 +532,14 @@ impl CacheBackend for TwoTierCacheBackend {
         self.inner.memory.run_pending_tasks().await;
         let spiller = &self.inner.spiller;
         let mut n = 0;
-        spiller
-            .placements
-            .for_each(|hash, _, slot| match slot.place {
-                Place::Disk => n += usize::from(spiller.has_record(hash, slot)),
-                _ => n += 1,
-            });
+        // As `stats`: foyer's index is asked outside the shard locks.
+        spiller.placements.for_each_unlocked(
+            |hash, slot| Some(matches!(slot.place, Place::Disk).then(|| slot.record_key(hash))),
+            |on_disk_only| match on_disk_only {
+                Some(record_key) => n += usize::from(spiller.disk.contains(record_key)),
+                None => n += 1,
+            },
+        );
         n
     }
 
