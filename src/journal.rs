@@ -371,10 +371,12 @@ fn frame_into(fact: &Fact, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 8]);
     // Serializing a plain enum of strings and integers into memory cannot
-    // fail; were it to, the fact is left out rather than half written.
+    // fail. Were it to, the frame is left empty, which replay refuses (a
+    // torn tail, or a damaged journal that resets the disk tier): never a
+    // kill fact silently left out, which could bring a version back.
     if postcard::to_io(fact, &mut *out).is_err() {
-        out.truncate(start);
-        return;
+        out.truncate(start + 8);
+        tracing::error!(?fact, "journal fact could not be serialized");
     }
     let payload = &out[start + 8..];
     let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
@@ -757,6 +759,23 @@ mod tests {
 
     fn k(prefix: &str, key: &str) -> InternalCacheKey {
         InternalCacheKey::new(prefix, key, "T")
+    }
+
+    #[test]
+    fn a_frame_is_length_crc_then_postcard_payload_byte_for_byte() {
+        // The on-disk format, pinned: journals written by earlier builds
+        // must keep replaying.
+        let mut out = Vec::new();
+        let fact = Fact::Tombstone {
+            hash: 0x0102_0304_0506_0708,
+            seq: 300,
+        };
+        frame_into(&fact, &mut out);
+        frame_into(&fact, &mut out);
+        let one = [
+            12, 0, 0, 0, 76, 102, 95, 14, 1, 136, 142, 152, 168, 192, 224, 128, 129, 1, 172, 2,
+        ];
+        assert_eq!(out, [one, one].concat());
     }
 
     fn written(key: &InternalCacheKey, seq: u64) -> Fact {

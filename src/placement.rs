@@ -563,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn the_index_does_not_double_its_ram_just_past_a_power_of_two() {
+    fn the_index_does_not_double_its_ram_when_every_shard_fills_at_once() {
         // 64 shards of equal share would each hold about 1,900 entries
         // here, just past a table's 1,792 (7/8 of 2,048): every one would
         // just have doubled to 4,096 buckets, 2.2 per entry.

@@ -4,7 +4,8 @@
 //! Each shard is a hash table that doubles when it is 7/8 full, so its
 //! buckets per entry swing between about 1.14 and 2.29. With shards of
 //! equal share, every shard doubles at the same moment: the whole index
-//! costs twice as much just past each power of two as just before it, and
+//! costs twice as much just after the point where every shard's table is
+//! 7/8 full as just before it, and
 //! RAM per disk-resident entry depends on where the entry count happens to
 //! fall. Here shard `i` of `n` takes a share of the hash space proportional
 //! to `2^(i/n)`: the shares span one octave, so the shards reach their
@@ -15,10 +16,13 @@
 //! The cost: the largest shard takes twice the traffic of the smallest,
 //! 2.2% of all lookups with 64 shards instead of 1.6%.
 
+/// The lowest of the 32 hash bits a shard is picked from (see `pick`).
+const SHARD_BITS_FROM: u32 = 25;
+
 /// Maps a key's hash to one of `n` shards of staggered shares.
 pub(crate) struct StaggeredShards {
-    /// `bounds[i]`: the first value of the hash's high half that goes to
-    /// shard `i + 1`.
+    /// `bounds[i]`: the first value of the hash's window (see `pick`) that
+    /// goes to shard `i + 1`.
     bounds: Box<[u32]>,
 }
 
@@ -33,11 +37,16 @@ impl StaggeredShards {
         Self { bounds }
     }
 
-    /// The shard of `hash`. It uses the hash's high half: the tables inside
-    /// a shard index by its low bits (see `KeyHashBuilder`).
+    /// The shard of `hash`, from bits 25 to 56. The tables inside a shard
+    /// hash with the same value (see `KeyHashBuilder`) and use the rest:
+    /// the low bits pick a bucket (up to 2^25 buckets per shard), and the
+    /// top 7 are each bucket's tag, which a probe compares before the key.
+    /// A shard's share is a contiguous range of these bits, so taking it
+    /// from the top would leave each shard's keys 2 to 4 tags of 128, and
+    /// nearly every probe would compare keys.
     pub(crate) fn pick(&self, hash: u64) -> usize {
-        let high = (hash >> 32) as u32;
-        self.bounds.partition_point(|&b| b <= high)
+        let window = (hash >> SHARD_BITS_FROM) as u32;
+        self.bounds.partition_point(|&b| b <= window)
     }
 }
 
@@ -49,10 +58,10 @@ mod tests {
     fn every_hash_has_a_shard_and_shares_span_one_octave() {
         let shards = StaggeredShards::new(64);
         let mut counts = [0u64; 64];
-        // Evenly spread high halves.
+        // Evenly spread windows.
         let samples = 1u64 << 20;
         for i in 0..samples {
-            let hash = (i << 44) | 0xFFFF;
+            let hash = (i << (SHARD_BITS_FROM + 12)) | 0xFFFF;
             counts[shards.pick(hash)] += 1;
         }
         assert_eq!(shards.pick(u64::MAX), 63);
@@ -62,6 +71,23 @@ mod tests {
         assert!(counts.windows(2).all(|w| w[0] <= w[1] + 1), "{counts:?}");
         let ratio = last / first;
         assert!((1.9..2.0).contains(&ratio), "{ratio}: {counts:?}");
+    }
+
+    #[test]
+    fn each_shard_keeps_the_tags_its_tables_probe_with() {
+        // hashbrown tags each bucket with the hash's top 7 bits and compares
+        // a probe's tag before its key: every shard must see all 128.
+        let shards = StaggeredShards::new(64);
+        let mut tags = vec![std::collections::HashSet::new(); 64];
+        for i in 0..200_000u64 {
+            let mut h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            h ^= h >> 29;
+            tags[shards.pick(h)].insert(h >> 57);
+        }
+        for (shard, seen) in tags.iter().enumerate() {
+            assert_eq!(seen.len(), 128, "shard {shard}");
+        }
     }
 
     #[test]

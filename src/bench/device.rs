@@ -44,17 +44,16 @@ impl DeviceReport {
 /// (`sync -f`, coreutils' `syncfs`). Every bandwidth test starts from here,
 /// so none is charged with the writeback that the phases before it left in
 /// the page cache: the device test and each storm start equally clean.
-pub fn settle_writeback(dir: &Path) -> std::io::Result<()> {
+/// Where `sync -f` is missing, the tests run unsettled, with a note.
+pub fn settle_writeback(dir: &Path) {
     let status = std::process::Command::new("sync")
         .arg("-f")
         .arg(dir)
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "sync -f exited with {status}"
-        )))
+        .status();
+    if !status.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!(
+            "note: `sync -f` failed ({status:?}); bandwidth tests start with writeback pending"
+        );
     }
 }
 
@@ -88,11 +87,11 @@ pub fn measure(dir: &Path, total: usize) -> std::io::Result<DeviceReport> {
         file.sync_data()?;
         Ok((total / chunk) as f64 / started.elapsed().as_secs_f64())
     };
-    settle_writeback(dir)?;
+    settle_writeback(dir);
     let buffered_write_mib_s = write_all(&mut open(false)?, buf)?;
     // A fresh file, so the direct test does not overwrite cached pages.
     let _ = std::fs::remove_file(&path);
-    settle_writeback(dir)?;
+    settle_writeback(dir);
     let (mut file, direct) = match open(true) {
         Ok(f) => (f, true),
         Err(_) => (open(false)?, false),

@@ -103,14 +103,12 @@ pub async fn measure(
         config.disk.direct_io = direct;
         // Each storm starts with no earlier phase's writeback pending, as
         // the device test it is compared with did.
-        let settle =
-            || settle_writeback(scratch).map_err(|e| spillway::Error::io("sync", scratch, e));
         let dir = scratch.join(format!("storm-spillway-{direct}"));
-        settle()?;
+        settle_writeback(scratch);
         runs.push(spillway_storm(&config, &dir, bytes).await?);
         let _ = std::fs::remove_dir_all(&dir);
         let dir = scratch.join(format!("storm-foyer-{direct}"));
-        settle()?;
+        settle_writeback(scratch);
         runs.push(foyer_storm(&config, &dir, bytes).await?);
         let _ = std::fs::remove_dir_all(&dir);
     }
