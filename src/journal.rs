@@ -181,17 +181,6 @@ impl Fact {
         .fact(hash)
     }
 
-    /// Whether this fact records a written version (see `into_written`).
-    fn is_written(&self) -> bool {
-        matches!(
-            self,
-            Fact::Written { .. }
-                | Fact::WrittenUntil { .. }
-                | Fact::WrittenPacked { .. }
-                | Fact::Stored { .. }
-        )
-    }
-
     /// The version a `Written`, `WrittenUntil`, `WrittenPacked` or `Stored`
     /// fact records, by key hash (the reverse of [`Fact::written`] and
     /// [`Fact::stored`]); `None` for other facts.
@@ -490,9 +479,7 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
     let mut cleared = 0u64;
     let mut resident = Vec::new();
     let mut max_seq = 0u64;
-    let mut written = 0usize;
     for fact in &facts {
-        written += usize::from(fact.is_written());
         match fact {
             Fact::Tombstone { hash, seq } => {
                 let t = tombstones.entry(*hash).or_default();
@@ -515,9 +502,6 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             Fact::Clock { at } => replay.clock = replay.clock.max(*at),
         }
     }
-    // One map allocation, not one per doubling (at most this many versions
-    // are live; the facts themselves take more room than their slots).
-    replay.live.reserve(written);
     for fact in facts {
         let Some((hash, mut recovered)) = fact.into_written() else {
             continue;
