@@ -79,32 +79,68 @@ impl TwoTierCacheBackend {
     }
 }
 
+/// Reads the warm-up keeps in flight at once: disk reads wait on the
+/// device (or a blocking thread), so one at a time leaves the device idle
+/// between them; a batch keeps it busy while each read is decoded and
+/// promoted.
+const WARM_BATCH: usize = 32;
+
 /// Loads the entries resident at the last close (or persisted as resident
 /// by write-behind) back into memory, most recent first, until the memory
-/// tier's budget is used. Runs in the background; reads meanwhile are served
-/// as usual (a warming read is an ordinary promotion, under the same flow
-/// control as an insert).
+/// tier's budget is used, [`WARM_BATCH`] reads at a time. Runs in the
+/// background; reads meanwhile are served as usual (a warming read is an
+/// ordinary promotion, under the same flow control as an insert).
 pub(super) async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget: u64) {
     let started = std::time::Instant::now();
+    // Bytes of the entries warmed, and of those in flight: a batch is
+    // chosen so that all of it fits what is left of the budget.
     let mut used = 0u64;
-    for key in keys {
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.memory.contains_key(&key) {
-            continue;
-        }
-        let size = {
-            let mut shard = inner.spiller.placements.lock(key.disk_hash());
-            shard
-                .get(&key)
-                .map_or(0, |s| s.size + key.footprint() as u64)
+    let mut keys = keys.into_iter().peekable();
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
         };
-        if used + size > budget {
+        let mut batch = Vec::with_capacity(WARM_BATCH);
+        let mut planned = used;
+        while batch.len() < WARM_BATCH {
+            let Some(key) = keys.peek() else { break };
+            if strong.memory.contains_key(key) {
+                keys.next();
+                continue;
+            }
+            let size = {
+                let mut shard = strong.spiller.placements.lock(key.disk_hash());
+                shard
+                    .get(key)
+                    .map_or(0, |s| s.size + key.footprint() as u64)
+            };
+            if planned + size > budget {
+                // It may still fit once this batch is in, if some of it
+                // turns out unreadable: it heads the next batch, which
+                // starts from what was warmed. Alone, it does not fit.
+                break;
+            }
+            planned += size;
+            if let Some(key) = keys.next() {
+                batch.push((key, size));
+            }
+        }
+        if batch.is_empty() {
             break;
         }
-        let cache = TwoTierCacheBackend::internal(inner);
-        if cache.lower_tiers(&key, None, true, true).await.is_some() {
-            used += size;
-            cache.stats_ref().warmed.incr();
+        let cache = TwoTierCacheBackend::internal(strong);
+        let reads = batch.iter().map(|(key, size)| {
+            let cache = &cache;
+            async move {
+                let warmed = cache.lower_tiers(key, None, true, true).await.is_some();
+                (warmed, *size)
+            }
+        });
+        for (warmed, size) in futures::future::join_all(reads).await {
+            if warmed {
+                used += size;
+                cache.stats_ref().warmed.incr();
+            }
         }
     }
     if let Some(inner) = inner.upgrade() {
