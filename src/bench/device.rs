@@ -24,6 +24,10 @@ pub struct DeviceReport {
     pub buffered_write_mib_s: f64,
     pub rand_read_4k_p50_us: f64,
     pub rand_read_4k_p99_us: f64,
+    /// Sequential read of the file written, 1 MiB at a time: O_DIRECT, so
+    /// the device's own pace (through the page cache when the filesystem
+    /// refused O_DIRECT: see `direct`). The warm-up's yardstick.
+    pub seq_read_mib_s: f64,
     /// False when the filesystem refused O_DIRECT and buffered I/O was measured.
     pub direct: bool,
 }
@@ -116,6 +120,11 @@ pub fn measure(dir: &Path, total: usize) -> std::io::Result<DeviceReport> {
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     lat.sort_by(f64::total_cmp);
+    let started = Instant::now();
+    for i in 0..(total / chunk) as u64 {
+        file.read_exact_at(buf, i * chunk as u64)?;
+    }
+    let seq_read_mib_s = (total / chunk) as f64 / started.elapsed().as_secs_f64();
     drop(file);
     let _ = std::fs::remove_file(&path);
     Ok(DeviceReport {
@@ -124,6 +133,7 @@ pub fn measure(dir: &Path, total: usize) -> std::io::Result<DeviceReport> {
         buffered_write_mib_s,
         rand_read_4k_p50_us: lat[lat.len() / 2],
         rand_read_4k_p99_us: lat[lat.len() * 99 / 100],
+        seq_read_mib_s,
         direct,
     })
 }

@@ -452,6 +452,7 @@ async fn run_system(
 
     let mut restart_hit_ratio = None;
     let mut reopen_ms = None;
+    let mut warm = None;
     let mut pre_restart_hit_ratio = None;
     if name != "moka" {
         // The same operations once more before the restart and once after it:
@@ -471,6 +472,14 @@ async fn run_system(
             while !c.stats().recovery.warm_done {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            // The memory tier was empty at the open: what it holds now is
+            // what the warm-up read back.
+            let s = c.stats();
+            warm = Some(report::WarmUp {
+                entries: s.recovery.warmed,
+                bytes: s.memory.bytes,
+                ms: s.recovery.warm_millis,
+            });
         }
         let replay = phase(&reopened, &picker, bench, bench.seed + 1, None).await;
         restart_hit_ratio = Some(replay.hit_ratio());
@@ -512,6 +521,7 @@ async fn run_system(
         restart_hit_ratio,
         kill_hit_ratio: None,
         reopen_ms,
+        warm,
         stats: after,
     })
 }

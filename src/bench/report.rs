@@ -91,8 +91,46 @@ pub struct RunReport {
     /// idled twice `persist_after` and was SIGKILLed (no `close()`).
     pub kill_hit_ratio: Option<f64>,
     pub reopen_ms: Option<f64>,
+    /// spillway's warm-up after that reopen.
+    pub warm: Option<WarmUp>,
     /// spillway's own statistics at the end of the steady phase.
     pub stats: Option<spillway::StatsSnapshot>,
+}
+
+/// What a reopened spillway cache read back into memory, and how long it
+/// took (`recovery.warm_millis`).
+#[derive(Clone, Debug, Serialize)]
+pub struct WarmUp {
+    pub entries: u64,
+    pub bytes: u64,
+    pub ms: u64,
+}
+
+impl WarmUp {
+    /// The target: warm in at most twice the time the device takes to read
+    /// the same bytes sequentially. `None` when nothing was warmed.
+    pub fn target(&self, fraction: f64, device: &DeviceReport) -> Option<Target> {
+        if self.entries == 0 || device.seq_read_mib_s <= 0.0 {
+            return None;
+        }
+        let mib = self.bytes as f64 / (1 << 20) as f64;
+        let sequential_ms = mib / device.seq_read_mib_s * 1e3;
+        // warm_millis counts whole milliseconds: at least one.
+        let ratio = self.ms.max(1) as f64 / sequential_ms.max(1e-3);
+        Some(Target {
+            name: format!("warm-up at {:.0}% memory", fraction * 100.0),
+            measured: format!(
+                "{} entries, {mib:.1} MiB in {} ms vs {sequential_ms:.1} ms reading them sequentially from the device ({:.0} MiB/s{})",
+                self.entries,
+                self.ms,
+                device.seq_read_mib_s,
+                if device.direct { ", O_DIRECT" } else { ", buffered" },
+            ),
+            ratio,
+            goal: "≤ 2×".into(),
+            meets: ratio <= 2.0,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -269,6 +307,13 @@ impl Report {
                     meets: ratio >= 0.99,
                 });
             }
+            if let Some(target) = r
+                .warm
+                .as_ref()
+                .and_then(|w| w.target(r.memory_fraction, &self.device))
+            {
+                t.push(target);
+            }
             let foyer = self.run("foyer-hybrid", r.memory_fraction);
             if let (Some(ours), Some(theirs)) = (r.reopen_ms, foyer.and_then(|f| f.reopen_ms)) {
                 let ratio = ours / theirs.max(1e-3);
@@ -400,7 +445,7 @@ impl Report {
 
     fn markdown(&self) -> String {
         format!(
-            "# spillway bench\n\n{}Machine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write of {} MiB: {:.0} MiB/s ({}), {:.0} MiB/s buffered (`write` + `fdatasync`); 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}).\n\n## Results\n\n{}\nops/s: the steady phase run {} times on the same cache (min / median / max; the Head to head section repeats whole runs); every other column is from its first run. `-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\n## Targets\n\n{}\n{}\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
+            "# spillway bench\n\n{}Machine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write of {} MiB: {:.0} MiB/s ({}), {:.0} MiB/s buffered (`write` + `fdatasync`); 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}); sequential read {:.0} MiB/s (1 MiB reads, {}).\n\n## Results\n\n{}\nops/s: the steady phase run {} times on the same cache (min / median / max; the Head to head section repeats whole runs); every other column is from its first run. `-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\n## Targets\n\n{}\n{}\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
             if self.quick {
                 "**`--quick`: a quarter of the work and two memory budgets. Not representative: do not quote these figures.**\n\n"
             } else {
@@ -424,6 +469,8 @@ impl Report {
             self.device.buffered_write_mib_s,
             self.device.rand_read_4k_p50_us,
             self.device.rand_read_4k_p99_us,
+            if self.device.direct { "O_DIRECT" } else { "buffered" },
+            self.device.seq_read_mib_s,
             if self.device.direct { "O_DIRECT" } else { "buffered" },
             self.table(),
             super::STEADY_REPETITIONS,
@@ -559,6 +606,11 @@ pub(crate) fn sample() -> Report {
                 restart_hit_ratio: (system != "moka").then_some(0.968),
                 kill_hit_ratio: (system == "spillway" && fraction == 0.5).then_some(1.0),
                 reopen_ms: (system != "moka").then_some(120.0),
+                warm: (system == "spillway").then_some(WarmUp {
+                    entries: 100,
+                    bytes: 40 << 20,
+                    ms: 150,
+                }),
                 stats: None,
             });
         }
@@ -577,6 +629,7 @@ pub(crate) fn sample() -> Report {
             buffered_write_mib_s: 280.0,
             rand_read_4k_p50_us: 80.0,
             rand_read_4k_p99_us: 300.0,
+            seq_read_mib_s: 900.0,
             direct: true,
         },
         MicroReport {
@@ -629,6 +682,40 @@ pub(crate) fn sample() -> Report {
 mod tests {
     use super::super::terminal::{wrap, TERMINAL_WIDTH};
     use super::*;
+
+    #[test]
+    fn the_warm_up_is_measured_against_the_devices_sequential_read() {
+        let device = DeviceReport {
+            seq_read_mib_s: 400.0,
+            direct: true,
+            ..DeviceReport::default()
+        };
+        // 40 MiB at 400 MiB/s: 100 ms sequentially.
+        let warm = |ms| WarmUp {
+            entries: 5120,
+            bytes: 40 << 20,
+            ms,
+        };
+        let met = warm(150).target(0.5, &device).unwrap();
+        assert!((met.ratio - 1.5).abs() < 1e-9, "{met:?}");
+        assert!(met.meets && met.name.contains("50%"));
+        let short = warm(250).target(0.5, &device).unwrap();
+        assert!((short.ratio - 2.5).abs() < 1e-9 && !short.meets);
+        let none = WarmUp {
+            entries: 0,
+            bytes: 0,
+            ms: 0,
+        };
+        assert!(
+            none.target(0.5, &device).is_none(),
+            "nothing warmed, no verdict"
+        );
+        let report = sample();
+        assert!(report
+            .targets()
+            .iter()
+            .any(|t| t.name.starts_with("warm-up at")));
+    }
 
     #[test]
     fn the_terminal_summary_fits_100_columns() {

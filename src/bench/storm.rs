@@ -325,6 +325,7 @@ mod tests {
             buffered_write_mib_s: 400.0,
             rand_read_4k_p50_us: 50.0,
             rand_read_4k_p99_us: 150.0,
+            seq_read_mib_s: 300.0,
             direct: true,
         };
         let t = targets(&sample(), &device);
