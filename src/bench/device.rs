@@ -33,6 +33,16 @@ pub struct DeviceReport {
 }
 
 impl DeviceReport {
+    /// How the device figures were read and written: "O_DIRECT", or
+    /// "buffered" where the filesystem refused it.
+    pub fn mode(&self) -> &'static str {
+        if self.direct {
+            "O_DIRECT"
+        } else {
+            "buffered"
+        }
+    }
+
     /// The sequential write bandwidth in one mode; `None` for O_DIRECT on
     /// a filesystem that refused it.
     pub fn write_mib_s(&self, direct: bool) -> Option<f64> {

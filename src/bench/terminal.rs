@@ -120,7 +120,7 @@ impl Report {
             mib(self.working_set_bytes),
             self.device.seq_write_mib_s,
             self.device.rand_read_4k_p50_us,
-            if self.device.direct { "O_DIRECT" } else { "buffered" },
+            self.device.mode(),
         );
         let mut compression = String::new();
         for r in &self.compression {

@@ -92,8 +92,8 @@ const WARM_BATCH: usize = 32;
 /// ordinary promotion, under the same flow control as an insert).
 pub(super) async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget: u64) {
     let started = std::time::Instant::now();
-    // Bytes of the entries warmed, and of those in flight: a batch is
-    // chosen so that all of it fits what is left of the budget.
+    // Bytes of the entries warmed so far. Each batch is chosen so that it
+    // fits all of what is left (`planned`: warmed plus in flight).
     let mut used = 0u64;
     let mut keys = keys.into_iter().peekable();
     loop {
