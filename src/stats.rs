@@ -124,6 +124,8 @@ pub(crate) struct Stats {
     pub(crate) warmed: Counter,
     pub(crate) warm_millis: Gauge,
     pub(crate) warm_done: std::sync::atomic::AtomicBool,
+    /// Woken when the warm-up ends, or when a close stops it.
+    pub(crate) warm_ended: tokio::sync::Notify,
     pub(crate) recovery: parking_lot::Mutex<RecoveryStats>,
 }
 

@@ -25,8 +25,10 @@ async fn close_then_reopen_serves_every_entry_without_the_loader_and_warms_memor
     let s = cache.stats();
     assert_eq!(s.recovery.entries, n as u64, "{s:#?}");
     assert!(s.recovery.bytes >= (n * VALUE) as u64);
-    wait_for_stats(&cache, "warm-up", |s| s.recovery.warm_done).await;
+    // The signal, not a poll: once it fires the warm-up is over.
+    cache.warmed().await;
     let s = cache.stats();
+    assert!(s.recovery.warm_done, "{s:#?}");
     assert!(s.recovery.warmed > 5, "{s:#?}");
     // The warmed entries are memory hits now.
     let mut resident = Vec::new();
@@ -66,9 +68,76 @@ async fn warm_up_can_be_switched_off() {
         cache.close().await.unwrap();
     }
     let cache = small(dir.path()).warm_on_open(false).build().await.unwrap();
-    wait_for_stats(&cache, "warm-up", |s| s.recovery.warm_done).await;
+    cache.warmed().await;
+    assert!(cache.stats().recovery.warm_done);
     assert_eq!(cache.stats().recovery.warmed, 0);
     assert_eq!(cache.peek_tier(&key("a", 1)).await, CacheTier::Local);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_for_the_warm_up_ends_when_a_close_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = small(dir.path()).build().await.unwrap();
+        for i in 0..200 {
+            insert(&cache, &key("a", i), blob(i, 1)).await;
+        }
+        cache.close().await.unwrap();
+    }
+    let cache = small(dir.path()).build().await.unwrap();
+    let waiter = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.warmed().await })
+    };
+    cache.close().await.unwrap();
+    // Whether the close stopped the warm-up or it had ended, the waiter
+    // returns: a hang here fails the test by its timeout.
+    tokio::time::timeout(std::time::Duration::from_secs(60), waiter)
+        .await
+        .expect("warmed() still waiting after close")
+        .unwrap();
+    cache.warmed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_up_into_a_smaller_memory_fills_it_without_overshooting() {
+    // Closed with 160 entries resident, reopened with room for about 15:
+    // the warm-up's reads in flight must together fit what is left, or the
+    // memory tier would evict (and spill) what the warm-up just read.
+    let dir = tempfile::tempdir().unwrap();
+    let n = 160;
+    {
+        let cache = small(dir.path())
+            .memory_capacity(2 << 20)
+            .build()
+            .await
+            .unwrap();
+        for i in 0..n {
+            insert(&cache, &key("a", i), blob(i, 1)).await;
+        }
+        cache.close().await.unwrap();
+    }
+    // `small`: 256 KiB of memory, 128 KiB of it the spill queue.
+    let hot = 128u64 << 10;
+    let cache = small(dir.path()).build().await.unwrap();
+    assert!(cache.stats().recovery.entries >= n as u64 / 2);
+    cache.warmed().await;
+    cache.flush().await;
+    let s = cache.stats();
+    let entry = (VALUE + 100) as u64;
+    assert!(s.memory.bytes <= hot, "{s:#?}");
+    assert!(
+        s.memory.bytes + entry > hot,
+        "room for more was left: {s:#?}"
+    );
+    assert_eq!(s.recovery.warmed, s.memory.entries, "{s:#?}");
+    assert_eq!(s.memory.evictions, 0, "the warm-up overshot: {s:#?}");
+    for i in 0..n {
+        if cache.peek_tier(&key("a", i)).await == CacheTier::Resident {
+            let entry = cache.get(&key("a", i)).await.unwrap();
+            assert_eq!(as_blob(&entry), &blob(i, 1));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

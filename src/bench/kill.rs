@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use spillway::Config;
 
@@ -85,9 +85,9 @@ pub fn measure(
         let system = Arc::new(open("spillway", &config, &dir).await?);
         if let System::Spillway(c) = system.as_ref() {
             // The warm-up is part of a restart: let it finish before replaying.
-            while !c.stats().recovery.warm_done {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            // A signal, not a poll of `stats()`, which walks every entry and
+            // would take the cores the warm-up runs on.
+            c.warmed().await;
         }
         let picker = Arc::new(KeyPicker::new(bench.keys, bench.zipf_s));
         let replay = phase(&system, &picker, bench, bench.seed + 1, None).await;

@@ -469,9 +469,9 @@ async fn run_system(
         reopen_ms = Some(started.elapsed().as_secs_f64() * 1e3);
         if let System::Spillway(c) = reopened.as_ref() {
             // The warm-up is part of a restart: let it finish before replaying.
-            while !c.stats().recovery.warm_done {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            // A signal, not a poll of `stats()`, which walks every entry and
+            // would take the cores the warm-up runs on.
+            c.warmed().await;
             // The memory tier was empty at the open: what it holds now is
             // what the warm-up read back.
             let s = c.stats();

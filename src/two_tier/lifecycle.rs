@@ -1,6 +1,7 @@
 //! Lifecycle: graceful close, journal compaction, and the background tasks
 //! (maintenance and warm-up).
 
+use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -10,6 +11,36 @@ use crate::placement::Place;
 use crate::{InternalCacheKey, Result};
 
 impl TwoTierCacheBackend {
+    /// Waits until the warm-up that began at open has loaded what it will
+    /// (see [`RecoveryStats::warm_done`](crate::RecoveryStats::warm_done)); returns at
+    /// once if it is over or there was none, and once the cache is closed.
+    /// A signal rather than a poll: [`stats`](Self::stats) walks every
+    /// entry on disk, which a tight polling loop would take from the
+    /// warm-up itself.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cache = spillway::TwoTierCacheBackend::builder().disk_dir(dir.path()).disk_capacity(64 << 20).build().await.unwrap();
+    /// cache.warmed().await;
+    /// assert!(cache.stats().recovery.warm_done);
+    /// # });
+    /// ```
+    pub async fn warmed(&self) {
+        let stats = self.stats_ref();
+        loop {
+            // Registered before the check, so an end between the check and
+            // the wait is not missed.
+            let mut ended = std::pin::pin!(stats.warm_ended.notified());
+            ended.as_mut().enable();
+            if stats.warm_done.load(Ordering::Acquire) || self.inner.closed.load(Ordering::Acquire)
+            {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     /// Rewrites the journal as a snapshot of what is on disk now. The cache
     /// does this by itself once enough has been appended; this forces it.
     ///
@@ -47,6 +78,8 @@ impl TwoTierCacheBackend {
             task.abort();
             let _ = task.await;
         }
+        // A warm-up stopped half way ends here for those who wait on it.
+        self.stats_ref().warm_ended.notify_waiters();
         self.maintain().await;
         // Everything resident that the disk does not hold: never written, or
         // promoted and since evicted from the disk by foyer.
@@ -81,73 +114,71 @@ impl TwoTierCacheBackend {
 
 /// Reads the warm-up keeps in flight at once: disk reads wait on the
 /// device (or a blocking thread), so one at a time leaves the device idle
-/// between them; a batch keeps it busy while each read is decoded and
-/// promoted.
-const WARM_BATCH: usize = 32;
+/// between them; a window of them keeps it busy while each read is decoded
+/// and promoted.
+const WARM_WINDOW: usize = 32;
 
 /// Loads the entries resident at the last close (or persisted as resident
 /// by write-behind) back into memory, most recent first, until the memory
-/// tier's budget is used, [`WARM_BATCH`] reads at a time. Runs in the
-/// background; reads meanwhile are served as usual (a warming read is an
-/// ordinary promotion, under the same flow control as an insert).
+/// tier's budget is used, up to [`WARM_WINDOW`] reads in flight. Runs in
+/// the background; reads meanwhile are served as usual (a warming read is
+/// an ordinary promotion, under the same flow control as an insert).
 pub(super) async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget: u64) {
     let started = std::time::Instant::now();
-    // Bytes of the entries warmed so far. Each batch is chosen so that it
-    // fits all of what is left (`planned`: warmed plus in flight).
-    let mut used = 0u64;
+    // The task is aborted when the last user handle drops or the cache
+    // closes, so holding the cache for the whole warm-up keeps nothing
+    // alive past its owner.
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
+    let cache = TwoTierCacheBackend::internal(strong);
+    // Bytes of the entries warmed so far, and of those in flight: a read
+    // starts only if it fits with every read in flight.
+    let (mut used, mut in_flight) = (0u64, 0u64);
+    let mut reads = futures::stream::FuturesUnordered::new();
     let mut keys = keys.into_iter().peekable();
     loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(WARM_BATCH);
-        let mut planned = used;
-        while batch.len() < WARM_BATCH {
+        // Refills the window, each read sliding in as another ends rather
+        // than in batches that wait for their slowest read.
+        while reads.len() < WARM_WINDOW {
             let Some(key) = keys.peek() else { break };
-            if strong.memory.contains_key(key) {
+            if cache.inner.memory.contains_key(key) {
                 keys.next();
                 continue;
             }
             let size = {
-                let mut shard = strong.spiller.placements.lock(key.disk_hash());
+                let mut shard = cache.inner.spiller.placements.lock(key.disk_hash());
                 shard
                     .get(key)
                     .map_or(0, |s| s.size + key.footprint() as u64)
             };
-            if planned + size > budget {
-                // It may still fit once this batch is in, if some of it
-                // turns out unreadable: it heads the next batch, which
-                // starts from what was warmed. Alone, it does not fit.
+            if used + in_flight + size > budget {
+                // It may still fit once the reads in flight are in, if some
+                // turn out unreadable; alone, it does not.
                 break;
             }
-            planned += size;
-            if let Some(key) = keys.next() {
-                batch.push((key, size));
-            }
-        }
-        if batch.is_empty() {
-            break;
-        }
-        let cache = TwoTierCacheBackend::internal(strong);
-        let reads = batch.iter().map(|(key, size)| {
+            let Some(key) = keys.next() else { break };
+            in_flight += size;
             let cache = &cache;
-            async move {
-                let warmed = cache.lower_tiers(key, None, true, true).await.is_some();
-                (warmed, *size)
-            }
-        });
-        for (warmed, size) in futures::future::join_all(reads).await {
-            if warmed {
-                used += size;
-                cache.stats_ref().warmed.incr();
-            }
+            reads.push(async move {
+                let warmed = cache.lower_tiers(&key, None, true, true).await.is_some();
+                (warmed, size)
+            });
+        }
+        let Some((warmed, size)) = reads.next().await else {
+            // Nothing in flight: every key is read, or the next does not fit.
+            break;
+        };
+        in_flight -= size;
+        if warmed {
+            used += size;
+            cache.stats_ref().warmed.incr();
         }
     }
-    if let Some(inner) = inner.upgrade() {
-        let stats = &inner.spiller.stats;
-        stats.warm_millis.add(started.elapsed().as_millis() as u64);
-        stats.warm_done.store(true, Ordering::Release);
-    }
+    let stats = cache.stats_ref();
+    stats.warm_millis.add(started.elapsed().as_millis() as u64);
+    stats.warm_done.store(true, Ordering::Release);
+    stats.warm_ended.notify_waiters();
 }
 
 /// Drives moka's maintenance so that an idle cache still evicts, and
