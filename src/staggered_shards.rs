@@ -6,11 +6,12 @@
 //! equal share, every shard doubles at the same moment: the whole index
 //! costs twice as much just after the point where every shard's table is
 //! 7/8 full as just before it, and RAM per disk-resident entry depends on
-//! where the entry count happens to fall. Here shard `i` of `n` takes a share of the hash space proportional
-//! to `2^(i/n)`: the shares span one octave, so the shards reach their
-//! doubling points one after another, spread evenly over every doubling of
-//! the table, and the whole table keeps about 1.65 buckets per entry at
-//! every size (the mean of the swing, without the swing).
+//! where the entry count happens to fall. Here shard `i` of `n` takes a
+//! share of the hash space proportional to `2^(i/n)`: the shares span one
+//! octave, so the shards reach their doubling points one after another,
+//! spread evenly over every doubling of the table, and the whole table
+//! keeps about 1.65 buckets per entry at every size (the mean of the
+//! swing, without the swing).
 //!
 //! The cost: the largest shard takes twice the traffic of the smallest,
 //! 2.2% of all lookups with 64 shards instead of 1.6%.

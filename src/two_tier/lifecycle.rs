@@ -1,10 +1,11 @@
 //! Lifecycle: graceful close, journal compaction, and the background tasks
 //! (maintenance and warm-up).
 
-use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use super::{Inner, TwoTierCacheBackend};
 use crate::placement::Place;
