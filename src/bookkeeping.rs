@@ -180,7 +180,9 @@ impl Spiller {
         let _admin = self.admin.lock().await;
         let _gate = self.facts_gate.write();
         let rotated = match self.journal.rotate() {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            // The cache was dropped: nothing to compact.
+            Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, "journal rotation failed");
                 self.stats.journal_errors.incr();

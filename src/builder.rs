@@ -397,11 +397,13 @@ impl TwoTierBuilder {
             io_engine: d.io_engine,
             direct_io: d.direct_io,
         };
-        // The journal's replay and snapshot, and foyer's rebuild of its
-        // index, read different files: they run at once, so a reopen takes
-        // about the longer of the two rather than their sum. Both finish
-        // before anything is returned, errors included: the directory's
-        // lock must not be released while the journal is being rewritten.
+        // The journal's replay, and foyer's rebuild of its index, read
+        // different files: they run at once, so a reopen takes about the
+        // longer of the two rather than their sum. The replayed files are
+        // left as they are (see `Journal::resume`); the cache folds them
+        // into a snapshot in the background. Both finish before anything
+        // is returned, errors included: the directory's lock must not be
+        // released while the journal is being opened.
         let root = cache_dir.root().to_path_buf();
         let (wall_clock, fsync) = (self.wall_clock.0.clone(), d.fsync);
         let journaling =
@@ -466,7 +468,7 @@ impl TwoTierBuilder {
 }
 
 /// The replay, the expiry clock it moved forward, and the journal reopened
-/// on a snapshot of it.
+/// for appending after it.
 type Opened = (journal::Replay, std::sync::Arc<ExpiryClock>, Journal);
 
 /// What replaying a cache directory's journal gave.
@@ -498,6 +500,6 @@ fn open_replayed(
 ) -> Result<Opened> {
     let clock = std::sync::Arc::new(ExpiryClock::new(wall_clock, replay.clock));
     replay.clock = clock.now_ms();
-    let journal = Journal::open(root, &replay, fsync)?;
+    let journal = Journal::resume(root, &replay, fsync)?;
     Ok((replay, clock, journal))
 }

@@ -60,6 +60,19 @@ pub(crate) fn spawner() -> Result<Spawner, String> {
     handle().map(Spawner::Handle)
 }
 
+/// Runs `task` on the disk runtime, detached: spillway's own disk work
+/// (the spill worker, journal compactions) stays off the caller's runtime.
+/// On the caller's runtime only if the disk runtime could not start.
+pub(crate) fn spawn<F>(task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    match handle() {
+        Ok(disk_runtime) => drop(disk_runtime.spawn(task)),
+        Err(_) => drop(tokio::spawn(task)),
+    }
+}
+
 /// The disk runtime's handle, for the spill workers.
 pub(crate) fn handle() -> Result<tokio::runtime::Handle, String> {
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();

@@ -169,16 +169,16 @@ impl Fact {
 impl Fact {
     /// `Stored` for a disk-only slot.
     pub(crate) fn stored(hash: u64, prefix: &str, slot: &crate::placement::Slot) -> Self {
-        let prefix = Identity::Prefix(prefix.into());
-        Recovered::at(
-            slot.seq,
-            slot.size,
-            slot.record_len,
-            slot.expires_at,
-            slot.pack,
-            prefix,
-        )
-        .fact(hash)
+        let pack = slot.pack.unwrap_or(PackRef { id: 0, offset: 0 });
+        Fact::Stored {
+            hash,
+            prefix: prefix.to_string(),
+            seq: slot.seq,
+            len: slot.record_len,
+            expires_at: slot.expires_at,
+            pack: pack.id,
+            offset: pack.offset,
+        }
     }
 
     /// The version a `Written`, `WrittenUntil`, `WrittenPacked` or `Stored`
@@ -262,35 +262,22 @@ pub(crate) enum Identity {
     Prefix(Box<str>),
 }
 
-impl Recovered {
-    /// The fact that records this version again (in a snapshot).
-    fn fact(&self, hash: u64) -> Fact {
-        match &self.owner {
-            Identity::Key(k) => {
-                Fact::written(k, self.seq, self.size, self.len, self.expires_at, self.pack)
-            }
-            Identity::Prefix(prefix) => {
-                let pack = self.pack.unwrap_or(PackRef { id: 0, offset: 0 });
-                Fact::Stored {
-                    hash,
-                    prefix: prefix.to_string(),
-                    seq: self.seq,
-                    len: self.len,
-                    expires_at: self.expires_at,
-                    pack: pack.id,
-                    offset: pack.offset,
-                }
-            }
-        }
-    }
-}
-
 impl Identity {
     pub(crate) fn prefix(&self) -> &str {
         match self {
             Identity::Key(k) => k.prefix(),
             Identity::Prefix(p) => p,
         }
+    }
+}
+
+impl Replay {
+    /// Whether the replayed files hold more than one snapshot's worth of
+    /// history: several files with facts (a crash, or appends since the
+    /// last snapshot), or a torn tail. A cleanly closed cache leaves one
+    /// snapshot and an empty file, which compacting would only rewrite.
+    pub(crate) fn needs_compaction(&self) -> bool {
+        self.files_with_facts > 1 || self.torn_tails > 0
     }
 }
 
@@ -325,6 +312,9 @@ pub(crate) struct Replay {
     pub resident: Vec<InternalCacheKey>,
     pub next_seq: u64,
     pub facts: u64,
+    /// Journal files that held at least one fact: more than one (or a torn
+    /// tail) means the next compaction has something to fold.
+    pub files_with_facts: usize,
     pub torn_tails: u64,
     /// A journal file is damaged in the middle: its state cannot be trusted.
     pub corrupt: bool,
@@ -451,8 +441,14 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
     let mut facts = Vec::new();
     let mut torn = 0;
     let mut corrupt = false;
+    let mut files_with_facts = 0;
     for (_, path) in journal_files(dir)? {
-        match read_facts(&path, &mut facts)? {
+        let before = facts.len();
+        let ending = read_facts(&path, &mut facts)?;
+        if facts.len() > before {
+            files_with_facts += 1;
+        }
+        match ending {
             Ending::Clean => {}
             Ending::TornTail => torn += 1,
             Ending::Corrupt => {
@@ -470,6 +466,7 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
     }
     let mut replay = Replay {
         facts: facts.len() as u64,
+        files_with_facts,
         torn_tails: torn,
         next_seq: 1,
         ..Replay::default()
@@ -585,51 +582,33 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 impl Journal {
-    /// Writes a snapshot of `replay` as a new generation, removes the older
-    /// files, and opens the new one for appending.
-    pub(crate) fn open(dir: &Path, replay: &Replay, fsync: bool) -> Result<Self> {
+    /// Opens a fresh generation for appending after `replay` of the files
+    /// in `dir`, and leaves those files as they are: the reopen does not
+    /// wait for a snapshot (serializing every live version, then two
+    /// fsyncs). They stay correct as they are, as after any crash; the
+    /// cache compacts them in the background once its warm-up ends (see
+    /// `Replay::needs_compaction`). The expiry clock and a sequence
+    /// reservation go first into the new file.
+    pub(crate) fn resume(dir: &Path, replay: &Replay, fsync: bool) -> Result<Self> {
         let old = journal_files(dir)?;
         let generation = old.last().map_or(0, |(g, _)| g + 1);
-        // Keys only for the versions the warm-up reads: a disk-only one's
-        // record names its key.
-        let resident: std::collections::HashSet<u64> = replay
-            .resident
-            .iter()
-            .map(InternalCacheKey::disk_hash)
-            .collect();
-        let mut facts: Vec<Fact> = replay
-            .live
-            .iter()
-            .map(|(hash, r)| match &r.owner {
-                Identity::Key(k) if !resident.contains(hash) => {
-                    let mut r = r.clone();
-                    r.owner = Identity::Prefix(k.prefix().into());
-                    r.fact(*hash)
-                }
-                _ => r.fact(*hash),
-            })
-            .collect();
-        facts.push(Fact::Clock { at: replay.clock });
-        // Oldest first, as replay reverses them.
-        facts.extend(replay.resident.iter().rev().map(|k| Fact::Resident {
-            hash: k.disk_hash(),
-            seq: replay.live.get(&k.disk_hash()).map_or(0, |r| r.seq),
-        }));
+        let file = create(dir, generation)?;
         let upto = replay.next_seq + RESERVE_BLOCK;
-        facts.push(Fact::Reserved { upto });
-        write_snapshot(dir, generation, &facts)?;
-        for (_, path) in old {
-            std::fs::remove_file(&path).map_err(|e| Error::io("remove old journal", &path, e))?;
-        }
-        let file = create(dir, generation + 1)?;
-        Ok(Self {
+        let journal = Self {
             dir: dir.to_path_buf(),
-            current: Mutex::new((generation + 1, file)),
+            current: Mutex::new((generation, file)),
             fsync,
             detached: std::sync::atomic::AtomicBool::new(false),
             reserved: AtomicU64::new(upto),
             appended: AtomicU64::new(0),
-        })
+        };
+        let facts = [Fact::Clock { at: replay.clock }, Fact::Reserved { upto }];
+        journal.append(&facts, true)?;
+        if fsync {
+            // The new file's name must survive a power loss with its facts.
+            sync_dir(dir)?;
+        }
+        Ok(journal)
     }
 
     /// Appends facts. With `durable` and the `fsync` setting, they also
@@ -682,20 +661,18 @@ impl Journal {
     /// Replaces every journal file by `snapshot` plus what is appended from
     /// now on. Appends go to a fresh file first; the snapshot (taken by the
     /// caller after this returns the rotation) then supersedes everything older.
-    pub(crate) fn rotate(&self) -> Result<u64> {
+    /// `None` once the cache was dropped: the directory may be another
+    /// cache's, and there is nothing left to compact.
+    pub(crate) fn rotate(&self) -> Result<Option<u64>> {
         let mut current = self.current.lock();
         if self.detached.load(Ordering::Acquire) {
-            return Err(Error::Disk {
-                dir: self.dir.clone(),
-                op: "rotate journal",
-                message: "the cache was dropped".into(),
-            });
+            return Ok(None);
         }
         let next = current.0 + 2;
         let file = create(&self.dir, next)?;
         *current = (next, file);
         self.appended.store(0, Ordering::Relaxed);
-        Ok(next)
+        Ok(Some(next))
     }
 
     /// Second half of a compaction: writes the snapshot as generation
@@ -869,24 +846,12 @@ mod tests {
         ] {
             let r = replay_of(&facts);
             assert_eq!(r.resident, vec![a.clone()]);
-            // The snapshot a reopen writes keeps the key for it alone.
+            // A reopen keeps the files it replayed: the key is still there.
             let dir = tempfile::tempdir().unwrap();
             write_snapshot(dir.path(), 0, &facts).unwrap();
-            let j = Journal::open(dir.path(), &r, false).unwrap();
-            drop(j);
+            drop(Journal::resume(dir.path(), &r, false).unwrap());
             assert_eq!(replay(dir.path()).unwrap().resident, vec![a.clone()]);
         }
-        // Not resident: a reopen's snapshot names it by hash and prefix.
-        let dir = tempfile::tempdir().unwrap();
-        write_snapshot(dir.path(), 0, &[written(&a, 3)]).unwrap();
-        let r = replay(dir.path()).unwrap();
-        drop(Journal::open(dir.path(), &r, false).unwrap());
-        let again = replay(dir.path()).unwrap();
-        assert_eq!(
-            again.live[&a.disk_hash()].owner,
-            Identity::Prefix("p".into())
-        );
-        assert_eq!(again.live[&a.disk_hash()].seq, 3);
     }
 
     #[test]
@@ -906,12 +871,10 @@ mod tests {
         // expiry existed (variant 0) still decodes as one.
         let bytes = postcard::to_stdvec(&written(&b, 4)).unwrap();
         assert_eq!(bytes[0], 0);
-        // A snapshot carries deadlines and the clock forward.
+        // A reopen records the clock it starts from in its new file.
         let dir = tempfile::tempdir().unwrap();
-        let _j = Journal::open(dir.path(), &r, false).unwrap();
-        let again = replay(dir.path()).unwrap();
-        assert_eq!(again.live[&a.disk_hash()].expires_at, 5_000);
-        assert_eq!(again.clock, 7_000);
+        let _j = Journal::resume(dir.path(), &r, false).unwrap();
+        assert_eq!(replay(dir.path()).unwrap().clock, 7_000);
     }
 
     #[test]
@@ -952,14 +915,6 @@ mod tests {
             Some(PackRef { id: 900, offset: 4 }),
         )]);
         assert_eq!(r.next_seq, 901);
-        // A snapshot carries the pack forward.
-        let r = replay_of(&[Fact::written(&a, 3, 10, 100, 0, Some(at))]);
-        let dir = tempfile::tempdir().unwrap();
-        let _j = Journal::open(dir.path(), &r, false).unwrap();
-        assert_eq!(
-            replay(dir.path()).unwrap().live[&a.disk_hash()].pack,
-            Some(at)
-        );
     }
 
     /// A promoted version whose pack foyer evicted is written again, into
@@ -1039,21 +994,33 @@ mod tests {
     }
 
     #[test]
-    fn open_compacts_and_append_survives_a_reopen() {
+    fn a_reopen_keeps_the_replayed_files_and_reserves_past_them() {
         let dir = tempfile::tempdir().unwrap();
         let a = k("p", "a");
-        let j = Journal::open(dir.path(), &Replay::default(), false).unwrap();
+        let b = k("p", "b");
+        let r = replay(dir.path()).unwrap();
+        assert!(!r.needs_compaction(), "nothing to fold");
+        let j = Journal::resume(dir.path(), &r, false).unwrap();
         j.append(&[written(&a, 3)], false).unwrap();
         drop(j);
         let r = replay(dir.path()).unwrap();
         assert_eq!(r.live[&a.disk_hash()].seq, 3);
-        let _j = Journal::open(dir.path(), &r, false).unwrap();
+        // The first open reserved a block: nothing below it is handed out again.
+        assert_eq!(r.next_seq, 1 + RESERVE_BLOCK + 1);
+        assert!(!r.needs_compaction(), "one file");
+        let j = Journal::resume(dir.path(), &r, false).unwrap();
+        j.append(&[written(&b, r.next_seq)], false).unwrap();
         assert_eq!(
             journal_files(dir.path()).unwrap().len(),
             2,
-            "snapshot + fresh append file"
+            "the replayed file stays, the new one is appended to"
         );
-        assert_eq!(replay(dir.path()).unwrap().live[&a.disk_hash()].seq, 3);
+        let again = replay(dir.path()).unwrap();
+        assert_eq!(again.live[&a.disk_hash()].seq, 3);
+        assert_eq!(again.live[&b.disk_hash()].seq, r.next_seq);
+        assert_eq!(again.next_seq, r.next_seq + RESERVE_BLOCK + 1);
+        assert!(again.needs_compaction(), "two files with facts");
+        assert_eq!(again.files_with_facts, 2);
     }
 
     proptest::proptest! {

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use spillway::{CacheBackend, CacheEntry, CacheTier, Error, InternalCacheKey};
+use spillway::{CacheBackend, CacheEntry, CacheTier, Error, InternalCacheKey, TwoTierCacheBackend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn close_then_reopen_serves_every_entry_without_the_loader_and_warms_memory() {
@@ -355,17 +355,11 @@ async fn journal_compaction_keeps_exactly_the_current_state() {
         before.journal_facts,
         after.journal_facts
     );
-    let journals = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("journal.")
-        })
-        .count();
-    assert_eq!(journals, 2, "a snapshot and the file appended to since");
+    assert_eq!(
+        journal_file_count(dir.path()),
+        2,
+        "a snapshot and the file appended to since"
+    );
     cache.close().await.unwrap();
     drop(cache); // releases the directory lock
     let cache = small(dir.path()).build().await.unwrap();
@@ -423,4 +417,119 @@ async fn an_insert_just_before_a_clear_is_gone_after_it() {
         );
     }
     cache.close().await.unwrap();
+}
+
+/// The journal files in `dir`.
+fn journal_file_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("journal.")
+        })
+        .count()
+}
+
+/// The keys among `a/0..n` that `cache` serves, each checked against the
+/// value written (version 1), without promoting any.
+async fn served(cache: &TwoTierCacheBackend, n: usize) -> Vec<usize> {
+    let mut found = Vec::new();
+    for i in 0..n {
+        if let Some(e) = cache.get_without_promotion(&key("a", i)).await {
+            assert_eq!(as_blob(&e), &blob(i, 1), "a/{i}");
+            found.push(i);
+        }
+    }
+    found
+}
+
+/// Waits until the directory holds just a snapshot and the file appended
+/// to since: the compaction that folds a reopened journal runs in the
+/// background, and the directory is what shows it. The deadline turns a
+/// fold that never comes into a failure.
+async fn wait_for_fold(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while journal_file_count(dir) > 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal was never folded: {} files",
+            journal_file_count(dir)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// A reopen does not rewrite the journal before it returns: the files that
+/// caches dropped without `close()` left are replayed as they are, and
+/// folded into one snapshot in the background once the warm-up ends. The
+/// fold loses nothing: a reopen after it (again without a close, so that
+/// nothing but the fold's snapshot tells it) serves exactly what was served
+/// before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopen_folds_the_journal_dropped_caches_left_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 80;
+    // Two lives without close(): each leaves a journal file with facts.
+    for life in 0..2 {
+        let cache = small(dir.path()).build().await.unwrap();
+        for i in life * n / 2..(life + 1) * n / 2 {
+            insert(&cache, &key("a", i), blob(i, 1)).await;
+        }
+        cache.flush().await;
+        drop(cache);
+    }
+    assert!(journal_file_count(dir.path()) >= 2);
+    let cache = small(dir.path()).build().await.unwrap();
+    let recovered = cache.stats().recovery.entries;
+    let before = served(&cache, n).await;
+    assert!(before.len() >= 20, "only {} served", before.len());
+    cache.warmed().await;
+    wait_for_fold(dir.path()).await;
+    assert_eq!(served(&cache, n).await, before);
+    drop(cache);
+    let cache = small(dir.path()).build().await.unwrap();
+    assert_eq!(cache.stats().recovery.entries, recovered);
+    assert_eq!(served(&cache, n).await, before);
+}
+
+/// Many journal files (what opens that never got to fold theirs leave) are
+/// replayed, facts repeated across files apply once, and the directory is
+/// folded back to a snapshot without losing a version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_of_many_unfolded_files_is_folded_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 40;
+    let cache = small(dir.path()).build().await.unwrap();
+    for i in 0..n {
+        insert(&cache, &key("a", i), blob(i, 1)).await;
+    }
+    cache.flush().await;
+    drop(cache);
+    // Every file a later generation repeating the same facts, as after
+    // crashed opens: 20 more than the one written.
+    let (last, bytes) = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().to_string();
+            let generation: u64 = name.strip_prefix("journal.")?.parse().ok()?;
+            Some((generation, std::fs::read(e.path()).unwrap()))
+        })
+        .max_by_key(|(g, _)| *g)
+        .unwrap();
+    assert!(!bytes.is_empty());
+    for g in last + 1..=last + 20 {
+        std::fs::write(dir.path().join(format!("journal.{g}")), &bytes).unwrap();
+    }
+    let cache = small(dir.path()).build().await.unwrap();
+    let before = served(&cache, n).await;
+    assert!(before.len() >= 10, "only {} served", before.len());
+    cache.warmed().await;
+    wait_for_fold(dir.path()).await;
+    drop(cache);
+    let cache = small(dir.path()).build().await.unwrap();
+    assert_eq!(served(&cache, n).await, before);
 }

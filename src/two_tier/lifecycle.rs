@@ -124,7 +124,12 @@ const WARM_WINDOW: usize = 32;
 /// tier's budget is used, up to [`WARM_WINDOW`] reads in flight. Runs in
 /// the background; reads meanwhile are served as usual (a warming read is
 /// an ordinary promotion, under the same flow control as an insert).
-pub(super) async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget: u64) {
+pub(super) async fn warm(
+    inner: Weak<Inner>,
+    keys: Vec<InternalCacheKey>,
+    budget: u64,
+    compaction: Compaction,
+) {
     let started = std::time::Instant::now();
     // The task is aborted when the last user handle drops or the cache
     // closes, so holding the cache for the whole warm-up keeps nothing
@@ -180,7 +185,26 @@ pub(super) async fn warm(inner: Weak<Inner>, keys: Vec<InternalCacheKey>, budget
     stats.warm_millis.add(started.elapsed().as_millis() as u64);
     stats.warm_done.store(true, Ordering::Release);
     stats.warm_ended.notify_waiters();
+    if compaction == Compaction::AfterWarmUp {
+        // On the disk runtime, like the spill worker's compactions. A drop
+        // meanwhile detaches the journal, and the compaction does nothing.
+        let spiller = cache.inner.spiller.clone();
+        crate::disk_runtime::spawn(async move { spiller.compact().await });
+    }
 }
+
+/// Whether the warm-up compacts the journal when it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Compaction {
+    /// Nothing to fold, or already under way.
+    Done,
+    /// The open left replayed journal files to fold (see `Journal::resume`).
+    AfterWarmUp,
+}
+
+/// Journal files with facts that an open leaves for the warm-up to fold;
+/// more (crashed opens that never got that far) are compacted at once.
+pub(super) const MAX_UNFOLDED_JOURNAL_FILES: usize = 16;
 
 /// Drives moka's maintenance so that an idle cache still evicts, and
 /// therefore still spills (moka only evicts while maintenance runs); probes

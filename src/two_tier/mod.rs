@@ -38,7 +38,7 @@ use crate::{
     CacheBackend, CacheEntry, CacheTier, Codec, CodecRegistry, Config, InternalCacheKey, Result,
     StatsSnapshot,
 };
-use lifecycle::{maintain, persist, warm};
+use lifecycle::{maintain, persist, warm, Compaction, MAX_UNFOLDED_JOURNAL_FILES};
 
 /// A cache whose memory tier (moka) spills capacity evictions to a disk tier
 /// (foyer) and promotes disk hits back into memory.
@@ -360,10 +360,23 @@ impl TwoTierCacheBackend {
         // It runs on the disk runtime (see `disk_runtime`), which the disk
         // tier has already started; the caller's runtime only if that failed.
         let worker = spiller.run(spill_rx, persist_rx);
-        match crate::disk_runtime::handle() {
-            Ok(disk_runtime) => drop(disk_runtime.spawn(worker)),
-            Err(_) => drop(tokio::spawn(worker)),
-        }
+        crate::disk_runtime::spawn(worker);
+        // The open left the replayed journal files as they were (see
+        // `Journal::resume`). They are folded into a snapshot once the
+        // warm-up ends: a snapshot taken before would drop the `Resident`
+        // facts of the keys not warmed yet, and a crash then would bring
+        // the cache back colder. Only a journal that many crashed opens
+        // left unfolded is compacted at once, so that it cannot grow without
+        // bound.
+        let compaction = if parts.replay.files_with_facts > MAX_UNFOLDED_JOURNAL_FILES {
+            let spiller = inner.spiller.clone();
+            crate::disk_runtime::spawn(async move { spiller.compact().await });
+            Compaction::Done
+        } else if parts.replay.needs_compaction() {
+            Compaction::AfterWarmUp
+        } else {
+            Compaction::Done
+        };
         if inner.write_behind.enabled() {
             let task = tokio::spawn(persist(Arc::downgrade(&inner)));
             inner.background.lock().push(task);
@@ -378,7 +391,7 @@ impl TwoTierCacheBackend {
         };
         let warm_span = tracing::info_span!("spillway.warm_up", keys = warm_keys.len());
         let warmer = tokio::spawn(tracing::Instrument::instrument(
-            warm(Arc::downgrade(&inner), warm_keys, hot_capacity),
+            warm(Arc::downgrade(&inner), warm_keys, hot_capacity, compaction),
             warm_span,
         ));
         inner.background.lock().push(warmer);
