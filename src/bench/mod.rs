@@ -333,6 +333,8 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
 
 /// Runs of each system's steady phase, for min / median / max throughput.
 pub(crate) const STEADY_REPETITIONS: usize = 3;
+/// Reopens per run, for the reopen and warm-up figures (median, min, max).
+pub(crate) const REOPENS: usize = 3;
 
 /// The smallest memory budget a run gets.
 const MIN_MEMORY_BUDGET: u64 = 1 << 20;
@@ -451,8 +453,8 @@ async fn run_system(
     let rates = compression::Spread::of(rates);
 
     let mut restart_hit_ratio = None;
-    let mut reopen_ms = None;
-    let mut warm = None;
+    let mut reopens = Vec::new();
+    let mut warms = Vec::new();
     let mut pre_restart_hit_ratio = None;
     if name != "moka" {
         // The same operations once more before the restart and once after it:
@@ -464,22 +466,15 @@ async fn run_system(
         );
         system.close().await;
         drop(system);
-        let started = Instant::now();
-        let reopened = Arc::new(open(name, config, dir).await?);
-        reopen_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-        if let System::Spillway(c) = reopened.as_ref() {
-            // The warm-up is part of a restart: let it finish before replaying.
-            // A signal, not a poll of `stats()`, which walks every entry and
-            // would take the cores the warm-up runs on.
-            c.warmed().await;
-            // The memory tier was empty at the open: what it holds now is
-            // what the warm-up read back.
-            let s = c.stats();
-            warm = Some(report::WarmUp {
-                entries: s.recovery.warmed,
-                bytes: s.memory.bytes,
-                ms: s.recovery.warm_millis,
-            });
+        // Reopened (and, but for the last time, closed again) `REOPENS`
+        // times: one reopen on a 2-core machine is too noisy a sample.
+        // Each close leaves what the reopen found, so every reopen sees the
+        // same state.
+        let mut reopened = reopen(name, config, dir, &mut reopens, &mut warms).await?;
+        for _ in 1..REOPENS {
+            reopened.close().await;
+            drop(reopened);
+            reopened = reopen(name, config, dir, &mut reopens, &mut warms).await?;
         }
         let replay = phase(&reopened, &picker, bench, bench.seed + 1, None).await;
         restart_hit_ratio = Some(replay.hit_ratio());
@@ -520,9 +515,48 @@ async fn run_system(
         pre_restart_hit_ratio,
         restart_hit_ratio,
         kill_hit_ratio: None,
-        reopen_ms,
-        warm,
+        reopen_ms: (!reopens.is_empty()).then(|| compression::Spread::of(reopens.clone()).median),
+        reopen_ms_spread: (!reopens.is_empty()).then(|| compression::Spread::of(reopens)),
+        warm: median_warm_up(warms),
         stats: after,
+    })
+}
+
+/// Opens `name` on `dir` again, adding how long the open took to `reopens`
+/// and, for spillway, its warm-up (ms, entries, bytes) to `warms`.
+async fn reopen(
+    name: &str,
+    config: &Config,
+    dir: &Path,
+    reopens: &mut Vec<f64>,
+    warms: &mut Vec<(u64, u64, u64)>,
+) -> spillway::Result<Arc<System>> {
+    let started = Instant::now();
+    let opened = Arc::new(open(name, config, dir).await?);
+    reopens.push(started.elapsed().as_secs_f64() * 1e3);
+    if let System::Spillway(c) = opened.as_ref() {
+        // The warm-up is part of a restart: let it finish before replaying.
+        // A signal, not a poll of `stats()`, which walks every entry and
+        // would take the cores the warm-up runs on.
+        c.warmed().await;
+        // The memory tier was empty at the open: what it holds now is
+        // what the warm-up read back.
+        let s = c.stats();
+        warms.push((s.recovery.warm_millis, s.recovery.warmed, s.memory.bytes));
+    }
+    Ok(opened)
+}
+
+/// The median of the warm-ups (by time), with the fastest and slowest.
+fn median_warm_up(mut warms: Vec<(u64, u64, u64)>) -> Option<report::WarmUp> {
+    warms.sort_unstable();
+    let &(ms, entries, bytes) = warms.get(warms.len() / 2)?;
+    Some(report::WarmUp {
+        entries,
+        bytes,
+        ms,
+        ms_min: warms.first().map_or(ms, |w| w.0),
+        ms_max: warms.last().map_or(ms, |w| w.0),
     })
 }
 

@@ -7,12 +7,12 @@ use std::path::Path;
 use serde::Serialize;
 use spillway::Config;
 
-use super::compression::CompressionRun;
+use super::compression::{CompressionRun, Spread};
 use super::device::DeviceReport;
 use super::index::IndexRun;
 use super::micro::MicroReport;
 use super::packing::PackingRun;
-use super::BenchConfig;
+use super::{BenchConfig, REOPENS};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Latency {
@@ -90,8 +90,10 @@ pub struct RunReport {
     /// Hit ratio replaying them after a child process ran the workload,
     /// idled twice `persist_after` and was SIGKILLed (no `close()`).
     pub kill_hit_ratio: Option<f64>,
+    /// Median of the reopens (see `REOPENS`).
     pub reopen_ms: Option<f64>,
-    /// spillway's warm-up after that reopen.
+    pub reopen_ms_spread: Option<Spread>,
+    /// spillway's warm-up after a reopen: the median one.
     pub warm: Option<WarmUp>,
     /// spillway's own statistics at the end of the steady phase.
     pub stats: Option<spillway::StatsSnapshot>,
@@ -103,7 +105,10 @@ pub struct RunReport {
 pub struct WarmUp {
     pub entries: u64,
     pub bytes: u64,
+    /// The median warm-up of the reopens; the fastest and slowest next to it.
     pub ms: u64,
+    pub ms_min: u64,
+    pub ms_max: u64,
 }
 
 impl WarmUp {
@@ -120,9 +125,11 @@ impl WarmUp {
         Some(Target {
             name: format!("warm-up at {:.0}% memory", fraction * 100.0),
             measured: format!(
-                "{} entries, {mib:.1} MiB in {} ms vs {sequential_ms:.1} ms reading them sequentially from the device ({:.0} MiB/s, {})",
+                "{} entries, {mib:.1} MiB in {} ms (median; {}–{}) vs {sequential_ms:.1} ms reading them sequentially from the device ({:.0} MiB/s, {})",
                 self.entries,
                 self.ms,
+                self.ms_min,
+                self.ms_max,
                 device.seq_read_mib_s,
                 device.mode(),
             ),
@@ -317,13 +324,18 @@ impl Report {
             let foyer = self.run("foyer-hybrid", r.memory_fraction);
             if let (Some(ours), Some(theirs)) = (r.reopen_ms, foyer.and_then(|f| f.reopen_ms)) {
                 let ratio = ours / theirs.max(1e-3);
+                let range = |s: Option<&Spread>| {
+                    s.map_or(String::new(), |s| format!(" ({:.1}–{:.1})", s.min, s.max))
+                };
                 t.push(Target {
                     name: format!(
                         "reopen vs foyer HybridCache at {:.0}% memory",
                         r.memory_fraction * 100.0
                     ),
                     measured: format!(
-                        "{ours:.1} ms vs {theirs:.1} ms, the same workload on a {:.1} GiB disk budget",
+                        "median {ours:.1} ms{} vs {theirs:.1} ms{} over {REOPENS} reopens each, the same workload on a {:.1} GiB disk budget",
+                        range(r.reopen_ms_spread.as_ref()),
+                        range(foyer.and_then(|f| f.reopen_ms_spread.as_ref())),
                         r.disk_bytes as f64 / (1u64 << 30) as f64
                     ),
                     ratio,
@@ -606,10 +618,13 @@ pub(crate) fn sample() -> Report {
                 restart_hit_ratio: (system != "moka").then_some(0.968),
                 kill_hit_ratio: (system == "spillway" && fraction == 0.5).then_some(1.0),
                 reopen_ms: (system != "moka").then_some(120.0),
+                reopen_ms_spread: (system != "moka").then(|| Spread::of(vec![110.0, 120.0, 150.0])),
                 warm: (system == "spillway").then_some(WarmUp {
                     entries: 100,
                     bytes: 40 << 20,
                     ms: 150,
+                    ms_min: 140,
+                    ms_max: 170,
                 }),
                 stats: None,
             });
@@ -695,6 +710,8 @@ mod tests {
             entries: 5120,
             bytes: 40 << 20,
             ms,
+            ms_min: ms,
+            ms_max: ms,
         };
         let met = warm(150).target(0.5, &device).unwrap();
         assert!((met.ratio - 1.5).abs() < 1e-9, "{met:?}");
@@ -705,6 +722,8 @@ mod tests {
             entries: 0,
             bytes: 0,
             ms: 0,
+            ms_min: 0,
+            ms_max: 0,
         };
         assert!(
             none.target(0.5, &device).is_none(),
