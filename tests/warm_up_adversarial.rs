@@ -423,8 +423,8 @@ async fn mutations_during_warm_up_reads_are_never_undone() {
             cache.close().await.unwrap();
         }
 
-        // Phase 1: remove the key the warm-up is reading (the warm-up
-        // decodes inline in one task, so one held decode stops it there).
+        // Phase 1: remove the key the warm-up is reading (its decode is
+        // held at the gate; the warm-up's other reads go on meanwhile).
         {
             let (cache, gate, held) = open_with_held_warm_up(dir.path(), 1).await;
             let _open = OpenOnDrop(gate.clone());
@@ -609,4 +609,49 @@ async fn warm_up_ends_when_no_entry_fits_the_budget() {
     assert!(s.memory.bytes <= VALUE as u64, "{s:#?}");
     assert_eq!(cache.peek_tier(&key("a", 7)).await, CacheTier::Local);
     cache.close().await.unwrap();
+}
+
+/// Each warm-up read decodes in a task of its own: one decode that takes
+/// long (held here at a gate) holds up neither the other reads nor the
+/// cores they could use. The warm-up ends only once that one is in too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_slow_decode_does_not_hold_up_the_rest_of_the_warm_up() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 40;
+        {
+            let cache = roomy(dir.path())
+                .memory_capacity(4 << 20)
+                .build()
+                .await
+                .unwrap();
+            for id in 0..n {
+                put(&cache, &tkey(1, id), val(1, id, 1, 2000)).await;
+            }
+            cache.close().await.unwrap();
+        }
+        let (cache, gate, held) = open_with_held_warm_up(dir.path(), 1).await;
+        let _open = OpenOnDrop(gate.clone());
+        wait_for_stats(&cache, "every other entry warmed", |s| {
+            s.recovery.warmed == n as u64 - 1
+        })
+        .await;
+        assert!(!cache.stats().recovery.warm_done, "ended with a read held");
+        let (_, held_id, _) = held[0];
+        assert_eq!(
+            cache.peek_tier(&tkey(1, held_id)).await,
+            CacheTier::Local,
+            "the held read is not in memory yet"
+        );
+        gate.open();
+        cache.warmed().await;
+        let s = cache.stats();
+        assert_eq!(s.recovery.warmed, n as u64, "{s:#?}");
+        for id in 0..n {
+            assert_eq!(cache.peek_tier(&tkey(1, id)).await, CacheTier::Resident);
+        }
+        cache.close().await.unwrap();
+    })
+    .await
+    .expect("the warm-up test hung");
 }

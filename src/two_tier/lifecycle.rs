@@ -5,8 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-
 use super::{Inner, TwoTierCacheBackend};
 use crate::placement::Place;
 use crate::{InternalCacheKey, Result};
@@ -141,7 +139,11 @@ pub(super) async fn warm(
     // Bytes of the entries warmed so far, and of those in flight: a read
     // starts only if it fits with every read in flight.
     let (mut used, mut in_flight) = (0u64, 0u64);
-    let mut reads = futures::stream::FuturesUnordered::new();
+    // Each read is a task of its own, so that decoding and promoting the
+    // entries read spreads over the runtime's threads (one task would do
+    // all of it on one core, and one slow decode would hold up the rest).
+    let mut reads = tokio::task::JoinSet::new();
+    let mut sizes = std::collections::HashMap::new();
     let mut keys = keys.into_iter().peekable();
     loop {
         // Refills the window, each read sliding in as another ends rather
@@ -165,16 +167,19 @@ pub(super) async fn warm(
             }
             let Some(key) = keys.next() else { break };
             in_flight += size;
-            let cache = &cache;
-            reads.push(async move {
-                let warmed = cache.lower_tiers(&key, None, true, true).await.is_some();
-                (warmed, size)
-            });
+            let cache = cache.clone();
+            let read = reads.spawn(async move { cache.lower_tiers(&key, None, true, true).await });
+            sizes.insert(read.id(), size);
         }
-        let Some((warmed, size)) = reads.next().await else {
+        let Some(joined) = reads.join_next_with_id().await else {
             // Nothing in flight: every key is read, or the next does not fit.
             break;
         };
+        let (id, warmed) = match joined {
+            Ok((id, entry)) => (id, entry.is_some()),
+            Err(e) => (e.id(), false),
+        };
+        let size = sizes.remove(&id).unwrap_or(0);
         in_flight -= size;
         if warmed {
             used += size;
