@@ -176,6 +176,11 @@ impl Spiller {
     /// Rewrites the journal as a snapshot of the current state. Appends go
     /// to a fresh file from the rotation on, so nothing is lost meanwhile.
     pub(crate) async fn compact(&self) {
+        // A dropped cache's directory may be another cache's already: its
+        // sweep must not touch the device either.
+        if self.journal.is_detached() {
+            return;
+        }
         self.sweep();
         let _admin = self.admin.lock().await;
         let _gate = self.facts_gate.write();

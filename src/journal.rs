@@ -592,6 +592,16 @@ impl Journal {
     pub(crate) fn resume(dir: &Path, replay: &Replay, fsync: bool) -> Result<Self> {
         let old = journal_files(dir)?;
         let generation = old.last().map_or(0, |(g, _)| g + 1);
+        if fsync {
+            // What a crashed process appended without syncing (its spills'
+            // `Written` facts, sweep tombstones) is durable from here on, as
+            // when the reopen rewrote it as a synced snapshot.
+            for (_, path) in &old {
+                File::open(path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| Error::io("sync journal", path, e))?;
+            }
+        }
         let file = create(dir, generation)?;
         let upto = replay.next_seq + RESERVE_BLOCK;
         let journal = Self {
@@ -645,6 +655,11 @@ impl Journal {
         self.append(&[Fact::Reserved { upto }], true)?;
         self.reserved.fetch_max(upto, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Whether the cache was dropped (see `detach`).
+    pub(crate) fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::Acquire)
     }
 
     /// Stops every further write to the directory (the cache was dropped).

@@ -2,7 +2,7 @@
 //! (maintenance and warm-up).
 
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::{Inner, TwoTierCacheBackend};
@@ -191,10 +191,16 @@ pub(super) async fn warm(
     stats.warm_done.store(true, Ordering::Release);
     stats.warm_ended.notify_waiters();
     if compaction == Compaction::AfterWarmUp {
-        // On the disk runtime, like the spill worker's compactions. A drop
-        // meanwhile detaches the journal, and the compaction does nothing.
-        let spiller = cache.inner.spiller.clone();
-        crate::disk_runtime::spawn(async move { spiller.compact().await });
+        // On the disk runtime, like the spill worker's compactions. A close
+        // meanwhile compacts by itself, and a drop detaches the journal:
+        // either way this one then does nothing.
+        let inner = Arc::downgrade(&cache.inner);
+        crate::disk_runtime::spawn(async move {
+            let Some(inner) = inner.upgrade() else { return };
+            if !inner.closed.load(Ordering::Acquire) {
+                inner.spiller.compact().await;
+            }
+        });
     }
 }
 
