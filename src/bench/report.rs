@@ -683,6 +683,8 @@ pub(crate) fn sample() -> Report {
             inserted: 1_000_000,
             entries_on_disk: 1_000_000,
             bytes_per_entry: 60.0,
+            reopen_ms: Some(Spread::of(vec![900.0, 1000.0, 1100.0])),
+            disk_bytes: 1 << 30,
         }],
         super::fleet::FleetReport::default(),
         vec![super::versus::sample()],
