@@ -27,7 +27,6 @@ use crate::disk::DiskTier;
 use crate::expiry::{ExpiryClock, ResidentExpiry};
 use crate::journal::{Identity, Journal, Replay};
 use crate::key::KeyHashBuilder;
-use crate::packing::PackRef;
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::single_flight::SingleFlight;
 use crate::spill::{SpillItem, SpillSettings, Spiller};
@@ -233,7 +232,7 @@ impl TwoTierCacheBackend {
             .await
     }
 
-    pub(crate) fn start(parts: Parts) -> Self {
+    pub(crate) fn start(mut parts: Parts) -> Self {
         let weigher = ByteWeigher::for_capacity(parts.memory_capacity);
         let hot_capacity = parts
             .memory_capacity
@@ -242,11 +241,20 @@ impl TwoTierCacheBackend {
         let mut recovered_bytes = 0;
         let mut recovered = 0;
         let mut expired = 0;
+        // Whether foyer holds each pack, asked once per pack rather than
+        // once per member (small entries share a pack several at a time).
+        let mut packs_held: std::collections::HashMap<u64, bool, KeyHashBuilder> =
+            std::collections::HashMap::default();
         for (&hash, r) in &parts.replay.live {
             // Only records foyer still holds: the journal may name some that
             // its block reclaim evicted since.
-            let record_key = r.pack.map_or(hash, PackRef::record_key);
-            if !parts.disk.contains(record_key) {
+            let held = match r.pack {
+                Some(pack) => *packs_held
+                    .entry(pack.record_key())
+                    .or_insert_with(|| parts.disk.contains(pack.record_key())),
+                None => parts.disk.contains(hash),
+            };
+            if !held {
                 continue;
             }
             if parts.clock.expired(r.expires_at) {
@@ -279,6 +287,15 @@ impl TwoTierCacheBackend {
                         recovered_bytes -= u64::from(r.len);
                     }
                 }
+            }
+        }
+        // A million recovered versions take a large part of a second to
+        // free: done on a blocking thread of the disk runtime, off the
+        // open's path (inline when small, or without that runtime).
+        let live = std::mem::take(&mut parts.replay.live);
+        if live.len() >= 10_000 {
+            if let Ok(disk_runtime) = crate::disk_runtime::handle() {
+                drop(disk_runtime.spawn_blocking(move || drop(live)));
             }
         }
         let settings = SpillSettings {
