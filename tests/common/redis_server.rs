@@ -238,42 +238,54 @@ fn tcp_command(port: u16, args: &[&str]) -> std::io::Result<String> {
     read_reply(&mut BufReader::new(stream))
 }
 
+/// Starts one cluster node on `port`, its files in `dir`.
+fn cluster_node(dir: &tempfile::TempDir, port: u16) -> Child {
+    Command::new(binary())
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            dir.path().join("nodes.conf").to_str().unwrap(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--logfile",
+            dir.path().join("redis.log").to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server")
+}
+
 impl RedisCluster {
     pub fn start() -> Self {
-        let mut nodes = Vec::new();
-        for _ in 0..3 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let child = Command::new(binary())
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    dir.path().join("nodes.conf").to_str().unwrap(),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    dir.path().to_str().unwrap(),
-                    "--logfile",
-                    dir.path().join("redis.log").to_str().unwrap(),
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-server");
-            nodes.push((child, dir, port));
-        }
+        let mut nodes: Vec<(Child, tempfile::TempDir, u16)> = (0..3)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                let port = free_port();
+                (cluster_node(&dir, port), dir, port)
+            })
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(20);
-        for (_, _, port) in &nodes {
+        for (child, dir, port) in &mut nodes {
             while !tcp_command(*port, &["PING"]).is_ok_and(|r| r.starts_with('+')) {
                 assert!(Instant::now() < deadline, "a cluster node did not start");
+                // `free_port` only found the port free: a test running
+                // alongside may have taken it (or its bus port) since, and
+                // the node then exits. Another port, then.
+                if child.try_wait().is_ok_and(|exited| exited.is_some()) {
+                    *port = free_port();
+                    *child = cluster_node(dir, *port);
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
