@@ -374,14 +374,20 @@ enum Ending {
     /// it (kill facts among them) are lost, so nothing in the journal can be
     /// trusted.
     Corrupt,
+    /// The file was gone by the time it was read.
+    Vanished,
 }
 
 /// Reads the facts of one file up to the first damaged frame.
 fn read_facts(path: &Path, facts: &mut Vec<Fact>) -> Result<Ending> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| Error::io("read journal", path, e))?;
+    match File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+        Ok(_) => {}
+        // Listed, then removed: a compaction of the cache that owns the
+        // directory replaced it meanwhile (see `replay`).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ending::Vanished),
+        Err(e) => return Err(Error::io("read journal", path, e)),
+    }
     let mut at = 0;
     while at < bytes.len() {
         let Some(header) = bytes.get(at..at + 8) else {
@@ -436,8 +442,18 @@ fn journal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
-/// Replays every journal file in `dir`.
-pub(crate) fn replay(dir: &Path) -> Result<Replay> {
+/// What the journal files of a directory hold, read in order.
+struct JournalFiles {
+    facts: Vec<Fact>,
+    torn: u64,
+    /// A file is damaged in the middle.
+    corrupt: bool,
+    files_with_facts: usize,
+}
+
+/// Reads every journal file in `dir`; `None` if a file vanished before it
+/// was read.
+fn read_journal_files(dir: &Path) -> Result<Option<JournalFiles>> {
     let mut facts = Vec::new();
     let mut torn = 0;
     let mut corrupt = false;
@@ -455,8 +471,42 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
                 tracing::error!(file = %path.display(), "journal damaged in the middle; the disk tier is reset");
                 corrupt = true;
             }
+            Ending::Vanished => return Ok(None),
         }
     }
+    Ok(Some(JournalFiles {
+        facts,
+        torn,
+        corrupt,
+        files_with_facts,
+    }))
+}
+
+/// Replays every journal file in `dir`.
+pub(crate) fn replay(dir: &Path) -> Result<Replay> {
+    // Read beside an open cache (`DirReport`), a file listed may be removed
+    // by a compaction before it is read: its facts are then in a snapshot
+    // the listing may have missed, so the whole directory is read again.
+    // The owner of the directory's lock never sees this.
+    let mut attempts = 0;
+    let JournalFiles {
+        facts,
+        torn,
+        corrupt,
+        files_with_facts,
+    } = loop {
+        match read_journal_files(dir)? {
+            Some(read) => break read,
+            None if attempts < 100 => attempts += 1,
+            None => {
+                return Err(Error::Disk {
+                    dir: dir.to_path_buf(),
+                    op: "read journal",
+                    message: "journal files kept vanishing while being read".into(),
+                })
+            }
+        }
+    };
     if corrupt {
         return Ok(Replay {
             corrupt: true,
