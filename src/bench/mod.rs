@@ -495,6 +495,7 @@ async fn run_system(
             series,
         }
     });
+    let reopen_spread = (!reopens.is_empty()).then(|| compression::Spread::of(reopens));
     let reads = (steady.memory + steady.disk + steady.loader).max(1) as f64;
     let lat = |i: usize| Latency::of(&steady.latency[i]);
     Ok(RunReport {
@@ -515,8 +516,8 @@ async fn run_system(
         pre_restart_hit_ratio,
         restart_hit_ratio,
         kill_hit_ratio: None,
-        reopen_ms: (!reopens.is_empty()).then(|| compression::Spread::of(reopens.clone()).median),
-        reopen_ms_spread: (!reopens.is_empty()).then(|| compression::Spread::of(reopens)),
+        reopen_ms: reopen_spread.as_ref().map(|s| s.median),
+        reopen_ms_spread: reopen_spread,
         warm: median_warm_up(warms),
         stats: after,
     })

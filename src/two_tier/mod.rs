@@ -248,10 +248,10 @@ impl TwoTierCacheBackend {
         for (&hash, r) in &parts.replay.live {
             // Only records foyer still holds: the journal may name some that
             // its block reclaim evicted since.
-            let held = match r.pack {
-                Some(pack) => *packs_held
-                    .entry(pack.record_key())
-                    .or_insert_with(|| parts.disk.contains(pack.record_key())),
+            let held = match r.pack.map(|pack| pack.record_key()) {
+                Some(pack_key) => *packs_held
+                    .entry(pack_key)
+                    .or_insert_with(|| parts.disk.contains(pack_key)),
                 None => parts.disk.contains(hash),
             };
             if !held {
