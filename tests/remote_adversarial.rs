@@ -348,6 +348,62 @@ fn bursts(restart: bool) {
     }
 }
 
+/// Sets every bucket's floor to the server's time plus `ahead_micros`
+/// (after emptying the server, with `empty`), in one script so that no
+/// cache sets a floor of its own in between: what a process sees when the
+/// server restarted empty and its own clock lags the server's.
+fn floors_ahead(server: &RedisServer, ahead_micros: u64, empty: bool) {
+    let script = "if ARGV[2] == '1' then redis.call('FLUSHALL') end \
+        local t = redis.call('TIME') \
+        local f = string.format('%016x', tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])) .. '00000000' \
+        for b = 0, 255 do redis.call('SET', string.format('test:{test/%02x}:floor', b), f) end \
+        return f";
+    let empty = if empty { "1" } else { "0" };
+    let reply = server.command(&["EVAL", script, "0", &ahead_micros.to_string(), empty]);
+    assert!(reply.starts_with('$'), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_refused_as_older_than_the_floor_is_served_by_no_process() {
+    let f = Fleet::new();
+    let (a, b) = (f.cache("a").await, f.cache("b").await);
+    put(&a, "p", "seed", "v").await;
+    a.sync_remote().await;
+    assert_eq!(get_tier(&b, "p", "seed").await, remote("v"));
+    // The floors move two seconds past a's clock, which a has no way to
+    // know: its next write is refused by the server.
+    floors_ahead(&f.server, 2_000_000, false);
+    put(&a, "p", "k", "refused").await;
+    a.sync_remote().await;
+    assert_eq!(a.stats().remote.not_sent.stale, 1);
+    // b never sees it; a must not keep serving it either.
+    assert_eq!(get(&b, "p", "k").await, None);
+    assert_eq!(get(&a, "p", "k").await, None, "a serves its refused write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_the_server_restarts_empty_a_write_lands_even_if_the_floors_are_ahead() {
+    let f = Fleet::new();
+    let (a, b) = (f.cache("a").await, f.cache("b").await);
+    put(&a, "p", "seed", "v").await;
+    a.sync_remote().await;
+    assert_eq!(get_tier(&b, "p", "seed").await, remote("v"));
+    // Emptied, with floors two seconds past a's clock: a notices the new
+    // data set on its next poll and must stamp later writes past them.
+    let clears = a.stats().remote.resync_clears;
+    floors_ahead(&f.server, 2_000_000, true);
+    eventually!(
+        a.stats().remote.resync_clears > clears,
+        "a never noticed the server started empty"
+    );
+    put(&a, "p", "k", "after").await;
+    a.sync_remote().await;
+    assert_eq!(a.stats().remote.not_sent.stale, 0);
+    assert_eq!(get(&a, "p", "k").await.as_deref(), Some("after"));
+    eventually!(get(&b, "p", "k").await.is_some(), "b never reads a's write");
+    assert_eq!(get(&b, "p", "k").await.as_deref(), Some("after"));
+}
+
 #[test]
 fn concurrent_writers_in_three_processes_converge_on_the_newest_value_and_never_go_back() {
     bursts(false);

@@ -226,21 +226,30 @@ impl RemoteTier {
         Ok(())
     }
 
-    /// Sets every bucket's floor to the server's time, where none is set.
+    /// Sets every bucket's floor to the server's time, where none is set,
+    /// and moves this process's clock past the newest floor: a write made
+    /// from now on must not be refused as older than its floor because
+    /// the clock's measured offset lags the server a little.
     pub(super) async fn set_floors(&self) -> std::result::Result<(), String> {
         let conn = self.connection().await?;
         let calls = (0..BUCKETS).map(|bucket| {
             let mut conn = conn.clone();
             let mut invocation = self.scripts.floor.prepare_invoke();
             invocation.key(self.names.floor(bucket));
-            async move { invocation.invoke_async::<i64>(&mut conn).await }
+            async move { invocation.invoke_async::<Vec<u8>>(&mut conn).await }
         });
-        self.bounded(async {
-            let all = futures::future::join_all(calls).await;
-            all.into_iter().collect::<redis::RedisResult<Vec<i64>>>()
-        })
-        .await
-        .map(|_| ())
+        let floors = self
+            .bounded(async {
+                let all = futures::future::join_all(calls).await;
+                all.into_iter()
+                    .collect::<redis::RedisResult<Vec<Vec<u8>>>>()
+            })
+            .await?;
+        let newest = floors.iter().filter_map(|f| Stamp::parse(f)).max();
+        if let Some(floor) = newest.filter(|f| self.stamps.plausible(*f)) {
+            self.stamps.observe(floor);
+        }
+        Ok(())
     }
 
     pub(super) async fn resync_clear(&self) {

@@ -47,7 +47,11 @@
 //!   replays what it missed while it was down.
 //! - **Server restarts empty.** Every hash-tag bucket gets a *floor* (the
 //!   server time of its first write); writes stamped before it, which
-//!   could predate an invalidation the server forgot, are refused.
+//!   could predate an invalidation the server forgot, are refused, and
+//!   the writer drops its own refused version too, so that no process
+//!   serves a value the others will never see. A process that catches up
+//!   with a new data set moves its clock past the floors first, so that
+//!   its later writes are not refused for a clock lagging the server's.
 //! - **Limits.** A process killed before its queue drained never tells the
 //!   others about its last replacements: they keep the older version until
 //!   its time to live (`remote.ttl`) ends. Two keys whose 64-bit hashes

@@ -152,14 +152,20 @@ return {g, boot}
 
 /// Sets a bucket's floor to the server's time unless it has one.
 ///
-/// KEYS: floor. Returns 1 if it set it.
+/// KEYS: floor. Returns the floor (a 24-digit stamp), set now or before:
+/// the caller stamps its later writes after it, so that none of them is
+/// refused as older than the floor because its clock lags the server's.
 pub(crate) const FLOOR: &str = r#"
 local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'string' and #redis.call('GET', KEYS[1]) == 24 then return 0 end
+if kind == 'string' then
+  local floor = redis.call('GET', KEYS[1])
+  if #floor == 24 then return floor end
+end
 if kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 local t = redis.call('TIME')
-redis.call('SET', KEYS[1], string.format('%016x', tonumber(t[1]) * 1000000 + tonumber(t[2])) .. '00000000')
-return 1
+local floor = string.format('%016x', tonumber(t[1]) * 1000000 + tonumber(t[2])) .. '00000000'
+redis.call('SET', KEYS[1], floor)
+return floor
 "#;
 
 /// Reads where the notices stand, giving the data set an identity if it
@@ -230,12 +236,21 @@ mod tests {
         let server = redis_server::RedisServer::start();
         let client = redis::Client::open(server.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let floor: i64 = Script::new(super::FLOOR)
+        let before = now_micros();
+        let floor: String = Script::new(super::FLOOR)
             .key("floor")
             .invoke_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(floor, 1);
+        let set_at = u64::from_str_radix(&floor[..16], 16).unwrap();
+        assert!(floor.len() == 24 && set_at + 1_000_000 >= before, "{floor}");
+        // Asked again, it answers the floor it set, not a new one.
+        let again: String = Script::new(super::FLOOR)
+            .key("floor")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(again, floor);
         let t = now_micros() + 1_000_000;
         // Before the floor: refused.
         assert_eq!(write(&mut conn, &stamp(t - 60_000_000), b"early").await, -1);

@@ -7,9 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::InternalCacheKey;
+
 use super::names::{Names, LOG_CAP};
 use super::notice::Notice;
 use super::outbox::Body;
+use super::stamp::Stamp;
 use super::tier::{boot_id, RemoteTier, BATCH_KEYS};
 
 impl RemoteTier {
@@ -143,6 +146,7 @@ impl RemoteTier {
         let mut failed_keys = Vec::new();
         let mut all_ok = true;
         let mut notice_keys = Vec::new();
+        let mut below_floor = Vec::new();
         for ((key, out), (result, is_record, len, sealed_ok)) in batch.keys.iter().zip(results) {
             sent_keys.push((key.clone(), out.stamp));
             if !sealed_ok {
@@ -161,6 +165,10 @@ impl RemoteTier {
                     }
                 }
                 Ok(0) => self.counters.not_sent_superseded.incr(),
+                Ok(-1) => {
+                    self.counters.not_sent_stale.incr();
+                    below_floor.push((key.clone(), out.stamp));
+                }
                 Ok(_) => self.counters.not_sent_stale.incr(),
                 Err(e) => {
                     all_ok = false;
@@ -194,9 +202,33 @@ impl RemoteTier {
         self.outbox
             .lock()
             .answered(&sent_keys, &batch.prefixes, &failed_keys, &failed_prefixes);
+        self.forget_below_floor(below_floor).await;
         if !all_ok {
             self.lost_connection();
         }
         all_ok
+    }
+
+    /// Drops this process's own versions that the server refused as older
+    /// than their bucket's floor (written before the server restarted
+    /// empty): no other process will ever see them, so keeping them here
+    /// would leave this process serving a value the rest of the fleet
+    /// never agrees on. A newer write of the key, queued meanwhile, stays.
+    async fn forget_below_floor(&self, refused: Vec<(InternalCacheKey, Stamp)>) {
+        let Some(local) = self.local.get() else {
+            return;
+        };
+        for (key, stamp) in refused {
+            let newer_queued = self
+                .outbox
+                .lock()
+                .undelivered(&key)
+                .is_some_and(|queued| queued > stamp);
+            if !newer_queued {
+                // `drop_key` keeps a version at least as new as the stamp
+                // it is given: one past ours keeps only newer ones.
+                local.drop_key(key, stamp.micros.saturating_add(1)).await;
+            }
+        }
     }
 }
