@@ -878,6 +878,11 @@ impl Spiller {
         // between (and journaled its kill fact first) still wins on replay.
         self.journal_append(&facts, false);
         drop(gate);
+        // Here as well as on the maintenance tick: a burst can write the
+        // whole disk between two ticks, and the slots of what it evicted
+        // would stay counted (`approx_num_entries`, snapshots) until the
+        // next one. Before `finished`, so a `flush` sees it done.
+        self.sweep_if_due();
         self.finished(n);
         tracing::debug!(written = written_n, lost = lost_n, "spill batch confirmed");
         self.health.batch(written_n, lost_n);
