@@ -31,12 +31,14 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::key::KeyHashBuilder;
 use crate::packing::PackRef;
+use crate::shared_prefix::SharedPrefix;
 use crate::{Error, InternalCacheKey, Result};
 
 /// Sequence numbers are reserved this many at a time, so that numbers used
@@ -106,7 +108,7 @@ pub(crate) enum Fact {
     /// `cold_slot`); `pack` 0: not packed (pack ids start at 1).
     Stored {
         hash: u64,
-        prefix: String,
+        prefix: SharedPrefix,
         seq: u64,
         len: u32,
         expires_at: u64,
@@ -172,7 +174,7 @@ impl Fact {
         let pack = slot.pack.unwrap_or(PackRef { id: 0, offset: 0 });
         Fact::Stored {
             hash,
-            prefix: prefix.to_string(),
+            prefix: SharedPrefix::new(prefix),
             seq: slot.seq,
             len: slot.record_len,
             expires_at: slot.expires_at,
@@ -228,7 +230,7 @@ impl Fact {
                 offset,
             } => {
                 let at = (pack != 0).then_some(PackRef { id: pack, offset });
-                let owner = Identity::Prefix(prefix.into());
+                let owner = Identity::Prefix(prefix.into_arc());
                 let size = u64::from(len);
                 return Some((hash, Recovered::at(seq, size, len, expires_at, at, owner)));
             }
@@ -236,7 +238,7 @@ impl Fact {
         };
         let key = InternalCacheKey::new(prefix, key, intern(&type_name));
         let hash = key.disk_hash();
-        let owner = Identity::Key(key);
+        let owner = Identity::Key(Box::new(key));
         Some((hash, Recovered::at(seq, size, len, expires_at, pack, owner)))
     }
 }
@@ -258,8 +260,10 @@ pub(crate) struct Recovered {
 /// snapshot's `Stored` fact) its hash and prefix only.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Identity {
-    Key(InternalCacheKey),
-    Prefix(Box<str>),
+    /// Boxed: keyed facts are the few, and the replay's map holds a
+    /// million of these on a large disk.
+    Key(Box<InternalCacheKey>),
+    Prefix(Arc<str>),
 }
 
 impl Identity {
@@ -526,6 +530,7 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
     let mut cleared = 0u64;
     let mut resident = Vec::new();
     let mut max_seq = 0u64;
+    let mut versions = 0usize;
     for fact in &facts {
         match fact {
             Fact::Tombstone { hash, seq } => {
@@ -540,15 +545,20 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             Fact::Reserved { upto } => max_seq = max_seq.max(*upto),
             Fact::Resident { hash, seq } => resident.push((*hash, *seq)),
             Fact::Written { seq, .. } | Fact::WrittenUntil { seq, .. } => {
-                max_seq = max_seq.max(*seq)
+                max_seq = max_seq.max(*seq);
+                versions += 1;
             }
             // Pack ids are sequence numbers too.
             Fact::WrittenPacked { seq, pack, .. } | Fact::Stored { seq, pack, .. } => {
-                max_seq = max_seq.max(*seq).max(*pack)
+                max_seq = max_seq.max(*seq).max(*pack);
+                versions += 1;
             }
             Fact::Clock { at } => replay.clock = replay.clock.max(*at),
         }
     }
+    // Sized once: grown step by step, a million versions were rehashed
+    // about twenty times over.
+    replay.live.reserve(versions);
     for fact in facts {
         let Some((hash, mut recovered)) = fact.into_written() else {
             continue;
@@ -589,7 +599,7 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
         }) = replay.live.get(&hash)
         {
             if *live == seq && seen.insert(hash) {
-                replay.resident.push(k.clone());
+                replay.resident.push(InternalCacheKey::clone(k));
             }
         }
     }
@@ -863,7 +873,7 @@ mod tests {
     fn stored(key: &InternalCacheKey, seq: u64, pack: u64) -> Fact {
         Fact::Stored {
             hash: key.disk_hash(),
-            prefix: key.prefix().into(),
+            prefix: SharedPrefix::new(key.prefix()),
             seq,
             len: 100,
             expires_at: 0,

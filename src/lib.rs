@@ -116,6 +116,7 @@ mod prefixes;
 mod private_fs;
 mod quiet_stdout;
 mod remote;
+mod shared_prefix;
 mod single_flight;
 mod spill;
 mod staggered_shards;

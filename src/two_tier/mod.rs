@@ -245,6 +245,7 @@ impl TwoTierCacheBackend {
         // once per member (small entries share a pack several at a time).
         let mut packs_held: std::collections::HashMap<u64, bool, KeyHashBuilder> =
             std::collections::HashMap::default();
+        let mut cold = placements.cold_loader(parts.replay.live.len());
         for (&hash, r) in &parts.replay.live {
             // Only records foyer still holds: the journal may name some that
             // its block reclaim evicted since.
@@ -278,17 +279,20 @@ impl TwoTierCacheBackend {
             };
             match &r.owner {
                 Identity::Key(key) => {
-                    placements.lock(hash).insert(key.clone(), slot);
+                    placements
+                        .lock(hash)
+                        .insert(InternalCacheKey::clone(key), slot);
                 }
                 Identity::Prefix(prefix) => {
                     // Written by a snapshot from a compact slot: it fits again.
-                    if !placements.insert_cold(hash, prefix, &slot) {
+                    if !cold.add(hash, prefix, &slot) {
                         recovered -= 1;
                         recovered_bytes -= u64::from(r.len);
                     }
                 }
             }
         }
+        cold.finish();
         // A million recovered versions take a large part of a second to
         // free: done on a blocking thread of the disk runtime, off the
         // open's path (inline when small, or without that runtime).
