@@ -73,8 +73,11 @@ impl Spiller {
     /// is spread over at least that many writes.
     pub(crate) fn sweep_if_due(&self) {
         let due = (self.disk.capacity() as u64 / 4).max(1);
-        if self.written_since_sweep.load(Ordering::Relaxed) >= due {
-            self.written_since_sweep.store(0, Ordering::Relaxed);
+        // Taken in one step: the spill worker and the maintenance tick both
+        // call this, and only one of them should sweep for the same writes.
+        if self.written_since_sweep.load(Ordering::Relaxed) >= due
+            && self.written_since_sweep.swap(0, Ordering::Relaxed) >= due
+        {
             self.sweep();
         }
     }

@@ -245,8 +245,13 @@ impl RemoteTier {
                     .collect::<redis::RedisResult<Vec<Vec<u8>>>>()
             })
             .await?;
-        let newest = floors.iter().filter_map(|f| Stamp::parse(f)).max();
-        if let Some(floor) = newest.filter(|f| self.stamps.plausible(*f)) {
+        // Garbage far ahead in one bucket must not hide the others' floors.
+        let newest = floors
+            .iter()
+            .filter_map(|f| Stamp::parse(f))
+            .filter(|f| self.stamps.plausible(*f))
+            .max();
+        if let Some(floor) = newest {
             self.stamps.observe(floor);
         }
         Ok(())
