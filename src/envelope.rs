@@ -64,6 +64,9 @@ pub(crate) struct Version {
     pub expires_at: u64,
 }
 
+/// The most payload room a record's buffer starts with.
+const PAYLOAD_HINT_CAP: usize = 1 << 20;
+
 /// Writes an envelope; `payload` appends the encoded value to the buffer,
 /// which `compressor` may then compress. Returns the record and the length
 /// it would have had uncompressed.
@@ -79,8 +82,14 @@ pub(crate) fn seal<E>(
         key.type_name().as_bytes(),
     ];
     let expiring = version.expires_at != 0;
+    // Room for the payload too, by the entry's stated size (capped: it is
+    // the caller's estimate of RAM, not of the encoding): a 64 KiB value
+    // otherwise regrew the buffer a dozen times, copying it about twice.
     let mut out = Vec::with_capacity(
-        EXPIRING_HEADER_LEN + strings.iter().map(|s| s.len()).sum::<usize>() + 64,
+        EXPIRING_HEADER_LEN
+            + strings.iter().map(|s| s.len()).sum::<usize>()
+            + version.size_bytes.min(PAYLOAD_HINT_CAP)
+            + 64,
     );
     out.extend_from_slice(MAGIC);
     let format = if expiring {
@@ -119,6 +128,11 @@ pub(crate) fn seal<E>(
     out[payload_len_at..payload_len_at + 4].copy_from_slice(&payload_len.to_le_bytes());
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
+    // A stated size far above the encoding (or compression) left room the
+    // record would otherwise keep for as long as it waits to be written.
+    if out.capacity() > 2 * out.len() + 4096 {
+        out.shrink_to_fit();
+    }
     Ok((out, logical_len))
 }
 
@@ -238,6 +252,40 @@ mod tests {
             "{algorithm:?} compressed it"
         );
         (bytes, payload)
+    }
+
+    #[test]
+    fn a_record_starts_with_room_for_its_stated_size_and_never_keeps_much_more() {
+        let key = InternalCacheKey::new("pre", "key", "T");
+        let seal_with = |size_bytes: usize, payload: &[u8]| {
+            let version = Version {
+                seq: 1,
+                size_bytes,
+                type_version: 1,
+                expires_at: 0,
+            };
+            seal::<()>(&key, version, &Compressor::default(), |out| {
+                // The codec finds its room already there when the stated
+                // size is right: no regrowth while it writes.
+                let room = out.capacity() - out.len();
+                assert!(room >= payload.len().min(size_bytes.min(PAYLOAD_HINT_CAP)));
+                out.extend_from_slice(payload);
+                Ok(())
+            })
+            .unwrap()
+            .0
+        };
+        let value = vec![7u8; 64 << 10];
+        let exact = seal_with(value.len(), &value);
+        assert_eq!(&*open(&exact).unwrap().payload, value.as_slice());
+        // A stated size far above the encoding: the spare room is given back.
+        let small = seal_with(usize::MAX, b"tiny");
+        assert_eq!(&*open(&small).unwrap().payload, b"tiny");
+        assert!(
+            small.capacity() <= 2 * small.len() + 4096,
+            "{}",
+            small.capacity()
+        );
     }
 
     #[test]
