@@ -50,6 +50,16 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// The bench's index-phase child: runs that phase in a fresh process, writes its runs to `out`.
+    #[command(hide = true)]
+    BenchIndexChild {
+        #[arg(long)]
+        scratch: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        quick: bool,
+    },
     /// The bench's fleet-phase child: a cache driven by lines on stdin.
     #[command(hide = true)]
     BenchFleetChild {
@@ -115,6 +125,11 @@ fn main() -> ExitCode {
         Command::BenchKillChild { config, dir } => {
             Config::from_file(&config).and_then(|config| bench::kill_child(&config, dir))
         }
+        Command::BenchIndexChild {
+            scratch,
+            out,
+            quick,
+        } => bench::index_child(&scratch, quick, &out),
         Command::BenchFleetChild {
             config,
             dir,

@@ -25,7 +25,7 @@ const REPETITIONS: usize = 3;
 const VALUE_LEN: usize = 8 << 10;
 
 /// Smallest, median and largest of the repetitions.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Spread {
     pub min: f64,
     pub median: f64,

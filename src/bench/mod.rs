@@ -54,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use spillway::{ByteSize, Config};
 
 pub use fleet::child as fleet_child;
+pub use index::child as index_child;
 pub use kill::child as kill_child;
 use report::{Latency, Report, RunReport};
 use systems::{Served, System};
@@ -288,7 +289,7 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
     ))?;
     progress.inc(1);
     progress.set_message("index: RAM per disk-resident entry, spillway and foyer");
-    let index = runtime.block_on(index::measure(scratch.path(), opts.quick))?;
+    let index = index::measure_in_child(scratch.path(), opts.quick)?;
     progress.inc(1);
     progress.set_message("fleet: processes sharing a remote tier, and independent");
     let fleet = fleet::measure(
