@@ -205,12 +205,12 @@ async fn one(name: &str, entries: usize, dir: &Path) -> spillway::Result<IndexRu
 
 /// Runs the phase in a child process of its own (`bench-index-child`), so
 /// that both systems' reopens start from a fresh process, as a cache
-/// reopens when its application starts, and what the phase's million-entry
-/// caches leave behind (foyer 0.22 never frees a closed device) does not
-/// weigh on the phases after it. Run after every other phase in one
-/// process, spillway's reopens here spread over 2x (343 / 673 / 827 ms);
-/// run first, the phase left the main table's spillway runs up to 40%
-/// slower.
+/// reopens when its application starts, whatever ran before, and what the
+/// phase's million-entry caches leave behind (foyer 0.22 never frees a
+/// closed device) does not weigh on the phases after it: run first in the
+/// bench's own process, it left the main table's spillway runs up to 40%
+/// slower. (spillway's reopens here still spread, 369 / 440 / 763 ms in a
+/// fresh child: the spread is the reopen's own, not the earlier phases'.)
 pub fn measure_in_child(scratch: &Path, quick: bool) -> spillway::Result<Vec<IndexRun>> {
     let io = |op: &'static str, path: &Path| {
         let path = path.to_path_buf();
