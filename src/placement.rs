@@ -152,13 +152,19 @@ impl Shard {
         let Some(cold) = prefix.and_then(|p| ColdSlot::encode(slot, p)) else {
             return (false, false);
         };
+        (true, self.put_encoded(hash, cold, slot.expires_at))
+    }
+
+    /// Stores an encoded cold slot and its deadline (0: none); true if it
+    /// replaced another under the same hash.
+    fn put_encoded(&mut self, hash: u64, cold: ColdSlot, expires_at: u64) -> bool {
         let replaced = self.cold.insert(hash, cold).is_some();
-        if slot.expires_at != 0 {
-            self.deadlines.insert(hash, slot.expires_at);
+        if expires_at != 0 {
+            self.deadlines.insert(hash, expires_at);
         } else if replaced {
             self.deadlines.remove(&hash);
         }
-        (true, replaced)
+        replaced
     }
 }
 
@@ -376,13 +382,7 @@ impl ColdLoader<'_> {
             shard.cold.reserve(slots.len());
             let mut added = 0;
             for (hash, cold, expires_at) in slots {
-                let replaced = shard.cold.insert(hash, cold).is_some();
-                if expires_at != 0 {
-                    shard.deadlines.insert(hash, expires_at);
-                } else if replaced {
-                    shard.deadlines.remove(&hash);
-                }
-                if !replaced {
+                if !shard.put_encoded(hash, cold, expires_at) {
                     added += 1;
                 }
             }

@@ -366,13 +366,20 @@ fn floors_ahead(server: &RedisServer, ahead_micros: u64, empty: bool) {
     assert!(reply.starts_with('$'), "{reply}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_write_refused_as_older_than_the_floor_is_served_by_no_process() {
+/// Two caches on one server, `b` reading what `a` wrote: both are connected
+/// and caught up.
+async fn seeded_pair() -> (Fleet, TwoTierCacheBackend, TwoTierCacheBackend) {
     let f = Fleet::new();
     let (a, b) = (f.cache("a").await, f.cache("b").await);
     put(&a, "p", "seed", "v").await;
     a.sync_remote().await;
     assert_eq!(get_tier(&b, "p", "seed").await, remote("v"));
+    (f, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_refused_as_older_than_the_floor_is_served_by_no_process() {
+    let (f, a, b) = seeded_pair().await;
     // The floors move two seconds past a's clock, which a has no way to
     // know: its next write is refused by the server.
     floors_ahead(&f.server, 2_000_000, false);
@@ -386,11 +393,7 @@ async fn a_write_refused_as_older_than_the_floor_is_served_by_no_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_the_server_restarts_empty_a_write_lands_even_if_the_floors_are_ahead() {
-    let f = Fleet::new();
-    let (a, b) = (f.cache("a").await, f.cache("b").await);
-    put(&a, "p", "seed", "v").await;
-    a.sync_remote().await;
-    assert_eq!(get_tier(&b, "p", "seed").await, remote("v"));
+    let (f, a, b) = seeded_pair().await;
     // Emptied, with floors two seconds past a's clock: a notices the new
     // data set on its next poll and must stamp later writes past them.
     let clears = a.stats().remote.resync_clears;
