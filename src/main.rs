@@ -40,6 +40,20 @@ enum Command {
         #[arg(long)]
         metrics: bool,
     },
+    /// The head-to-head workloads at 1, 2, 4, 8 and 16 tasks, spillway against
+    /// foyer's HybridCache; writes scaling.md and scaling.json. For a machine
+    /// with the cores to show it.
+    BenchScaling {
+        /// TOML configuration whose [memory] and [disk] apply, as in `bench`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// 4 KiB entries at 1 and 2 tasks only, a quarter of the operations.
+        #[arg(long)]
+        quick: bool,
+        /// Where scaling.md and scaling.json go.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+    },
     /// Print the embedded default configuration, [bench] section included.
     DefaultConfig,
     /// The bench's kill-phase child: runs the workload, prints `ready`, idles until killed.
@@ -80,6 +94,14 @@ enum Command {
     },
 }
 
+/// The configuration at `path`, or the embedded default.
+fn load_config(path: Option<PathBuf>) -> spillway::Result<Config> {
+    path.map_or_else(
+        || Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML),
+        Config::from_file,
+    )
+}
+
 fn main() -> ExitCode {
     // Warnings (a paused disk tier, a damaged directory) go to stderr;
     // RUST_LOG=spillway=debug shows more. stdout stays for reports.
@@ -107,19 +129,24 @@ fn main() -> ExitCode {
             if quick {
                 eprintln!("warning: --quick runs a quarter of the work on two budgets; its figures are not representative");
             }
-            config
-                .map_or_else(
-                    || Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML),
-                    Config::from_file,
-                )
-                .and_then(|config| {
-                    bench::run(bench::Options {
-                        config,
-                        quick,
-                        out,
-                        metrics,
-                    })
+            load_config(config).and_then(|config| {
+                bench::run(bench::Options {
+                    config,
+                    quick,
+                    out,
+                    metrics,
                 })
+            })
+        }
+        Command::BenchScaling { config, quick, out } => {
+            if quick {
+                eprintln!(
+                    "warning: --quick runs two small cells; its figures are not representative"
+                );
+            }
+            load_config(config)
+                .and_then(|config| bench::scaling(&config, quick, &out))
+                .map(|scaling| print!("{}", bench::scaling_markdown(&scaling)))
         }
         Command::Inspect { dir, json } => inspect(&dir, json),
         Command::BenchKillChild { config, dir } => {

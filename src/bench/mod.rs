@@ -39,6 +39,7 @@ mod micro;
 mod packing;
 mod quiet;
 mod report;
+mod scaling;
 mod storm;
 mod systems;
 mod terminal;
@@ -57,6 +58,7 @@ pub use fleet::child as fleet_child;
 pub use index::child as index_child;
 pub use kill::child as kill_child;
 use report::{Latency, Report, RunReport};
+pub use scaling::{markdown as scaling_markdown, run as scaling};
 use systems::{Served, System};
 use workload::{value_size, KeyPicker, Rng, SizeDistribution};
 
@@ -172,19 +174,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
 
 /// Every phase, in order; the report of all of them.
 fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
-    let scratch_parent = opts
-        .config
-        .disk
-        .dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&scratch_parent).map_err(err("create", &scratch_parent))?;
-    let scratch = tempfile::tempdir_in(&scratch_parent)
-        .map_err(err("create scratch directory in", &scratch_parent))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(err("start runtime", Path::new("-")))?;
+    let (scratch, runtime) = scratch_and_runtime(&opts.config)?;
 
     let working_set: u64 = (0..bench.keys)
         .map(|id| value_size(id, bench.value_size.as_usize(), bench.value_sizes) as u64)
@@ -330,6 +320,22 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
         versus,
         runs,
     ))
+}
+
+/// A scratch directory under `disk.dir` (the system's temporary directory
+/// if unset), removed when dropped, and the runtime the clients run on.
+fn scratch_and_runtime(
+    config: &Config,
+) -> spillway::Result<(tempfile::TempDir, tokio::runtime::Runtime)> {
+    let parent = config.disk.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&parent).map_err(err("create", &parent))?;
+    let scratch =
+        tempfile::tempdir_in(&parent).map_err(err("create scratch directory in", &parent))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(err("start runtime", Path::new("-")))?;
+    Ok((scratch, runtime))
 }
 
 /// Runs of each system's steady phase, for min / median / max throughput.

@@ -36,7 +36,7 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         format!(
             "{} KiB, {} task{}, {} loader",
             self.value_size >> 10,
@@ -103,12 +103,25 @@ pub async fn measure(
     quick: bool,
     seed: u64,
     ops_scale: f64,
+    progress: impl FnMut(&str),
+) -> spillway::Result<Vec<CellRun>> {
+    measure_cells(&cells(), base, scratch, quick, seed, ops_scale, progress).await
+}
+
+/// Runs `cells` as [`measure`] runs the goals' matrix.
+pub async fn measure_cells(
+    cells: &[Cell],
+    base: &Config,
+    scratch: &Path,
+    quick: bool,
+    seed: u64,
+    ops_scale: f64,
     mut progress: impl FnMut(&str),
 ) -> spillway::Result<Vec<CellRun>> {
     let memory: u64 =
         (if quick { 8 << 20 } else { 32 << 20 }).min(base.memory.capacity.0.max(1 << 20));
     let mut runs = Vec::new();
-    for cell in cells() {
+    for &cell in cells {
         progress(&cell.label());
         let keys = (memory * WORKING_SET_OVER_MEMORY / cell.value_size as u64) as usize;
         // About the same bytes moved per cell: 40k operations on 4 KiB
@@ -204,7 +217,7 @@ async fn run_one(
     })
 }
 
-fn median(v: impl Iterator<Item = f64>) -> f64 {
+pub fn median(v: impl Iterator<Item = f64>) -> f64 {
     Spread::of(v.collect()).median
 }
 

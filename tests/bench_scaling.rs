@@ -1,0 +1,53 @@
+//! `spillway bench-scaling` runs the head-to-head cells at several task
+//! counts, for both systems, on a real directory, and writes its tables.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn bench_scaling_measures_both_systems_at_each_task_count_and_cleans_up() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["bench-scaling", "--quick", "--out"])
+        .arg(out.path())
+        // The scratch directories go under the temporary directory.
+        .env("TMPDIR", scratch.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("scaling.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["quick"], true);
+    assert!(json["cores"].as_u64().unwrap() >= 1);
+    let runs = json["runs"].as_array().unwrap();
+    let tasks: Vec<u64> = runs
+        .iter()
+        .map(|r| r["cell"]["tasks"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tasks, [1, 2]);
+    for run in runs {
+        for system in ["spillway", "foyer"] {
+            let sides = run[system].as_array().unwrap();
+            assert_eq!(sides.len(), 3, "{run}");
+            for side in sides {
+                assert!(side["ops_per_sec"].as_f64().unwrap() > 0.0, "{run}");
+                let hit = side["hit_ratio"].as_f64().unwrap();
+                assert!(hit > 0.0 && hit < 1.0, "{run}");
+            }
+        }
+    }
+    let md = std::fs::read_to_string(out.path().join("scaling.md")).unwrap();
+    assert!(md.contains("not representative"), "{md}");
+    for row in ["| 1 | ", "| 2 | "] {
+        assert!(md.lines().any(|l| l.starts_with(row)), "{md}");
+    }
+    // The same tables on stdout; nothing else there (foyer's open prints
+    // to stdout, and the command keeps that out).
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout, md);
+    // Every scratch directory is removed.
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
