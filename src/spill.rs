@@ -92,6 +92,33 @@ fn footprint(units: &VecDeque<Unit>) -> usize {
     units.iter().map(Unit::footprint).sum()
 }
 
+/// A batch handed to foyer: its items (with their record lengths), the
+/// wait for foyer to have written it, and the bytes it takes in foyer's
+/// buffers.
+struct Submitted {
+    items: Vec<(SpillItem, usize)>,
+    written: crate::disk::Written,
+    bytes: usize,
+}
+
+/// Batches handed to foyer and not yet confirmed, oldest first.
+#[derive(Default)]
+struct InFlight {
+    batches: VecDeque<Submitted>,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    fn push(&mut self, batch: Submitted) {
+        self.bytes += batch.bytes;
+        self.batches.push_back(batch);
+    }
+}
+
 /// What woke an idle worker.
 enum Wake {
     Item(SpillItem),
@@ -397,13 +424,17 @@ impl Spiller {
         // oldest of them has waited.
         let mut ready: VecDeque<Unit> = VecDeque::new();
         let mut held_since: Option<Instant> = None;
-        // The batch foyer is writing while the next one is prepared: at most
-        // two batches of half a flusher buffer are ever unconfirmed, so the
-        // buffer cannot overflow, and encoding overlaps the disk writes.
-        let mut in_flight: Option<(Vec<(SpillItem, usize)>, crate::disk::Written)> = None;
+        // What foyer is writing while the next batch is prepared: at most
+        // a batch budget (half a flusher buffer) of it when the next one is
+        // submitted, so the unconfirmed bytes never exceed one flusher's
+        // buffer (foyer drops what overflows it), and encoding overlaps the
+        // disk writes. Counted in bytes, not batches: small batches (forced
+        // out when writers wait for room) then go out several at a time
+        // instead of one per round trip to the flusher.
+        let mut in_flight = InFlight::default();
         loop {
             let mut force = false;
-            if in_flight.is_none() && (ready.is_empty() || footprint(&ready) < coalesce) {
+            if in_flight.is_empty() && (ready.is_empty() || footprint(&ready) < coalesce) {
                 let due = [held_since.map(|t| t + PACK_HOLD), packer.due_at()]
                     .into_iter()
                     .flatten()
@@ -448,10 +479,7 @@ impl Spiller {
             }
             if ready.is_empty() || (!force && footprint(&ready) < coalesce) {
                 // Nothing worth a flush yet: confirm what is in flight.
-                if let Some((previous, written)) = in_flight.take() {
-                    self.landed(written).await;
-                    self.confirm(previous);
-                }
+                self.land_oldest(&mut in_flight).await;
                 if ready.is_empty() && packer.is_empty() {
                     held_since = None;
                 }
@@ -463,12 +491,9 @@ impl Spiller {
             };
             if first.footprint() > budget {
                 // Larger than half a buffer: it must share foyer's buffer
-                // with nothing, so the batch in flight lands first, and
+                // with nothing, so what is in flight lands first, and
                 // this one lands before anything else is submitted.
-                if let Some((previous, written)) = in_flight.take() {
-                    self.landed(written).await;
-                    self.confirm(previous);
-                }
+                while self.land_oldest(&mut in_flight).await {}
                 let mut alone = Vec::new();
                 let mut packs = Vec::new();
                 self.submit(first, &mut alone, &mut packs);
@@ -495,12 +520,17 @@ impl Spiller {
             self.enqueue_packs(packs);
             // What is left has waited since now at the earliest.
             held_since = (!ready.is_empty()).then_some(now);
-            let submitted = (!batch.is_empty()).then(|| (batch, self.disk.wait_from_now()));
-            if let Some((previous, written)) = in_flight.take() {
-                self.landed(written).await;
-                self.confirm(previous);
+            if !batch.is_empty() {
+                in_flight.push(Submitted {
+                    items: batch,
+                    written: self.disk.wait_from_now(),
+                    bytes: used,
+                });
             }
-            in_flight = submitted;
+            // Room for the next batch: at most a budget stays in flight.
+            while in_flight.bytes > budget {
+                self.land_oldest(&mut in_flight).await;
+            }
             self.progress.notify_waiters();
             self.compact_if_due().await;
         }
@@ -551,6 +581,18 @@ impl Spiller {
         } else {
             ready.push_back(Unit::Single(item, record));
         }
+    }
+
+    /// Waits for the oldest batch in flight to land and confirms it; false
+    /// when none is in flight.
+    async fn land_oldest(&self, in_flight: &mut InFlight) -> bool {
+        let Some(batch) = in_flight.batches.pop_front() else {
+            return false;
+        };
+        in_flight.bytes -= batch.bytes;
+        self.landed(batch.written).await;
+        self.confirm(batch.items);
+        true
     }
 
     /// Waits for foyer to finish a batch, but not forever: foyer 0.22's
