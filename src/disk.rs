@@ -178,9 +178,10 @@ impl DiskTier {
         let cache = build(opts).await?;
         crate::private_fs::make_private(&device)?;
         // Each flusher owns buffer_pool / flushers bytes and drops what does not
-        // fit while its previous write is in flight. Submitting at most half of
-        // that between waits keeps any one flusher's share below its buffer
-        // even if every record of a batch hashes to it.
+        // fit while its previous write is in flight. Batches of at most half
+        // of that, submitted only while at most one batch budget is still
+        // unconfirmed, keep any one flusher's share below its buffer even if
+        // every record in flight hashes to it.
         let io_buffer = (opts.buffer_pool / opts.flushers.max(1)) / PAGE * PAGE;
         let batch_budget = (io_buffer / 2).max(PAGE);
         let max_record = (opts.block_size - BLOB_INDEX)
@@ -218,7 +219,8 @@ impl DiskTier {
         self.max_record
     }
 
-    /// Bytes of records to submit before waiting for them to be written.
+    /// Most bytes of records in one batch, and the most left unconfirmed
+    /// when the next batch is submitted (see `Spiller::run`).
     pub(crate) fn batch_budget(&self) -> usize {
         self.batch_budget
     }

@@ -93,12 +93,16 @@ fn footprint(units: &VecDeque<Unit>) -> usize {
 }
 
 /// A batch handed to foyer: its items (with their record lengths), the
-/// wait for foyer to have written it, and the bytes it takes in foyer's
-/// buffers.
+/// wait for foyer to have written it, the bytes it takes in foyer's
+/// buffers, and when it counts as stalled: [`STALL_TIMEOUT`] after it was
+/// submitted, not after the worker starts waiting on it, so that a foyer
+/// that stopped answering times out every batch in flight at once rather
+/// than one after another.
 struct Submitted {
     items: Vec<(SpillItem, usize)>,
     written: crate::disk::Written,
     bytes: usize,
+    deadline: tokio::time::Instant,
 }
 
 /// Batches handed to foyer and not yet confirmed, oldest first.
@@ -396,14 +400,16 @@ impl Spiller {
     }
 
     /// The worker: batches of at most `batch_budget` bytes are handed to
-    /// foyer, then the worker waits until foyer has written them before
-    /// submitting more. That keeps foyer's flush buffers from overflowing (its
-    /// silent drop), and the write of every record is then confirmed: a record
-    /// foyer did not write anyway is counted, never assumed.
+    /// foyer, and before each is submitted the worker waits until foyer has
+    /// written all but a batch budget of what it was handed before. So the
+    /// unconfirmed bytes never exceed two budgets, one flusher's buffer:
+    /// foyer's flush buffers cannot overflow (its silent drop), and the
+    /// write of every record is then confirmed: a record foyer did not
+    /// write anyway is counted, never assumed.
     ///
     /// Evictions come first: write-behind items are taken only when no
     /// eviction is waiting, so they never delay a spill by more than the
-    /// batch already in flight. Small records go through open packs first
+    /// batch budget in flight. Small records go through open packs first
     /// (see `packing`).
     ///
     /// Batches are coalesced: foyer rewrites a 4 KiB index page with every
@@ -499,7 +505,8 @@ impl Spiller {
                 self.submit(first, &mut alone, &mut packs);
                 self.enqueue_packs(packs);
                 if !alone.is_empty() {
-                    self.landed(self.disk.wait_from_now()).await;
+                    let deadline = tokio::time::Instant::now() + STALL_TIMEOUT;
+                    self.landed(self.disk.wait_from_now(), deadline).await;
                     self.confirm(alone);
                 }
                 self.progress.notify_waiters();
@@ -525,6 +532,7 @@ impl Spiller {
                     items: batch,
                     written: self.disk.wait_from_now(),
                     bytes: used,
+                    deadline: tokio::time::Instant::now() + STALL_TIMEOUT,
                 });
             }
             // Room for the next batch: at most a budget stays in flight.
@@ -590,18 +598,18 @@ impl Spiller {
             return false;
         };
         in_flight.bytes -= batch.bytes;
-        self.landed(batch.written).await;
+        self.landed(batch.written, batch.deadline).await;
         self.confirm(batch.items);
         true
     }
 
-    /// Waits for foyer to finish a batch, but not forever: foyer 0.22's
-    /// flusher dies on a failed device write (a panic inside its task), and
-    /// its waiters are then never answered. A batch that takes that long is
-    /// treated as failed, which pauses spilling until the disk is probed
-    /// healthy and foyer reopened.
-    async fn landed(&self, written: crate::disk::Written) {
-        if tokio::time::timeout(STALL_TIMEOUT, written.wait())
+    /// Waits for foyer to finish a batch, but not past `deadline`: foyer
+    /// 0.22's flusher dies on a failed device write (a panic inside its
+    /// task), and its waiters are then never answered. A batch not written
+    /// by then is treated as failed, which pauses spilling until the disk
+    /// is probed healthy and foyer reopened.
+    async fn landed(&self, written: crate::disk::Written, deadline: tokio::time::Instant) {
+        if tokio::time::timeout_at(deadline, written.wait())
             .await
             .is_err()
         {
