@@ -74,22 +74,6 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// The bench's storm-phase child: runs the spill storms in a fresh process, writes their runs to `out`.
-    #[command(hide = true)]
-    BenchStormChild {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        scratch: PathBuf,
-        #[arg(long)]
-        bytes: usize,
-        #[arg(long)]
-        buffered: bool,
-        #[arg(long)]
-        direct: bool,
-        #[arg(long)]
-        out: PathBuf,
-    },
     /// The bench's fleet-phase child: a cache driven by lines on stdin.
     #[command(hide = true)]
     BenchFleetChild {
@@ -173,16 +157,6 @@ fn main() -> ExitCode {
             out,
             quick,
         } => bench::index_child(&scratch, quick, &out),
-        Command::BenchStormChild {
-            config,
-            scratch,
-            bytes,
-            buffered,
-            direct,
-            out,
-        } => Config::from_file(&config).and_then(|config| {
-            bench::storm_child(&config, &scratch, bytes, buffered, direct, &out)
-        }),
         Command::BenchFleetChild {
             config,
             dir,

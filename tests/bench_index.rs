@@ -1,23 +1,23 @@
 //! The bench's index phase runs in a child process of its own: the child
 //! measures both systems on a real directory and hands its runs back as JSON.
 
-mod common;
+use std::process::Command;
+
+use serde_json::Value;
 
 #[test]
 fn the_index_child_measures_both_systems_and_cleans_up_after_itself() {
     let scratch = tempfile::tempdir().unwrap();
     let out = scratch.path().join("runs.json");
-    let runs = common::run_bench_child(
-        &[
-            "bench-index-child".as_ref(),
-            "--quick".as_ref(),
-            "--scratch".as_ref(),
-            scratch.path().as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ],
-        &out,
-    );
+    let status = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["bench-index-child", "--quick", "--scratch"])
+        .arg(scratch.path())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let runs: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
     assert_eq!(systems, ["spillway", "spillway, long keys", "foyer-hybrid"]);
     for run in &runs {

@@ -212,24 +212,52 @@ async fn one(name: &str, entries: usize, dir: &Path) -> spillway::Result<IndexRu
 /// slower. (spillway's reopens here still spread, 369 / 440 / 763 ms in a
 /// fresh child: the spread is the reopen's own, not the earlier phases'.)
 pub fn measure_in_child(scratch: &Path, quick: bool) -> spillway::Result<Vec<IndexRun>> {
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| spillway::Error::io(op, &path, e)
+    };
+    let exe = std::env::current_exe().map_err(io("find the spillway binary", Path::new("-")))?;
     let out = scratch.join("index-runs.json");
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "bench-index-child".as_ref(),
-        "--scratch".as_ref(),
-        scratch.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ];
+    let mut command = std::process::Command::new(&exe);
+    command
+        .arg("bench-index-child")
+        .arg("--scratch")
+        .arg(scratch)
+        .arg("--out")
+        .arg(&out);
     if quick {
-        args.push("--quick".as_ref());
+        command.arg("--quick");
     }
-    super::child::run("index", &args, &out)
+    let status = command
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(io("run the index phase's child", &exe))?;
+    let failed = |reason: String| spillway::Error::Config {
+        field: "bench.index".into(),
+        value: out.display().to_string(),
+        reason,
+    };
+    if !status.success() {
+        return Err(failed(format!("the index phase's child failed: {status}")));
+    }
+    let text = std::fs::read_to_string(&out).map_err(io("read", &out))?;
+    serde_json::from_str(&text).map_err(|e| failed(e.to_string()))
 }
 
 /// The child's side of [`measure_in_child`]: runs the phase and writes its
 /// runs to `out` as JSON.
 pub fn child(scratch: &Path, quick: bool, out: &Path) -> spillway::Result<()> {
-    super::child::serve("index", out, measure(scratch, quick))
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| spillway::Error::io("start runtime", Path::new("-"), e))?;
+    let runs = runtime.block_on(measure(scratch, quick))?;
+    let text = serde_json::to_string(&runs).map_err(|e| spillway::Error::Config {
+        field: "bench.index".into(),
+        value: out.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(out, text).map_err(|e| spillway::Error::io("write", out, e))
 }
 
 /// Runs the phase: a million entries, or a tenth of that with `quick`.

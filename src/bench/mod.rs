@@ -29,7 +29,6 @@
 //! budgets, 10% and 50% of the (smaller) working set.
 
 mod charts;
-mod child;
 mod compression;
 mod device;
 mod fleet;
@@ -60,7 +59,6 @@ pub use index::child as index_child;
 pub use kill::child as kill_child;
 use report::{Latency, Report, RunReport};
 pub use scaling::{markdown as scaling_markdown, run as scaling};
-pub use storm::child as storm_child;
 use systems::{Served, System};
 use workload::{value_size, KeyPicker, Rng, SizeDistribution};
 
@@ -258,7 +256,12 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
     // A storm of the device test's size, or of the configured disk
     // budget if that is smaller (a tiny configuration stays tiny).
     let storm_bytes = device_bytes.min(opts.config.disk.capacity.as_usize().max(16 << 20));
-    let storm = storm::measure_in_child(&opts.config, scratch.path(), storm_bytes, storm_modes)?;
+    let storm = runtime.block_on(storm::measure(
+        &opts.config,
+        scratch.path(),
+        storm_bytes,
+        storm_modes,
+    ))?;
     progress.inc(1);
     progress.set_message("compression: none, lz4, zstd on JSON-like values");
     let compression = runtime.block_on(compression::measure(

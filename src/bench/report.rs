@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use spillway::Config;
 
 use super::compression::{CompressionRun, Spread};
@@ -14,7 +14,7 @@ use super::micro::MicroReport;
 use super::packing::PackingRun;
 use super::{BenchConfig, REOPENS};
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Latency {
     pub samples: usize,
     pub p50_us: f64,

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use spillway::{CacheTier, CodecRegistry, Config, TwoTierCacheBackend};
 
 use super::device::settle_writeback;
@@ -28,7 +28,7 @@ const VALUE_LEN: usize = 64 << 10;
 const MEMORY: u64 = 16 << 20;
 
 /// One system in one I/O mode.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct StormRun {
     pub system: String,
     /// O_DIRECT (true) or the page cache.
@@ -83,66 +83,6 @@ impl StormRun {
             .saturating_sub(self.read_back)
             .saturating_sub(self.reported_lost)
     }
-}
-
-/// Runs the phase in a child process of its own (`bench-storm-child`), so
-/// that both systems' storms start from a fresh process. In the bench's
-/// own process, after the main table's twenty opens and closes, spillway's
-/// buffered storm ran at 270 MiB/s against 960-1080 in a fresh process
-/// right after (2 cores; 59% of the disk threads' time then went to the
-/// kernel's page-cache copy and 24% to spinning on the device file's inode
-/// lock; cause not found). foyer's storm drops rather than waits, so its
-/// figure hardly moved.
-pub fn measure_in_child(
-    config: &Config,
-    scratch: &Path,
-    bytes: usize,
-    direct_modes: &[bool],
-) -> spillway::Result<Vec<StormRun>> {
-    let config_path = scratch.join("storm-config.toml");
-    let text = toml::to_string(config).map_err(|e| spillway::Error::Config {
-        field: "<bench config>".into(),
-        value: config_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    std::fs::write(&config_path, text)
-        .map_err(|e| spillway::Error::io("write", &config_path, e))?;
-    let out = scratch.join("storm-runs.json");
-    let bytes_arg = bytes.to_string();
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "bench-storm-child".as_ref(),
-        "--config".as_ref(),
-        config_path.as_os_str(),
-        "--scratch".as_ref(),
-        scratch.as_os_str(),
-        "--bytes".as_ref(),
-        bytes_arg.as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ];
-    for &direct in direct_modes {
-        args.push(if direct { "--direct" } else { "--buffered" }.as_ref());
-    }
-    let runs = super::child::run("storm", &args, &out);
-    let _ = std::fs::remove_file(&config_path);
-    runs
-}
-
-/// The child's side of [`measure_in_child`]: runs the storms (buffered
-/// first when both are asked for) and writes their runs to `out` as JSON.
-pub fn child(
-    config: &Config,
-    scratch: &Path,
-    bytes: usize,
-    buffered: bool,
-    direct: bool,
-    out: &Path,
-) -> spillway::Result<()> {
-    let modes: Vec<bool> = [(buffered, false), (direct, true)]
-        .into_iter()
-        .filter_map(|(asked, mode)| asked.then_some(mode))
-        .collect();
-    super::child::serve("storm", out, measure(config, scratch, bytes, &modes))
 }
 
 /// spillway and foyer's HybridCache, buffered then (where the filesystem

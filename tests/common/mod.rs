@@ -351,14 +351,3 @@ impl Clock {
         })
     }
 }
-
-/// Runs one of the bench's hidden child subcommands (`args`, which make it
-/// write its runs to `out`), checks that it succeeded, and returns the runs.
-pub fn run_bench_child(args: &[&std::ffi::OsStr], out: &std::path::Path) -> Vec<serde_json::Value> {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "{status}");
-    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
-}
