@@ -510,6 +510,9 @@ impl Spiller {
                     self.confirm(alone);
                 }
                 self.progress.notify_waiters();
+                // As after any batch: a stream of records that each spill
+                // alone must not grow the journal without end.
+                self.compact_if_due().await;
                 continue;
             }
             let mut batch = Vec::new();

@@ -634,36 +634,6 @@ fn churn_key(i: usize) -> InternalCacheKey {
     InternalCacheKey::new("churn", format!("{i:0>1000}"), BLOB)
 }
 
-/// Total bytes of the files named `journal.*` under `dir`. The cache may
-/// rotate or compact its journal meanwhile (files come and go), so a file
-/// that vanishes is skipped, and the total is read until two readings agree.
-fn journal_bytes(dir: &std::path::Path) -> u64 {
-    fn once(dir: &std::path::Path) -> u64 {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return 0;
-        };
-        let mut total = 0;
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                total += once(&entry.path());
-            } else if entry.file_name().to_string_lossy().starts_with("journal.") {
-                total += meta.len();
-            }
-        }
-        total
-    }
-    let mut last = once(dir);
-    for _ in 0..100 {
-        let now = once(dir);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
 /// What one round of churn left behind.
 struct Round {
     heap: isize,

@@ -63,3 +63,49 @@ fn evicted_entries_reach_the_disk_while_the_applications_runtime_is_not_running(
         cache.close().await.unwrap();
     });
 }
+
+/// A record larger than half a flusher's buffer is written alone, on a path
+/// of its own through the worker; the journal still compacts itself there.
+/// Sixteen keys of 40 KiB are rewritten over and over through 256 KiB of
+/// memory with a 64 KiB flusher buffer (batches of at most 32 KiB), so every
+/// spill takes that path, and the journal's facts of superseded versions
+/// add up to several times what makes it compact (64 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_compacts_itself_when_every_record_spills_alone() {
+    const LEN: usize = 40 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = small(dir.path())
+        .buffer_pool_size(64 << 10)
+        .persist_after(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    for round in 0..200u8 {
+        for i in 0..16 {
+            let value = vec![round; LEN];
+            cache
+                .insert(&key("alone", i), Arc::new(value) as CacheEntry, LEN)
+                .await;
+        }
+    }
+    cache.flush().await;
+    let s = cache.stats();
+    assert!(
+        s.spill.written > 2000,
+        "the records were not spilled: {s:?}"
+    );
+    assert_eq!(s.spill.not_written.total(), 0, "{s:?}");
+    let journal = journal_bytes(dir.path());
+    assert!(
+        journal < 128 << 10,
+        "the journal grew to {journal} bytes without compacting: {s:?}"
+    );
+    for i in 0..16 {
+        let entry = cache.get(&key("alone", i)).await.expect("a key was lost");
+        assert_eq!(
+            entry.downcast_ref::<Vec<u8>>().unwrap()[..],
+            vec![199u8; LEN][..]
+        );
+    }
+    cache.close().await.unwrap();
+}
