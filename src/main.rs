@@ -22,13 +22,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Measure spillway against moka alone and foyer's HybridCache; write a report and charts.
+    ///
+    /// The configuration's [bench] sets the workload; [memory] and [disk]
+    /// apply as written, except that each run's memory budget is a fraction
+    /// of the working set, capped at memory.capacity.
     Bench {
-        /// TOML configuration (default: the embedded config/default.toml, see
-        /// `spillway default-config`). [bench] sets the workload; [memory] and
-        /// [disk] apply as written, except that each run's memory budget is a
-        /// fraction of the working set, capped at memory.capacity.
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
         /// A quarter of the work, two memory budgets.
         #[arg(long)]
         quick: bool,
@@ -43,10 +43,11 @@ enum Command {
     /// The head-to-head workloads at 1, 2, 4, 8 and 16 tasks, spillway against
     /// foyer's HybridCache; writes scaling.md and scaling.json. For a machine
     /// with the cores to show it.
+    ///
+    /// The configuration's [memory] and [disk] apply, as in `bench`.
     BenchScaling {
-        /// TOML configuration whose [memory] and [disk] apply, as in `bench`.
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
         /// 4 KiB entries at 1 and 2 tasks only, a quarter of the operations.
         #[arg(long)]
         quick: bool,
@@ -94,12 +95,23 @@ enum Command {
     },
 }
 
-/// The configuration at `path`, or the embedded default.
-fn load_config(path: Option<PathBuf>) -> spillway::Result<Config> {
-    path.map_or_else(
-        || Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML),
-        Config::from_file,
-    )
+/// `--config`, shared by the bench commands.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// TOML configuration (default: the embedded config/default.toml, see
+    /// `spillway default-config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The configuration named, or the embedded default.
+    fn load(self) -> spillway::Result<Config> {
+        self.config.map_or_else(
+            || Config::from_toml_str(spillway::DEFAULT_CONFIG_TOML),
+            Config::from_file,
+        )
+    }
 }
 
 fn main() -> ExitCode {
@@ -129,7 +141,7 @@ fn main() -> ExitCode {
             if quick {
                 eprintln!("warning: --quick runs a quarter of the work on two budgets; its figures are not representative");
             }
-            load_config(config).and_then(|config| {
+            config.load().and_then(|config| {
                 bench::run(bench::Options {
                     config,
                     quick,
@@ -144,7 +156,8 @@ fn main() -> ExitCode {
                     "warning: --quick runs two small cells; its figures are not representative"
                 );
             }
-            load_config(config)
+            config
+                .load()
                 .and_then(|config| bench::scaling(&config, quick, &out))
                 .map(|scaling| print!("{}", bench::scaling_markdown(&scaling)))
         }

@@ -112,6 +112,18 @@ struct InFlight {
     bytes: usize,
 }
 
+impl Submitted {
+    /// A batch just handed to foyer, `written` its wait.
+    fn now(items: Vec<(SpillItem, usize)>, written: crate::disk::Written, bytes: usize) -> Self {
+        Self {
+            items,
+            written,
+            bytes,
+            deadline: tokio::time::Instant::now() + STALL_TIMEOUT,
+        }
+    }
+}
+
 impl InFlight {
     fn is_empty(&self) -> bool {
         self.batches.is_empty()
@@ -502,12 +514,11 @@ impl Spiller {
                 while self.land_oldest(&mut in_flight).await {}
                 let mut alone = Vec::new();
                 let mut packs = Vec::new();
-                self.submit(first, &mut alone, &mut packs);
+                let used = self.submit(first, &mut alone, &mut packs);
                 self.enqueue_packs(packs);
                 if !alone.is_empty() {
-                    let deadline = tokio::time::Instant::now() + STALL_TIMEOUT;
-                    self.landed(self.disk.wait_from_now(), deadline).await;
-                    self.confirm(alone);
+                    in_flight.push(Submitted::now(alone, self.disk.wait_from_now(), used));
+                    self.land_oldest(&mut in_flight).await;
                 }
                 self.progress.notify_waiters();
                 // As after any batch: a stream of records that each spill
@@ -531,12 +542,7 @@ impl Spiller {
             // What is left has waited since now at the earliest.
             held_since = (!ready.is_empty()).then_some(now);
             if !batch.is_empty() {
-                in_flight.push(Submitted {
-                    items: batch,
-                    written: self.disk.wait_from_now(),
-                    bytes: used,
-                    deadline: tokio::time::Instant::now() + STALL_TIMEOUT,
-                });
+                in_flight.push(Submitted::now(batch, self.disk.wait_from_now(), used));
             }
             // Room for the next batch: at most a budget stays in flight.
             while in_flight.bytes > budget {

@@ -67,7 +67,6 @@ pub fn cells(quick: bool) -> Vec<Cell> {
 pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling> {
     std::fs::create_dir_all(out).map_err(err("create output directory", out))?;
     let (scratch, runtime) = super::scratch_and_runtime(config)?;
-    let bench = BenchConfig::default();
     let ops_scale = if quick { 0.25 } else { 1.0 };
     let runs = {
         let _quiet = super::quiet::QuietStdout::new();
@@ -76,7 +75,7 @@ pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling
             config,
             scratch.path(),
             quick,
-            bench.seed,
+            BenchConfig::default().seed,
             ops_scale,
             |cell| eprintln!("scaling: {cell}"),
         ))?
