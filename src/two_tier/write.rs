@@ -178,9 +178,14 @@ impl TwoTierCacheBackend {
     /// moka applies writes, and evicts, only when its maintenance runs.
     /// Running it once a quarter of the queue's budget is reserved keeps
     /// writers from queueing up behind a maintenance run nobody started.
+    /// Skipped while a run is under way (see
+    /// [`FlowControl::maintained_unless_running`](crate::flow::FlowControl)).
     pub(super) async fn maintain_if_due(&self) {
-        if self.inner.spiller.flow.unmaintained() >= self.inner.maintain_every {
-            self.maintain().await;
+        let flow = &self.inner.spiller.flow;
+        if flow.unmaintained() >= self.inner.maintain_every {
+            let memory = &self.inner.memory;
+            flow.maintained_unless_running(memory.run_pending_tasks())
+                .await;
         }
     }
 
