@@ -79,44 +79,72 @@ fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     &mut buf[offset..offset + len]
 }
 
+/// A sequential write test: `total` bytes 1 MiB at a time into a fresh
+/// `device-probe` file in `dir`, then `fdatasync`, after the filesystem's
+/// earlier writeback has settled. Returns the file (for reads) and MiB/s;
+/// `None` when `direct` was asked for and the filesystem refused O_DIRECT.
+fn write_test(
+    dir: &Path,
+    total: usize,
+    direct: bool,
+) -> std::io::Result<Option<(std::fs::File, f64)>> {
+    let path = dir.join("device-probe");
+    // A fresh file, so no test overwrites pages another left cached.
+    let _ = std::fs::remove_file(&path);
+    let mut o = OpenOptions::new();
+    o.create(true).read(true).write(true).truncate(true);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    settle_writeback(dir);
+    let mut file = match o.open(&path) {
+        Ok(file) => file,
+        Err(_) if direct => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut backing = Vec::new();
+    let buf = aligned(&mut backing, CHUNK);
+    buf.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+    let started = Instant::now();
+    for _ in 0..total / CHUNK {
+        file.write_all(buf)?;
+    }
+    file.sync_data()?;
+    let mib_s = (total / CHUNK) as f64 / started.elapsed().as_secs_f64();
+    Ok(Some((file, mib_s)))
+}
+
+/// The sequential write bandwidth in one mode, measured now (the storms
+/// measure it beside themselves); `None` for O_DIRECT where refused.
+pub fn seq_write(dir: &Path, total: usize, direct: bool) -> std::io::Result<Option<f64>> {
+    let written = write_test(dir, total, direct)?;
+    let _ = std::fs::remove_file(dir.join("device-probe"));
+    Ok(written.map(|(_, mib_s)| mib_s))
+}
+
+/// The 1 MiB unit of every sequential test.
+const CHUNK: usize = 1 << 20;
+
 pub fn measure(dir: &Path, total: usize) -> std::io::Result<DeviceReport> {
     let path = dir.join("device-probe");
-    let open = |direct: bool| {
-        let mut o = OpenOptions::new();
-        o.create(true).read(true).write(true).truncate(true);
-        if direct {
-            o.custom_flags(libc::O_DIRECT);
-        }
-        o.open(&path)
-    };
-    let chunk = 1 << 20;
-    let mut backing = Vec::new();
-    let buf = aligned(&mut backing, chunk);
-    buf.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
-    let write_all = |file: &mut std::fs::File, buf: &[u8]| -> std::io::Result<f64> {
-        let started = Instant::now();
-        for _ in 0..total / chunk {
-            file.write_all(buf)?;
-        }
-        file.sync_data()?;
-        Ok((total / chunk) as f64 / started.elapsed().as_secs_f64())
-    };
-    settle_writeback(dir);
-    let buffered_write_mib_s = write_all(&mut open(false)?, buf)?;
-    // A fresh file, so the direct test does not overwrite cached pages.
-    let _ = std::fs::remove_file(&path);
-    settle_writeback(dir);
-    let (mut file, direct) = match open(true) {
-        Ok(f) => (f, true),
-        Err(_) => (open(false)?, false),
-    };
+    let buffered_write_mib_s = seq_write(dir, total, false)?.unwrap_or_default();
     // Written in either mode: the random reads below need its contents.
-    let written = write_all(&mut file, buf)?;
+    let (file, direct, written) = match write_test(dir, total, true)? {
+        Some((file, mib_s)) => (file, true, mib_s),
+        None => {
+            let (file, mib_s) = write_test(dir, total, false)?
+                .ok_or_else(|| std::io::Error::other("a buffered write test cannot be refused"))?;
+            (file, false, mib_s)
+        }
+    };
     let seq_write_mib_s = if direct {
         written
     } else {
         buffered_write_mib_s
     };
+    let chunk = CHUNK;
+    let mut backing = Vec::new();
+    let buf = aligned(&mut backing, chunk);
 
     let mut rng = Rng::new(42);
     let mut backing = Vec::new();
