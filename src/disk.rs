@@ -18,10 +18,11 @@ use foyer::{
     IoEngineConfig, Load, PsyncIoEngineConfig, RecoverMode,
 };
 use futures::FutureExt;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::disk_runtime::InstanceRuntime;
 use crate::{Error, Result};
 
 /// foyer writes in 4 KiB pages: every record occupies a whole number of them.
@@ -88,11 +89,37 @@ pub(crate) struct DiskTier {
     /// does not survive a failed write (it panics on its next round), so a
     /// disk that works again needs a fresh instance on the same file.
     cache: RwLock<HybridCache<u64, Bytes>>,
+    /// The runtime of the current instance's tasks; taken when dropped.
+    runtime: Mutex<Option<InstanceRuntime>>,
     opts: DiskOptions,
     dir: PathBuf,
     capacity: usize,
     max_record: usize,
     batch_budget: usize,
+}
+
+/// Hands an instance to the reaper, which closes it (bounded; foyer's close
+/// of a closed instance returns at once) and then ends its runtime.
+fn abandon(cache: HybridCache<u64, Bytes>, runtime: InstanceRuntime) {
+    runtime.abandon(async move {
+        let closed = tokio::time::timeout(
+            STALL_TIMEOUT,
+            AssertUnwindSafe(cache.close()).catch_unwind(),
+        )
+        .await;
+        matches!(closed, Ok(Ok(Ok(()))))
+    });
+}
+
+/// The last handle gone, foyer's instance is closed (at once if `close`
+/// already did; else once its writes are done) and its runtime ended, off
+/// the caller's thread: that frees its device file, buffers and index.
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.get_mut().take() {
+            abandon(self.cache.read().clone(), runtime);
+        }
+    }
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -109,7 +136,8 @@ fn align_up(n: usize) -> usize {
 }
 
 /// A foyer instance on the device file in `opts.dir` (created if missing).
-async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
+/// A foyer instance on `opts`, its tasks on a runtime of their own.
+async fn build(opts: &DiskOptions) -> Result<(HybridCache<u64, Bytes>, InstanceRuntime)> {
     let disk_err = |op: &'static str| {
         let dir = opts.dir.clone();
         move |e: foyer::Error| Error::Disk {
@@ -120,8 +148,9 @@ async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
     };
     // One file for the whole device, not one per block: foyer 0.22 never
     // releases a device after close and drop (its flusher tasks and block
-    // manager reference each other), so each open keeps its descriptors
-    // for the life of the process. One file keeps that to one per open.
+    // manager reference each other). Ending the instance's runtime once it
+    // has closed frees it (see `Drop`); an instance that could not close
+    // keeps its descriptors for the life of the process, one per open here.
     let builder = FileDeviceBuilder::new(opts.dir.join("blocks"))
         .with_capacity(opts.capacity)
         .with_direct(opts.direct_io);
@@ -145,12 +174,16 @@ async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
         .with_block_size(opts.block_size)
         .with_flushers(opts.flushers)
         .with_buffer_pool_size(opts.buffer_pool);
-    let spawner = crate::disk_runtime::spawner().map_err(|e| Error::Disk {
+    let runtime_err = |message: String| Error::Disk {
         dir: opts.dir.clone(),
-        op: "start the disk runtime",
-        message: e,
-    })?;
-    HybridCacheBuilder::new()
+        op: "start the disk tier's runtime",
+        message,
+    };
+    let runtime = InstanceRuntime::start().map_err(runtime_err)?;
+    let spawner = runtime
+        .spawner()
+        .ok_or_else(|| runtime_err("no runtime".into()))?;
+    let cache = HybridCacheBuilder::new()
         .with_name("spillway")
         .with_flush_on_close(false)
         .memory(1)
@@ -164,8 +197,12 @@ async fn build(opts: &DiskOptions) -> Result<HybridCache<u64, Bytes>> {
         .with_recover_mode(RecoverMode::Quiet)
         .with_spawner(spawner)
         .build()
-        .await
-        .map_err(disk_err("build disk cache"))
+        .await;
+    match cache {
+        Ok(cache) => Ok((cache, runtime)),
+        // A failed build may leave tasks behind: its runtime is kept.
+        Err(e) => Err(disk_err("build disk cache")(e)),
+    }
 }
 
 impl DiskTier {
@@ -175,8 +212,11 @@ impl DiskTier {
         // foyer opens its device file itself, following symlinks.
         let device = opts.dir.join("blocks");
         crate::private_fs::refuse_symlink(&device)?;
-        let cache = build(opts).await?;
-        crate::private_fs::make_private(&device)?;
+        let (cache, runtime) = build(opts).await?;
+        if let Err(e) = crate::private_fs::make_private(&device) {
+            abandon(cache, runtime);
+            return Err(e);
+        }
         // Each flusher owns buffer_pool / flushers bytes and drops what does not
         // fit while its previous write is in flight. Batches of at most half
         // of that, submitted only while at most one batch budget is still
@@ -189,6 +229,7 @@ impl DiskTier {
             .saturating_sub(FOYER_ENTRY_OVERHEAD);
         Ok(Self {
             cache: RwLock::new(cache),
+            runtime: Mutex::new(Some(runtime)),
             opts: opts.clone(),
             dir: opts.dir.clone(),
             capacity: opts.capacity,
@@ -208,9 +249,14 @@ impl DiskTier {
         if let Err(e) = bounded(&self.dir, "close", async move { old.close().await }).await {
             tracing::debug!(error = %e, "the failed disk tier instance did not close");
         }
-        let fresh = build(&self.opts).await?;
+        let (fresh, runtime) = build(&self.opts).await?;
         let old = std::mem::replace(&mut *self.cache.write(), fresh);
-        drop(old);
+        let old_runtime = self.runtime.lock().replace(runtime);
+        // Closed again by the reaper (bounded): after a failed write that
+        // close may never return, and then that runtime is kept.
+        if let Some(old_runtime) = old_runtime {
+            abandon(old, old_runtime);
+        }
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! The tokio runtime foyer's tasks run on: one per process, never shut down.
+//! The tokio runtimes spillway's disk work runs on, off the application's.
 //!
 //! foyer 0.22.6 spawns a block reclaim while it holds its block manager's
 //! state lock (`engine/block/manager.rs`, `reclaim_if_needed`). On a runtime
@@ -9,19 +9,25 @@
 //! cache was still reclaiming blocks (a cache dropped without `close`, or
 //! still held by tasks) could hang the application's shutdown forever.
 //!
-//! On a runtime of our own that is never shut down, no foyer task is ever
-//! dropped mid-flight: a cache the application abandons finishes its
-//! writes and reclaims in the background, and process exit ends the rest.
-//! The runtime is small (its tasks only move buffers; the blocking pool does
-//! the I/O) and is shared by every cache in the process, so opening many
-//! caches costs no threads beyond it.
+//! So each foyer instance's tasks (flushers, reclaimers, I/O) run on an
+//! [`InstanceRuntime`] of their own, which is shut down only once that
+//! instance is no longer used and has closed cleanly (nothing of it is in
+//! flight then). That shutdown is also what frees the instance: foyer 0.22 never ends its
+//! tasks (each flusher holds the block manager, which holds the reclaimer,
+//! which holds every flusher's sender), so on a runtime that lives on they
+//! kept its device file, flush buffers and index for the life of the
+//! process: one descriptor and about 14 MiB per close and reopen. When the
+//! disk tier is dropped, a background thread closes its instance (at once
+//! if `close` already did) and then ends the runtime; if that close fails,
+//! the runtime is kept until the process exits.
 //!
-//! Each cache's spill worker runs here too, beside the flushers it feeds,
-//! rather than on the application's runtime: sealing records is background
-//! work, and on the application's workers it took turns with the callers
-//! it exists to keep fast. On 2 cores, the head-to-head bench's 4 KiB
-//! cells went from about 51k to 61k ops/s with one task and from 80k to
-//! 106k with sixteen once it moved here on a single worker.
+//! Each cache's spill worker and journal compactions run on one runtime
+//! shared by every cache in the process and never shut down, rather than
+//! on the application's: sealing records is background work, and on the
+//! application's workers it took turns with the callers it exists to keep
+//! fast. On 2 cores, the head-to-head bench's 4 KiB cells went from about
+//! 51k to 61k ops/s with one task and from 80k to 106k with sixteen once it
+//! moved off them onto a single worker (then shared with foyer's tasks).
 
 use std::sync::OnceLock;
 
@@ -53,11 +59,91 @@ fn blocking_threads() -> usize {
     (4 * cores).max(8)
 }
 
-/// The spawner every foyer instance of this process is built with. Fails
-/// only if the runtime's threads cannot be started (then every later call
-/// fails the same way).
-pub(crate) fn spawner() -> Result<Spawner, String> {
-    handle().map(Spawner::Handle)
+/// The runtime one foyer instance's tasks run on, ended once that instance
+/// has closed cleanly ([`InstanceRuntime::abandon`]). Never dropped
+/// implicitly: dropping a runtime blocks (a panic inside async code) and,
+/// with foyer's tasks mid-reclaim, can deadlock (see the module's notes).
+pub(crate) struct InstanceRuntime(Option<tokio::runtime::Runtime>);
+
+impl InstanceRuntime {
+    pub(crate) fn start() -> Result<Self, String> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers())
+            .thread_name("spillway-foyer")
+            .max_blocking_threads(blocking_threads())
+            .enable_all()
+            .build()
+            .map(|runtime| Self(Some(runtime)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// What foyer's builder takes: a handle, which does not keep the
+    /// runtime alive (foyer's tasks would, forever, through their cycle).
+    pub(crate) fn spawner(&self) -> Option<Spawner> {
+        self.0
+            .as_ref()
+            .map(|runtime| Spawner::Handle(runtime.handle().clone()))
+    }
+
+    /// Ends the runtime, waiting (bounded) for its threads to drop their tasks.
+    fn end(mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_timeout(RELEASE_TIMEOUT);
+        }
+    }
+
+    /// For an instance no longer used: a background thread runs `close`
+    /// (foyer's, bounded) on this runtime and ends it if that succeeds.
+    /// If it fails or the thread cannot start, the runtime is kept for the
+    /// life of the process, as every instance's was.
+    pub(crate) fn abandon<F>(self, close: F)
+    where
+        F: std::future::Future<Output = bool> + Send + 'static,
+    {
+        if self.0.is_some() {
+            // A failed send drops the job, and with it `self`, unreleased.
+            let _ = reaper().send((self, Box::pin(close)));
+        }
+    }
+}
+
+impl Drop for InstanceRuntime {
+    fn drop(&mut self) {
+        // Neither released nor abandoned: keep it (see the type's notes).
+        if let Some(runtime) = self.0.take() {
+            std::mem::forget(runtime);
+        }
+    }
+}
+
+/// How long ending a runtime may wait for its threads to drop its tasks.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type Abandoned = (
+    InstanceRuntime,
+    std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+);
+
+/// The one thread that closes abandoned instances, one at a time, off any
+/// runtime (`block_on` needs a thread that is not a runtime's).
+fn reaper() -> &'static std::sync::mpsc::Sender<Abandoned> {
+    static REAPER: OnceLock<std::sync::mpsc::Sender<Abandoned>> = OnceLock::new();
+    REAPER.get_or_init(|| {
+        let (sender, jobs) = std::sync::mpsc::channel::<Abandoned>();
+        // Without the thread, the receiver is gone and every send fails:
+        // those runtimes are kept instead.
+        let _ = std::thread::Builder::new()
+            .name("spillway-reaper".into())
+            .spawn(move || {
+                for (runtime, close) in jobs {
+                    let closed = runtime.0.as_ref().is_some_and(|rt| rt.block_on(close));
+                    if closed {
+                        runtime.end();
+                    }
+                }
+            });
+        sender
+    })
 }
 
 /// Runs `task` on the disk runtime, detached: spillway's own disk work
