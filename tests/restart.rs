@@ -403,7 +403,10 @@ async fn a_dropped_cache_holds_no_descriptor_of_its_directory() {
         }
         cache.flush().await;
         assert!(cache.stats().spill.written > 0, "round {round}");
-        assert!(!devices().is_empty(), "round {round}: the open cache's device");
+        assert!(
+            !devices().is_empty(),
+            "round {round}: the open cache's device"
+        );
         // The last round drops the cache without closing it.
         if round < 9 {
             cache.close().await.unwrap();
