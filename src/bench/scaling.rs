@@ -66,11 +66,11 @@ pub fn cells(quick: bool) -> Vec<Cell> {
 /// `scaling.json` to `out`.
 pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling> {
     std::fs::create_dir_all(out).map_err(err("create output directory", out))?;
-    let (scratch, runtime) = super::scratch_and_runtime(config)?;
+    let (scratch, _runtime) = super::scratch_and_runtime(config)?;
     let ops_scale = if quick { 0.25 } else { 1.0 };
     let runs = {
         let _quiet = super::quiet::QuietStdout::new();
-        runtime.block_on(versus::measure_cells(
+        versus::measure_cells(
             &cells(quick),
             config,
             scratch.path(),
@@ -78,7 +78,7 @@ pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling
             BenchConfig::default().seed,
             ops_scale,
             |cell| eprintln!("scaling: {cell}"),
-        ))?
+        )?
     };
     let scaling = Scaling {
         cores: std::thread::available_parallelism().map_or(1, |c| c.get()),

@@ -97,7 +97,7 @@ pub fn cells() -> Vec<Cell> {
 /// `memory.capacity`) and the working set ten times that. `ops_scale`
 /// scales the operations per phase (`bench.ops`, `--quick` included, over
 /// its default).
-pub async fn measure(
+pub fn measure(
     base: &Config,
     scratch: &Path,
     quick: bool,
@@ -105,11 +105,12 @@ pub async fn measure(
     ops_scale: f64,
     progress: impl FnMut(&str),
 ) -> spillway::Result<Vec<CellRun>> {
-    measure_cells(&cells(), base, scratch, quick, seed, ops_scale, progress).await
+    measure_cells(&cells(), base, scratch, quick, seed, ops_scale, progress)
 }
 
-/// Runs `cells` as [`measure`] runs the goals' matrix.
-pub async fn measure_cells(
+/// Runs `cells` as [`measure`] runs the goals' matrix: each system's
+/// repetition on a client runtime of its own (see `on_own_runtime`).
+pub fn measure_cells(
     cells: &[Cell],
     base: &Config,
     scratch: &Path,
@@ -158,7 +159,9 @@ pub async fn measure_cells(
             };
             for name in order {
                 let dir = scratch.join(format!("versus-{name}-{rep}"));
-                let side = run_one(name, &config, &dir, &picker, &bench, rep as u64).await?;
+                let side = super::on_own_runtime(run_one(
+                    name, &config, &dir, &picker, &bench, rep as u64,
+                ))??;
                 let _ = std::fs::remove_dir_all(&dir);
                 if name == "spillway" {
                     ours.push(side);
