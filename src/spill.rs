@@ -1,26 +1,28 @@
 //! The spill path: capacity evictions from moka go through a queue to a
 //! background worker that writes them to the disk tier, paced so that foyer
-//! never silently drops a record, and confirms each write.
+//! never silently drops a record, and confirms each write. This module
+//! holds the queue's side and the bookkeeping (slots, sealing,
+//! confirmation); the worker's loop is in `worker`.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::compression::Compressor;
-use crate::disk::{DiskTier, STALL_TIMEOUT};
+use crate::disk::DiskTier;
 use crate::envelope;
 use crate::expiry::ExpiryClock;
 use crate::flow::FlowControl;
 use crate::health::DiskHealth;
 use crate::journal::{Fact, Journal};
-use crate::packing::{pack_key, PackRef, PackWriter, Packer, PACK_HOLD};
+use crate::packing::PackRef;
 use crate::placement::{Guard, Place, Placements, Resident, Slot};
 use crate::stats::{NotWrittenReason, Stats};
 use crate::InternalCacheKey;
+
+mod worker;
 
 /// Why an item was handed to the worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,91 +59,6 @@ pub(crate) struct SpillItem {
     logical_len: usize,
     /// Once submitted inside a pack: where.
     pack: Option<PackRef>,
-}
-
-/// One record handed to foyer: an entry's own, or a pack of small ones.
-enum Unit {
-    Single(SpillItem, Bytes),
-    /// Its members, and the length of the pack they make.
-    Pack(Vec<(SpillItem, Bytes)>, usize),
-}
-
-impl Unit {
-    fn pack(open: crate::packing::OpenPack<SpillItem>) -> Self {
-        let len = open.len();
-        Unit::Pack(open.members, len)
-    }
-
-    /// Bytes it takes in foyer's buffers.
-    fn footprint(&self) -> usize {
-        match self {
-            Unit::Single(_, record) => DiskTier::footprint(record.len()),
-            Unit::Pack(_, len) => DiskTier::footprint(*len),
-        }
-    }
-}
-
-/// Bytes of ready records worth a flush of their own (see `Spiller::run`).
-/// foyer writes a 4 KiB index page with every flush and flushes whenever
-/// it is idle: handed a pack or two at a time, it wrote about 1.3 bytes
-/// per byte of small records; batches of this size keep that near 1.1.
-const COALESCE: usize = 256 << 10;
-
-/// Bytes the units take in foyer's buffers.
-fn footprint(units: &VecDeque<Unit>) -> usize {
-    units.iter().map(Unit::footprint).sum()
-}
-
-/// A batch handed to foyer: its items (with their record lengths), the
-/// wait for foyer to have written it, the bytes it takes in foyer's
-/// buffers, and when it counts as stalled: [`STALL_TIMEOUT`] after it was
-/// submitted, not after the worker starts waiting on it, so that a foyer
-/// that stopped answering times out every batch in flight at once rather
-/// than one after another.
-struct Submitted {
-    items: Vec<(SpillItem, usize)>,
-    written: crate::disk::Written,
-    bytes: usize,
-    deadline: tokio::time::Instant,
-}
-
-/// Batches handed to foyer and not yet confirmed, oldest first.
-#[derive(Default)]
-struct InFlight {
-    batches: VecDeque<Submitted>,
-    bytes: usize,
-}
-
-impl Submitted {
-    /// A batch just handed to foyer, `written` its wait.
-    fn now(items: Vec<(SpillItem, usize)>, written: crate::disk::Written, bytes: usize) -> Self {
-        Self {
-            items,
-            written,
-            bytes,
-            deadline: tokio::time::Instant::now() + STALL_TIMEOUT,
-        }
-    }
-}
-
-impl InFlight {
-    fn is_empty(&self) -> bool {
-        self.batches.is_empty()
-    }
-
-    fn push(&mut self, batch: Submitted) {
-        self.bytes += batch.bytes;
-        self.batches.push_back(batch);
-    }
-}
-
-/// What woke an idle worker.
-enum Wake {
-    Item(SpillItem),
-    /// The cache is gone: no more items will come.
-    Closed,
-    /// Open packs are due (their hold ran out, or a flush asked).
-    Seal,
 }
 
 /// How the spill worker writes (from the disk settings).
@@ -411,222 +328,6 @@ impl Spiller {
         }
     }
 
-    /// The worker: batches of at most `batch_budget` bytes are handed to
-    /// foyer, and before each is submitted the worker waits until foyer has
-    /// written all but a batch budget of what it was handed before. So the
-    /// unconfirmed bytes never exceed two budgets, one flusher's buffer:
-    /// foyer's flush buffers cannot overflow (its silent drop), and the
-    /// write of every record is then confirmed: a record foyer did not
-    /// write anyway is counted, never assumed.
-    ///
-    /// Evictions come first: write-behind items are taken only when no
-    /// eviction is waiting, so they never delay a spill by more than the
-    /// batch budget in flight. Small records go through open packs first
-    /// (see `packing`).
-    ///
-    /// Batches are coalesced: foyer rewrites a 4 KiB index page with every
-    /// flush, so a trickle of one-page flushes would write each page twice.
-    /// Records wait (readable from RAM) until [`COALESCE`] bytes are ready,
-    /// for at most [`PACK_HOLD`], and not at all once `flush` or `close`
-    /// asks, or writers may be waiting for room in the queue.
-    pub(crate) async fn run(
-        self: Arc<Self>,
-        mut evictions: mpsc::UnboundedReceiver<SpillItem>,
-        mut persists: mpsc::UnboundedReceiver<SpillItem>,
-    ) {
-        let budget = self.disk.batch_budget();
-        // At most half the queue, so that writers rarely wait for it.
-        let coalesce = COALESCE.min(budget).min(self.flow.capacity() as usize / 2);
-        let mut packer: Packer<SpillItem> = Packer::new(self.pack_threshold);
-        // Records sealed and ready to submit, in order, and since when the
-        // oldest of them has waited.
-        let mut ready: VecDeque<Unit> = VecDeque::new();
-        let mut held_since: Option<Instant> = None;
-        // What foyer is writing while the next batch is prepared: at most
-        // a batch budget (half a flusher buffer) of it when the next one is
-        // submitted, so the unconfirmed bytes never exceed one flusher's
-        // buffer (foyer drops what overflows it), and encoding overlaps the
-        // disk writes. Counted in bytes, not batches: small batches (forced
-        // out when writers wait for room) then go out several at a time
-        // instead of one per round trip to the flusher.
-        let mut in_flight = InFlight::default();
-        loop {
-            let mut force = false;
-            if in_flight.is_empty() && (ready.is_empty() || footprint(&ready) < coalesce) {
-                let due = [held_since.map(|t| t + PACK_HOLD), packer.due_at()]
-                    .into_iter()
-                    .flatten()
-                    .min();
-                match self.idle(&mut evictions, &mut persists, due).await {
-                    Wake::Item(item) => {
-                        held_since.get_or_insert_with(Instant::now);
-                        self.take_in(item, &mut packer, &mut ready);
-                    }
-                    Wake::Closed if ready.is_empty() && packer.is_empty() => return,
-                    Wake::Closed | Wake::Seal => force = true,
-                }
-            }
-            // What is waiting now, up to a batch's worth.
-            let mut emptied = false;
-            // Kept as a running sum: a backlog can make thousands of units.
-            let mut ready_bytes = footprint(&ready);
-            while ready_bytes < budget {
-                match next_now(&mut evictions, &mut persists) {
-                    Some(item) => {
-                        held_since.get_or_insert_with(Instant::now);
-                        let before = ready.len();
-                        self.take_in(item, &mut packer, &mut ready);
-                        if ready.len() > before {
-                            ready_bytes += ready.back().map_or(0, Unit::footprint);
-                        }
-                    }
-                    None => {
-                        emptied = true;
-                        break;
-                    }
-                }
-            }
-            let now = Instant::now();
-            force = force
-                || self.seal_requested.swap(false, Ordering::AcqRel)
-                || held_since.is_some_and(|t| t + PACK_HOLD <= now)
-                || packer.due_at().is_some_and(|d| d <= now)
-                || (emptied && self.flow.writers_waiting());
-            if force {
-                ready.extend(packer.take_all().into_iter().map(Unit::pack));
-            }
-            if ready.is_empty() || (!force && footprint(&ready) < coalesce) {
-                // Nothing worth a flush yet: confirm what is in flight.
-                self.land_oldest(&mut in_flight).await;
-                if ready.is_empty() && packer.is_empty() {
-                    held_since = None;
-                }
-                self.progress.notify_waiters();
-                continue;
-            }
-            let Some(first) = ready.pop_front() else {
-                continue;
-            };
-            if first.footprint() > budget {
-                // Larger than half a buffer: it must share foyer's buffer
-                // with nothing, so what is in flight lands first, and
-                // this one lands before anything else is submitted.
-                while self.land_oldest(&mut in_flight).await {}
-                let mut alone = Vec::new();
-                let mut packs = Vec::new();
-                let used = self.submit(first, &mut alone, &mut packs);
-                self.enqueue_packs(packs);
-                if !alone.is_empty() {
-                    in_flight.push(Submitted::now(alone, self.disk.wait_from_now(), used));
-                    self.land_oldest(&mut in_flight).await;
-                }
-                self.progress.notify_waiters();
-                // As after any batch: a stream of records that each spill
-                // alone must not grow the journal without end.
-                self.compact_if_due().await;
-                continue;
-            }
-            let mut batch = Vec::new();
-            let mut packs = Vec::new();
-            let mut used = self.submit(first, &mut batch, &mut packs);
-            while let Some(unit) = ready.pop_front() {
-                let footprint = unit.footprint();
-                if footprint > budget || (used > 0 && used + footprint > budget) {
-                    // It opens the next batch.
-                    ready.push_front(unit);
-                    break;
-                }
-                used += self.submit(unit, &mut batch, &mut packs);
-            }
-            self.enqueue_packs(packs);
-            // What is left has waited since now at the earliest.
-            held_since = (!ready.is_empty()).then_some(now);
-            if !batch.is_empty() {
-                in_flight.push(Submitted::now(batch, self.disk.wait_from_now(), used));
-            }
-            // Room for the next batch: at most a budget stays in flight.
-            while in_flight.bytes > budget {
-                self.land_oldest(&mut in_flight).await;
-            }
-            self.progress.notify_waiters();
-            self.compact_if_due().await;
-        }
-    }
-
-    /// Waits, with nothing to submit, for the next item, or until what is
-    /// held falls `due` (or a flush asks for it).
-    async fn idle(
-        &self,
-        evictions: &mut mpsc::UnboundedReceiver<SpillItem>,
-        persists: &mut mpsc::UnboundedReceiver<SpillItem>,
-        due: Option<Instant>,
-    ) -> Wake {
-        let wake = |item: Option<SpillItem>| item.map_or(Wake::Closed, Wake::Item);
-        match due {
-            None => tokio::select! {
-                biased;
-                item = evictions.recv() => wake(item),
-                item = persists.recv() => wake(item),
-            },
-            Some(due) => tokio::select! {
-                biased;
-                item = evictions.recv() => wake(item),
-                item = persists.recv() => wake(item),
-                _ = self.seal_now.notified() => Wake::Seal,
-                _ = self.flow.writer_waits() => Wake::Seal,
-                _ = tokio::time::sleep_until(due.into()) => Wake::Seal,
-            },
-        }
-    }
-
-    /// Seals an item's record and queues it for submission: on its own, or
-    /// into an open pack.
-    fn take_in(
-        &self,
-        mut item: SpillItem,
-        packer: &mut Packer<SpillItem>,
-        ready: &mut VecDeque<Unit>,
-    ) {
-        let Some((record, logical_len)) = self.prepare_or_finish(&item) else {
-            return;
-        };
-        item.logical_len = logical_len;
-        if packer.takes(record.len()) {
-            if let Some(full) = packer.add(item, record) {
-                ready.push_back(Unit::pack(full));
-            }
-        } else {
-            ready.push_back(Unit::Single(item, record));
-        }
-    }
-
-    /// Waits for the oldest batch in flight to land and confirms it; false
-    /// when none is in flight.
-    async fn land_oldest(&self, in_flight: &mut InFlight) -> bool {
-        let Some(batch) = in_flight.batches.pop_front() else {
-            return false;
-        };
-        in_flight.bytes -= batch.bytes;
-        self.landed(batch.written, batch.deadline).await;
-        self.confirm(batch.items);
-        true
-    }
-
-    /// Waits for foyer to finish a batch, but not past `deadline`: foyer
-    /// 0.22's flusher dies on a failed device write (a panic inside its
-    /// task), and its waiters are then never answered. A batch not written
-    /// by then is treated as failed, which pauses spilling until the disk
-    /// is probed healthy and foyer reopened.
-    async fn landed(&self, written: crate::disk::Written, deadline: tokio::time::Instant) {
-        if tokio::time::timeout_at(deadline, written.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(dir = %self.disk.dir().display(), "the disk tier did not finish a write in {STALL_TIMEOUT:?}");
-            self.health.stalled();
-        }
-    }
-
     /// `prepare`, marking the item finished when there is nothing to write.
     fn prepare_or_finish(&self, item: &SpillItem) -> Option<(Bytes, usize)> {
         let record = self.prepare(item);
@@ -701,87 +402,6 @@ impl Spiller {
         }))
         .unwrap_or_else(|_| Err(crate::CodecError::Failed("the codec panicked".into())))
         .map(|(bytes, logical)| (Bytes::from(bytes), logical))
-    }
-
-    /// Hands a unit to foyer; returns the bytes it takes in foyer's buffer
-    /// (0 if nothing in it was still due).
-    /// Packs are laid out here and handed over by [`Self::enqueue_packs`]
-    /// once the whole batch is ready.
-    fn submit(
-        &self,
-        unit: Unit,
-        batch: &mut Vec<(SpillItem, usize)>,
-        packs: &mut Vec<(u64, Bytes)>,
-    ) -> usize {
-        match unit {
-            Unit::Single(item, record) => self.submit_single(item, record, batch),
-            Unit::Pack(members, _) => self.submit_pack(members, batch, packs),
-        }
-    }
-
-    /// Hands a batch's packs to foyer back to back: its flusher writes
-    /// whatever it holds whenever it is idle, with an index page each time,
-    /// so records handed over in a quick run share fewer writes.
-    fn enqueue_packs(&self, packs: Vec<(u64, Bytes)>) {
-        for (key, pack) in packs {
-            self.disk.enqueue(key, pack);
-        }
-    }
-
-    /// Moves the slot to its writing state and hands the record to foyer,
-    /// both under the slot's lock, so that a concurrent replace (which deletes
-    /// from foyer under the same lock) is ordered after the write.
-    fn submit_single(
-        &self,
-        item: SpillItem,
-        record: Bytes,
-        batch: &mut Vec<(SpillItem, usize)>,
-    ) -> usize {
-        let mut shard = self.placements.lock(item.hash);
-        if !self.begin_write(&mut shard, &item, None) {
-            return 0;
-        }
-        let len = record.len();
-        self.disk.enqueue(item.hash, record);
-        drop(shard);
-        batch.push((item, len));
-        DiskTier::footprint(len)
-    }
-
-    /// Lays the members that are still due out in one pack, to be handed to
-    /// foyer with the rest of the batch. Each member's slot names the pack
-    /// before the pack is enqueued: a replace meanwhile then knows the
-    /// version may be on disk (and journals its tombstone), and leaves the
-    /// pack alone.
-    fn submit_pack(
-        &self,
-        members: Vec<(SpillItem, Bytes)>,
-        batch: &mut Vec<(SpillItem, usize)>,
-        packs: &mut Vec<(u64, Bytes)>,
-    ) -> usize {
-        let id = self.next_seq();
-        let mut writer = PackWriter::new();
-        let mut accepted = Vec::with_capacity(members.len());
-        for (mut item, record) in members {
-            let at = PackRef {
-                id,
-                offset: writer.next_offset(),
-            };
-            let mut shard = self.placements.lock(item.hash);
-            if self.begin_write(&mut shard, &item, Some(at)) {
-                writer.push(&record);
-                item.pack = Some(at);
-                accepted.push((item, record.len()));
-            }
-        }
-        if writer.is_empty() {
-            return 0;
-        }
-        let pack = writer.finish();
-        let len = pack.len();
-        packs.push((pack_key(id), pack));
-        batch.extend(accepted);
-        DiskTier::footprint(len)
     }
 
     /// Under the slot's lock: moves a version that is still due to its
@@ -1021,12 +641,4 @@ impl Spiller {
     fn finished(&self, n: u64) {
         self.unprocessed.fetch_sub(n, Ordering::AcqRel);
     }
-}
-
-/// The next item without waiting: evictions first.
-fn next_now(
-    evictions: &mut mpsc::UnboundedReceiver<SpillItem>,
-    persists: &mut mpsc::UnboundedReceiver<SpillItem>,
-) -> Option<SpillItem> {
-    evictions.try_recv().or_else(|_| persists.try_recv()).ok()
 }
