@@ -256,12 +256,7 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
     // A storm of the device test's size, or of the configured disk
     // budget if that is smaller (a tiny configuration stays tiny).
     let storm_bytes = device_bytes.min(opts.config.disk.capacity.as_usize().max(16 << 20));
-    let storm = runtime.block_on(storm::measure(
-        &opts.config,
-        scratch.path(),
-        storm_bytes,
-        storm_modes,
-    ))?;
+    let storm = storm::measure(&opts.config, scratch.path(), storm_bytes, storm_modes)?;
     progress.inc(1);
     progress.set_message("compression: none, lz4, zstd on JSON-like values");
     let compression = runtime.block_on(compression::measure(

@@ -114,8 +114,10 @@ impl StormRun {
 }
 
 /// spillway and foyer's HybridCache, buffered then (where the filesystem
-/// allows it) O_DIRECT; `bytes` per storm.
-pub async fn measure(
+/// allows it) O_DIRECT; `bytes` per storm, each on a client runtime of its
+/// own (see `on_own_runtime`: foyer's closed instance, and its gigabyte
+/// device file, go with it).
+pub fn measure(
     base: &Config,
     scratch: &Path,
     bytes: usize,
@@ -139,11 +141,13 @@ pub async fn measure(
         // the device test it is compared with did.
         let dir = scratch.join(format!("storm-spillway-{direct}"));
         settle_writeback(scratch);
-        runs.push(spillway_storm(&config, &dir, bytes).await?);
+        runs.push(super::on_own_runtime(spillway_storm(
+            &config, &dir, bytes,
+        ))??);
         let _ = std::fs::remove_dir_all(&dir);
         let dir = scratch.join(format!("storm-foyer-{direct}"));
         settle_writeback(scratch);
-        runs.push(foyer_storm(&config, &dir, bytes).await?);
+        runs.push(super::on_own_runtime(foyer_storm(&config, &dir, bytes))??);
         let _ = std::fs::remove_dir_all(&dir);
         let after = device_test(scratch)?;
         for run in &mut runs[first..] {
