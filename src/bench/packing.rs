@@ -169,18 +169,7 @@ pub async fn measure(
                 config.disk.pack_threshold = ByteSize(0);
             }
             let system = if name == "foyer-hybrid" {
-                std::fs::create_dir_all(&dir).map_err(|e| spillway::Error::Config {
-                    field: "bench scratch".into(),
-                    value: dir.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                System::foyer(&config, &dir)
-                    .await
-                    .map_err(|message| spillway::Error::Disk {
-                        dir: dir.clone(),
-                        op: "open foyer for the small-entries phase",
-                        message,
-                    })?
+                super::open(name, &config, &dir).await?
             } else {
                 System::spillway(&config, &dir).await?
             };
