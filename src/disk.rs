@@ -102,9 +102,14 @@ pub(crate) struct DiskTier {
 /// of a closed instance returns at once) and then ends its runtime.
 fn abandon(cache: HybridCache<u64, Bytes>, runtime: InstanceRuntime) {
     runtime.abandon(async move {
+        // The store's own close, not `HybridCache::close`: that one returns
+        // `Ok` at once once any close has begun, even one that timed out
+        // with a reclaim still running, and ending the runtime under a
+        // reclaim is the deadlock this must avoid. The store's close waits
+        // for the flushers and reclaims every time it is called.
         let closed = tokio::time::timeout(
             STALL_TIMEOUT,
-            AssertUnwindSafe(cache.close()).catch_unwind(),
+            AssertUnwindSafe(cache.storage().close()).catch_unwind(),
         )
         .await;
         matches!(closed, Ok(Ok(Ok(()))))
@@ -179,7 +184,9 @@ async fn build(opts: &DiskOptions) -> Result<(HybridCache<u64, Bytes>, InstanceR
         op: "start the disk tier's runtime",
         message,
     };
-    let runtime = InstanceRuntime::start().map_err(runtime_err)?;
+    // Until the build has succeeded, a failed or cancelled build ends it:
+    // nothing has been written then, so no reclaim can be running.
+    let runtime = crate::disk_runtime::Unbuilt::new(InstanceRuntime::start().map_err(runtime_err)?);
     let spawner = runtime
         .spawner()
         .ok_or_else(|| runtime_err("no runtime".into()))?;
@@ -199,8 +206,7 @@ async fn build(opts: &DiskOptions) -> Result<(HybridCache<u64, Bytes>, InstanceR
         .build()
         .await;
     match cache {
-        Ok(cache) => Ok((cache, runtime)),
-        // A failed build may leave tasks behind: its runtime is kept.
+        Ok(cache) => Ok((cache, runtime.built())),
         Err(e) => Err(disk_err("build disk cache")(e)),
     }
 }

@@ -107,6 +107,36 @@ impl InstanceRuntime {
     }
 }
 
+/// An [`InstanceRuntime`] whose foyer instance is still being built: if the
+/// build fails or is cancelled, dropping this ends the runtime (through the
+/// reaper) rather than keeping it, since nothing was written yet and so no
+/// reclaim can be running.
+pub(crate) struct Unbuilt(Option<InstanceRuntime>);
+
+impl Unbuilt {
+    pub(crate) fn new(runtime: InstanceRuntime) -> Self {
+        Self(Some(runtime))
+    }
+
+    pub(crate) fn spawner(&self) -> Option<Spawner> {
+        self.0.as_ref().and_then(InstanceRuntime::spawner)
+    }
+
+    /// The build succeeded: the runtime now lives with its instance.
+    pub(crate) fn built(mut self) -> InstanceRuntime {
+        // `new` put one in, and only this takes it out.
+        self.0.take().unwrap_or(InstanceRuntime(None))
+    }
+}
+
+impl Drop for Unbuilt {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.abandon(async { true });
+        }
+    }
+}
+
 impl Drop for InstanceRuntime {
     fn drop(&mut self) {
         // Neither released nor abandoned: keep it (see the type's notes).
