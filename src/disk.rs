@@ -140,8 +140,8 @@ fn align_up(n: usize) -> usize {
     n.div_ceil(PAGE) * PAGE
 }
 
-/// A foyer instance on the device file in `opts.dir` (created if missing).
-/// A foyer instance on `opts`, its tasks on a runtime of their own.
+/// A foyer instance on the device file in `opts.dir` (created if missing),
+/// its tasks on a runtime of their own.
 async fn build(opts: &DiskOptions) -> Result<(HybridCache<u64, Bytes>, InstanceRuntime)> {
     let disk_err = |op: &'static str| {
         let dir = opts.dir.clone();

@@ -12,14 +12,14 @@
 //! So each foyer instance's tasks (flushers, reclaimers, I/O) run on an
 //! [`InstanceRuntime`] of their own, which is shut down only once that
 //! instance is no longer used and has closed cleanly (nothing of it is in
-//! flight then). That shutdown is also what frees the instance: foyer 0.22 never ends its
-//! tasks (each flusher holds the block manager, which holds the reclaimer,
-//! which holds every flusher's sender), so on a runtime that lives on they
-//! kept its device file, flush buffers and index for the life of the
-//! process: one descriptor and about 14 MiB per close and reopen. When the
-//! disk tier is dropped, a background thread closes its instance (at once
-//! if `close` already did) and then ends the runtime; if that close fails,
-//! the runtime is kept until the process exits.
+//! flight then). That shutdown is also what frees the instance: foyer 0.22
+//! never ends its tasks (each flusher holds the block manager, which holds
+//! the reclaimer, which holds every flusher's sender), so on a runtime that
+//! lives on they kept its device file, flush buffers and index for the
+//! life of the process: one descriptor and about 14 MiB per close and
+//! reopen. When the disk tier is dropped, a background thread closes its
+//! instance (at once if `close` already did) and then ends the runtime; if
+//! that close fails, the runtime is kept until the process exits.
 //!
 //! Each cache's spill worker and journal compactions run on one runtime
 //! shared by every cache in the process and never shut down, rather than
@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 
 use foyer::Spawner;
 
-/// Worker threads of the disk runtime: foyer's flushers and reclaimers, and
+/// Worker threads of each disk runtime: foyer's flushers and reclaimers, and
 /// the spill workers, are short CPU bursts between I/O, which the blocking
 /// pool runs. One on a machine of two cores or fewer, so that the
 /// application keeps the rest; two above.
@@ -44,8 +44,9 @@ fn workers() -> usize {
     }
 }
 
-/// Threads of the disk runtime's blocking pool, where foyer's psync engine
-/// runs every `pread` and `pwrite` (one `spawn_blocking` each). tokio's
+/// Threads of each disk runtime's blocking pool; a foyer instance's psync
+/// engine runs every `pread` and `pwrite` in its own (one `spawn_blocking`
+/// each). tokio's
 /// default of 512 lets a burst of reads start a thread per read, and each
 /// read then wakes a sleeping thread of its own: on 2 cores the warm-up's
 /// 32 reads in flight spent more time in those wake-ups than in copying
@@ -59,6 +60,18 @@ fn blocking_threads() -> usize {
     (4 * cores).max(8)
 }
 
+/// A disk runtime: [`workers`] threads named `name`, [`blocking_threads`]
+/// in its blocking pool.
+fn disk_runtime(name: &str) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers())
+        .thread_name(name)
+        .max_blocking_threads(blocking_threads())
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// The runtime one foyer instance's tasks run on, ended once that instance
 /// has closed cleanly ([`InstanceRuntime::abandon`]). Never dropped
 /// implicitly: dropping a runtime blocks (a panic inside async code) and,
@@ -67,14 +80,7 @@ pub(crate) struct InstanceRuntime(Option<tokio::runtime::Runtime>);
 
 impl InstanceRuntime {
     pub(crate) fn start() -> Result<Self, String> {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers())
-            .thread_name("spillway-foyer")
-            .max_blocking_threads(blocking_threads())
-            .enable_all()
-            .build()
-            .map(|runtime| Self(Some(runtime)))
-            .map_err(|e| e.to_string())
+        disk_runtime("spillway-foyer").map(|runtime| Self(Some(runtime)))
     }
 
     /// What foyer's builder takes: a handle, which does not keep the
@@ -192,15 +198,7 @@ where
 /// The disk runtime's handle, for the spill workers.
 pub(crate) fn handle() -> Result<tokio::runtime::Handle, String> {
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers())
-            .thread_name("spillway-disk")
-            .max_blocking_threads(blocking_threads())
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-    });
+    let runtime = RUNTIME.get_or_init(|| disk_runtime("spillway-disk"));
     match runtime {
         Ok(runtime) => Ok(runtime.handle().clone()),
         Err(e) => Err(e.clone()),

@@ -177,7 +177,8 @@ pub fn run(opts: Options) -> spillway::Result<()> {
 
 /// Every phase, in order; the report of all of them.
 fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
-    let (scratch, runtime) = scratch_and_runtime(&opts.config)?;
+    let scratch = scratch(&opts.config)?;
+    let runtime = client_runtime()?;
 
     let working_set: u64 = (0..bench.keys)
         .map(|id| value_size(id, bench.value_size.as_usize(), bench.value_sizes) as u64)
@@ -288,10 +289,9 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
         opts.quick,
     )?;
     progress.inc(1);
-    // Last. Run first, it was followed by a micro disk hit 2.6x slower
-    // than in runs without it (87 against 33 us): its 48 opens leave foyer
-    // instances behind (foyer 0.22 does not release a closed device), and
-    // what they cost later phases is not understood yet.
+    // Last, each repetition on its own client runtime (`on_own_runtime`).
+    // Before closed foyer instances were freed, its 48 opens left them
+    // behind, and a micro disk hit run after it was 2.6x slower.
     let versus = versus::measure(
         &opts.config,
         scratch.path(),
@@ -330,29 +330,26 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
 /// clients'), as it does by default. (spillway's disk tier frees its own.)
 /// The bound on the shutdown only matters if a run failed before closing.
 pub(crate) fn on_own_runtime<F: std::future::Future>(run: F) -> spillway::Result<F::Output> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(err("start runtime", Path::new("-")))?;
+    let runtime = client_runtime()?;
     let output = runtime.block_on(run);
     runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     Ok(output)
 }
 
 /// A scratch directory under `disk.dir` (the system's temporary directory
-/// if unset), removed when dropped, and the runtime the clients run on.
-fn scratch_and_runtime(
-    config: &Config,
-) -> spillway::Result<(tempfile::TempDir, tokio::runtime::Runtime)> {
+/// if unset), removed when dropped.
+fn scratch(config: &Config) -> spillway::Result<tempfile::TempDir> {
     let parent = config.disk.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent).map_err(err("create", &parent))?;
-    let scratch =
-        tempfile::tempdir_in(&parent).map_err(err("create scratch directory in", &parent))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tempfile::tempdir_in(&parent).map_err(err("create scratch directory in", &parent))
+}
+
+/// A runtime for the clients (tokio's defaults, as an application's).
+fn client_runtime() -> spillway::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(err("start runtime", Path::new("-")))?;
-    Ok((scratch, runtime))
+        .map_err(err("start runtime", Path::new("-")))
 }
 
 /// Runs of each system's steady phase, for min / median / max throughput.

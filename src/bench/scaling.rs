@@ -66,7 +66,7 @@ pub fn cells(quick: bool) -> Vec<Cell> {
 /// `scaling.json` to `out`.
 pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling> {
     std::fs::create_dir_all(out).map_err(err("create output directory", out))?;
-    let (scratch, _runtime) = super::scratch_and_runtime(config)?;
+    let scratch = super::scratch(config)?;
     let ops_scale = if quick { 0.25 } else { 1.0 };
     let runs = {
         let _quiet = super::quiet::QuietStdout::new();

@@ -51,12 +51,11 @@ pub struct StormRun {
     pub disk_hit: Latency,
     /// The device's sequential write in the same mode and of the same
     /// size, measured just before this mode's storms and just after them.
-    /// On this kind of machine the buffered figure moves several-fold
-    /// within one bench run (1732 MiB/s at the start, 331 beside the storms
-    /// in one run), with what earlier phases leave behind: every foyer
-    /// instance a phase closed keeps its device file and page cache until
-    /// the process exits. Reported, so a slow storm can be told from a
-    /// slow machine; the verdict still takes the highest device figure.
+    /// The buffered figure has moved several-fold within one bench run
+    /// (1732 MiB/s at the start, 331 beside the storms, while the bench
+    /// still left closed foyer instances open behind it). Reported, so a
+    /// slow storm can be told from a slow machine; the verdict still takes
+    /// the highest device figure.
     pub device_before_mib_s: Option<f64>,
     pub device_after_mib_s: Option<f64>,
 }
