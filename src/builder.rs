@@ -387,6 +387,19 @@ impl TwoTierBuilder {
             block_size: d.block_size.0,
             disk_capacity: d.capacity.0,
         };
+        // A cache of this directory dropped without `close` may still be
+        // writing its device file (see `device_claim`): wait for that
+        // before anything here (a reset, a recovery) reads or removes it.
+        // (An open cache holds its device too: that open fails at once.)
+        if let Some(root) = dir.canonicalize().ok().filter(|r| !CacheDir::held_here(r)) {
+            let foyer = CacheDir::foyer_dir_of(&root);
+            if !crate::device_claim::released(&foyer, crate::device_claim::RELEASE_WAIT).await {
+                return Err(Error::Locked {
+                    dir: dir.clone(),
+                    holder: Some(std::process::id()),
+                });
+            }
+        }
         let mut cache_dir = CacheDir::open(&dir, &meta, d.reset_incompatible)?;
         let disk_options = DiskOptions {
             dir: cache_dir.foyer_dir(),
@@ -422,6 +435,7 @@ impl TwoTierBuilder {
                 // on disk can be trusted. Start empty (counted in
                 // `recovery.dir_reset`), on a fresh device file.
                 disk.close().await?;
+                disk.release().await?;
                 cache_dir.reset()?;
                 disk = DiskTier::open(&disk_options).await?;
                 let replay = journal::Replay {

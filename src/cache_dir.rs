@@ -24,6 +24,8 @@ use crate::{private_fs, Error, Result};
 pub const DISK_FORMAT_VERSION: u32 = 1;
 
 const LOCK_FILE: &str = "spillway.lock";
+/// foyer's block files, under the cache directory.
+const FOYER_DIR: &str = "foyer";
 const META_FILE: &str = "spillway.toml";
 
 /// What `spillway.toml` records: settings that must not change under existing data.
@@ -147,7 +149,7 @@ impl CacheDir {
     /// format file.
     pub(crate) fn reset(&mut self) -> Result<()> {
         self.damaged = true;
-        self.remove_entries(|name| name == "foyer" || name.starts_with("journal."))?;
+        self.remove_entries(|name| name == FOYER_DIR || name.starts_with("journal."))?;
         private_fs::create_dir(&self.foyer_dir())
     }
 
@@ -166,14 +168,26 @@ impl CacheDir {
         &self.root
     }
 
+    /// Whether an open cache of this process holds `root` (canonical): an
+    /// open of it fails at once (`Error::Locked`).
+    pub(crate) fn held_here(root: &Path) -> bool {
+        let registry = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        registry.iter().any(|held| held == root)
+    }
+
+    /// Where foyer's files go under `root`.
+    pub(crate) fn foyer_dir_of(root: &Path) -> PathBuf {
+        root.join(FOYER_DIR)
+    }
+
     pub(crate) fn foyer_dir(&self) -> PathBuf {
-        self.root.join("foyer")
+        Self::foyer_dir_of(&self.root)
     }
 
     /// Removes everything spillway keeps in the directory except the lock.
     fn wipe(&self) -> Result<()> {
         self.remove_entries(|name| {
-            name == "foyer" || name == META_FILE || name.starts_with("journal.")
+            name == FOYER_DIR || name == META_FILE || name.starts_with("journal.")
         })
     }
 

@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::device_claim::{DeviceClaim, RELEASE_WAIT};
 use crate::disk_runtime::InstanceRuntime;
 use crate::{Error, Result};
 
@@ -91,6 +92,8 @@ pub(crate) struct DiskTier {
     cache: RwLock<HybridCache<u64, Bytes>>,
     /// The runtime of the current instance's tasks; taken when dropped.
     runtime: Mutex<Option<InstanceRuntime>>,
+    /// Released with the last instance's runtime (see `device_claim`).
+    claim: Option<DeviceClaim>,
     opts: DiskOptions,
     dir: PathBuf,
     capacity: usize,
@@ -100,8 +103,8 @@ pub(crate) struct DiskTier {
 
 /// Hands an instance to the reaper, which closes it (bounded; foyer's close
 /// of a closed instance returns at once) and then ends its runtime.
-fn abandon(cache: HybridCache<u64, Bytes>, runtime: InstanceRuntime) {
-    runtime.abandon(async move {
+fn abandon(cache: HybridCache<u64, Bytes>, runtime: InstanceRuntime, claim: Option<DeviceClaim>) {
+    let close = async move {
         // The store's own close, not `HybridCache::close`: that one returns
         // `Ok` at once once any close has begun, even one that timed out
         // with a reclaim still running, and ending the runtime under a
@@ -113,7 +116,8 @@ fn abandon(cache: HybridCache<u64, Bytes>, runtime: InstanceRuntime) {
         )
         .await;
         matches!(closed, Ok(Ok(Ok(()))))
-    });
+    };
+    runtime.abandon(close, claim);
 }
 
 /// The last handle gone, foyer's instance is closed (at once if `close`
@@ -121,8 +125,9 @@ fn abandon(cache: HybridCache<u64, Bytes>, runtime: InstanceRuntime) {
 /// the caller's thread: that frees its device file, buffers and index.
 impl Drop for DiskTier {
     fn drop(&mut self) {
+        let claim = self.claim.take();
         if let Some(runtime) = self.runtime.get_mut().take() {
-            abandon(self.cache.read().clone(), runtime);
+            abandon(self.cache.read().clone(), runtime, claim);
         }
     }
 }
@@ -211,16 +216,52 @@ async fn build(opts: &DiskOptions) -> Result<(HybridCache<u64, Bytes>, InstanceR
     }
 }
 
+/// Claims the device directory `dir` for a new instance, once an earlier
+/// instance there (of a cache dropped without `close`) has been released.
+/// Usually there is none; else this waits as long as its last writes take.
+async fn claim_device(dir: &Path) -> Result<DeviceClaim> {
+    let canonical = dir
+        .canonicalize()
+        .map_err(|e| Error::io("resolve disk directory", dir, e))?;
+    let claim = DeviceClaim::take(&canonical, RELEASE_WAIT).await;
+    claim.ok_or_else(|| Error::Locked {
+        dir: dir.to_path_buf(),
+        holder: Some(std::process::id()),
+    })
+}
+
 impl DiskTier {
+    /// Drops this tier and waits until its instance has been released (see
+    /// `device_claim`): its directory's files can then be removed.
+    pub(crate) async fn release(self) -> Result<()> {
+        let dir = self.dir.clone();
+        let device = self
+            .claim
+            .as_ref()
+            .map(DeviceClaim::dir)
+            .map(Path::to_path_buf);
+        drop(self);
+        match device {
+            Some(device) if !crate::device_claim::released(&device, RELEASE_WAIT).await => {
+                Err(Error::Locked {
+                    dir,
+                    holder: Some(std::process::id()),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) async fn open(opts: &DiskOptions) -> Result<Self> {
         // Creates it, or checks it is private and writable.
         crate::private_fs::create_dir(&opts.dir)?;
         // foyer opens its device file itself, following symlinks.
         let device = opts.dir.join("blocks");
         crate::private_fs::refuse_symlink(&device)?;
+        let claim = claim_device(&opts.dir).await?;
         let (cache, runtime) = build(opts).await?;
         if let Err(e) = crate::private_fs::make_private(&device) {
-            abandon(cache, runtime);
+            abandon(cache, runtime, Some(claim));
             return Err(e);
         }
         // Each flusher owns buffer_pool / flushers bytes and drops what does not
@@ -236,6 +277,7 @@ impl DiskTier {
         Ok(Self {
             cache: RwLock::new(cache),
             runtime: Mutex::new(Some(runtime)),
+            claim: Some(claim),
             opts: opts.clone(),
             dir: opts.dir.clone(),
             capacity: opts.capacity,
@@ -261,7 +303,7 @@ impl DiskTier {
         // Closed again by the reaper (bounded): after a failed write that
         // close may never return, and then that runtime is kept.
         if let Some(old_runtime) = old_runtime {
-            abandon(old, old_runtime);
+            abandon(old, old_runtime, None);
         }
         Ok(())
     }
@@ -390,6 +432,8 @@ impl Written {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn options(dir: &Path, buffer_pool: usize) -> DiskOptions {
@@ -402,6 +446,34 @@ mod tests {
             io_engine: IoEngine::Psync,
             direct_io: false,
         }
+    }
+
+    /// A dropped tier is released (closed, its runtime ended) by a
+    /// background thread that takes one instance at a time; an open of the
+    /// same directory waits for that instead of recovering a device file
+    /// the old instance may still write. Held here behind another release.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_waits_for_the_release_of_the_last_instance_on_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), 32 << 10);
+        let first = DiskTier::open(&opts).await.unwrap();
+        first.enqueue(1, Bytes::from(vec![7u8; 8000]));
+        first.wait().await;
+        let (gate, gated) = tokio::sync::oneshot::channel::<()>();
+        let blocker = InstanceRuntime::start().unwrap();
+        blocker.abandon(async move { gated.await.is_ok() }, None);
+        drop(first);
+        let device = opts.dir.canonicalize().unwrap();
+        assert!(!crate::device_claim::released(&device, Duration::ZERO).await);
+        let mut second = tokio::spawn(async move { DiskTier::open(&opts).await.map(|_| ()) });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut second)
+                .await
+                .is_err(),
+            "opened while the last instance on the directory was not released"
+        );
+        gate.send(()).unwrap();
+        second.await.unwrap().unwrap();
     }
 
     /// The trap the spill worker paces around: handed records faster than its

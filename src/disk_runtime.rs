@@ -33,6 +33,8 @@ use std::sync::OnceLock;
 
 use foyer::Spawner;
 
+use crate::device_claim::DeviceClaim;
+
 /// Worker threads of each disk runtime: foyer's flushers and reclaimers, and
 /// the spill workers, are short CPU bursts between I/O, which the blocking
 /// pool runs. One on a machine of two cores or fewer, so that the
@@ -101,14 +103,16 @@ impl InstanceRuntime {
     /// For an instance no longer used: a background thread runs `close`
     /// (foyer's, bounded) on this runtime and ends it if that succeeds.
     /// If it fails or the thread cannot start, the runtime is kept for the
-    /// life of the process, as every instance's was.
-    pub(crate) fn abandon<F>(self, close: F)
+    /// life of the process, as every instance's was. `claim` is dropped
+    /// once that is settled: after the runtime has ended, or once it is
+    /// known it will not (its instance then no longer answers).
+    pub(crate) fn abandon<F>(self, close: F, claim: Option<DeviceClaim>)
     where
         F: std::future::Future<Output = bool> + Send + 'static,
     {
         if self.0.is_some() {
             // A failed send drops the job, and with it `self`, unreleased.
-            let _ = reaper().send((self, Box::pin(close)));
+            let _ = reaper().send((self, Box::pin(close), claim));
         }
     }
 }
@@ -138,7 +142,7 @@ impl Unbuilt {
 impl Drop for Unbuilt {
     fn drop(&mut self) {
         if let Some(runtime) = self.0.take() {
-            runtime.abandon(async { true });
+            runtime.abandon(async { true }, None);
         }
     }
 }
@@ -158,6 +162,7 @@ const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 type Abandoned = (
     InstanceRuntime,
     std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+    Option<DeviceClaim>,
 );
 
 /// The one thread that closes abandoned instances, one at a time, off any
@@ -171,11 +176,12 @@ fn reaper() -> &'static std::sync::mpsc::Sender<Abandoned> {
         let _ = std::thread::Builder::new()
             .name("spillway-reaper".into())
             .spawn(move || {
-                for (runtime, close) in jobs {
+                for (runtime, close, claim) in jobs {
                     let closed = runtime.0.as_ref().is_some_and(|rt| rt.block_on(close));
                     if closed {
                         runtime.end();
                     }
+                    drop(claim);
                 }
             });
         sender

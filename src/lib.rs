@@ -90,6 +90,7 @@ mod codec;
 mod cold_slot;
 mod compression;
 mod config;
+mod device_claim;
 mod disk;
 mod disk_runtime;
 mod envelope;

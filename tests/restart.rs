@@ -420,6 +420,58 @@ async fn a_dropped_cache_holds_no_descriptor_of_its_directory() {
     assert!(devices().is_empty(), "still open: {:?}", devices());
 }
 
+/// A cache dropped without `close` has its foyer instance closed in the
+/// background, and until then that instance may still write the device
+/// file. A reopen of the same directory right after the drop waits for it
+/// rather than recovering the file under those writes: once the reopen
+/// returns, only the new instance holds the device, and what it serves of
+/// the dropped cache's entries has the values that cache had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reopen_right_after_an_unclosed_drop_waits_for_the_old_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    let devices = || descriptors_into(&dir.join("foyer"));
+    const ENTRIES: usize = 2048;
+    // Flush buffers of 32 MiB, so that the dropped cache has a lot still
+    // to write when it goes.
+    let open = || {
+        small(&dir)
+            .memory_capacity(4 << 20)
+            .spill_queue_capacity(2 << 20)
+            .disk_capacity(128 << 20)
+            .block_size(1 << 20)
+            .flushers(2)
+            .buffer_pool_size(32 << 20)
+            .build()
+    };
+    for round in 0..3u8 {
+        let cache = open().await.unwrap();
+        let one_instance = devices().len();
+        assert!(one_instance > 0, "round {round}: the open cache's device");
+        // Far past the memory tier, and not flushed: the dropped cache
+        // still has spills to write.
+        for i in 0..ENTRIES {
+            insert(&cache, &key("a", i), blob(i, round)).await;
+        }
+        drop(cache);
+        let cache = open().await.unwrap();
+        assert_eq!(
+            devices().len(),
+            one_instance,
+            "round {round}: the dropped cache's instance still holds the device"
+        );
+        let mut served = 0;
+        for i in 0..ENTRIES {
+            if let Some(entry) = cache.get_without_promotion(&key("a", i)).await {
+                assert_eq!(as_blob(&entry), &blob(i, round), "round {round}, a/{i}");
+                served += 1;
+            }
+        }
+        assert!(served > 0, "round {round}: nothing served after the reopen");
+        drop(cache);
+    }
+}
+
 /// An insert followed at once by `clear()`, many times over: nothing
 /// inserted before the clear returned is readable after it. (The long model
 /// test once read, after `Clear`, a version written before it; this test
