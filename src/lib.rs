@@ -104,6 +104,7 @@ mod health;
 mod inspect;
 mod journal;
 mod key;
+mod key_locks;
 #[cfg(feature = "lance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lance")))]
 pub mod lance;

@@ -99,12 +99,14 @@ async fn remote_child() {
                 spillway::CacheBackend::peek_tier(&cache, &key(p, k)).await
             ),
             ["fill", p, n] => {
-                // Pushes earlier entries out of memory onto the disk.
+                // Pushes earlier entries out of memory onto the disk. Each
+                // filler is read back once: TinyLFU admits a newcomer only
+                // if it is used more often than what it would evict.
                 for i in 0..n.parse::<usize>().unwrap() {
                     let v = "f".repeat(4096);
-                    cache
-                        .insert(&key(p, &i.to_string()), Arc::new(v), 4096)
-                        .await;
+                    let k = key(p, &i.to_string());
+                    cache.insert(&k, Arc::new(v), 4096).await;
+                    let _ = cache.get(&k).await;
                 }
                 cache.flush().await;
                 "ok".into()

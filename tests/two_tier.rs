@@ -638,3 +638,52 @@ async fn a_codec_that_cannot_decode_is_a_counted_miss_and_the_loader_runs() {
         assert_eq!(as_blob(&cache.get(&k).await.unwrap()), &blob(1, 2));
     }
 }
+
+/// A read promoting a key's disk version and an insert of that key, run at
+/// once for many keys: the insert's value is the one that stays, however
+/// the two interleave. (That the promotion's check and put are one step
+/// under the key's lock is pinned by `two_tier::tests`: the window between
+/// them is too narrow for a race like this one to find.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_racing_an_insert_never_overwrites_it() {
+    const KEYS: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = small(dir.path())
+        .persist_after(std::time::Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    for round in 0..6u8 {
+        let (old, new) = (2 * round + 1, 2 * round + 2);
+        for i in 0..KEYS {
+            insert(&cache, &key("k", i), blob(i, old)).await;
+        }
+        // Most of them are on disk now: 150 × 8 KiB against 256 KiB.
+        evict_with_plain_fillers(&cache, round as usize).await;
+        let mut racers = Vec::new();
+        for i in 0..KEYS {
+            let (reader, writer) = (cache.clone(), cache.clone());
+            racers.push(tokio::spawn(async move {
+                let _ = reader.get(&key("k", i)).await;
+            }));
+            // Jitter, so that some inserts land while the read, a disk
+            // load of tens of microseconds, is promoting.
+            let delay = std::time::Duration::from_nanos((i as u64 * 7919 + round as u64) % 120_000);
+            racers.push(tokio::spawn(async move {
+                let until = std::time::Instant::now() + delay;
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                insert(&writer, &key("k", i), blob(i, new)).await;
+            }));
+        }
+        for racer in racers {
+            racer.await.unwrap();
+        }
+        for i in 0..KEYS {
+            let got = cache.get(&key("k", i)).await.map(|e| as_blob(&e).clone());
+            assert_eq!(got, Some(blob(i, new)), "round {round}, k/{i}");
+        }
+    }
+    cache.close().await.unwrap();
+}

@@ -8,6 +8,8 @@ mod api;
 mod lifecycle;
 mod read;
 mod remote;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::sync::atomic::AtomicBool;
@@ -27,6 +29,7 @@ use crate::disk::DiskTier;
 use crate::expiry::{ExpiryClock, ResidentExpiry};
 use crate::journal::{Identity, Journal, Replay};
 use crate::key::KeyHashBuilder;
+use crate::key_locks::KeyLocks;
 use crate::placement::{Place, Placements, Resident, Slot};
 use crate::single_flight::SingleFlight;
 use crate::spill::{SpillItem, SpillSettings, Spiller};
@@ -148,6 +151,8 @@ struct Inner {
     write_behind: WriteBehind,
     codecs: CodecRegistry,
     flights: SingleFlight,
+    /// Orders the changes made to one key (see `key_locks`).
+    key_locks: KeyLocks,
     /// When this many reserved bytes await maintenance, the writer runs it.
     maintain_every: u64,
     /// Time to live of entries inserted without one (`expiry.time_to_live`).
@@ -365,6 +370,7 @@ impl TwoTierCacheBackend {
             write_behind: WriteBehind::new(parts.persist_after),
             codecs: parts.codecs,
             flights: SingleFlight::default(),
+            key_locks: KeyLocks::default(),
             maintain_every: (parts.spill_queue_capacity / 4).max(1),
             default_ttl: parts.default_ttl,
             closed: AtomicBool::new(false),

@@ -1,9 +1,6 @@
 //! The read path: memory, then the spill queue, then the disk; promotion.
 
-use std::future::ready;
 use std::sync::Arc;
-
-use moka::ops::compute::Op;
 
 use super::TwoTierCacheBackend;
 use crate::envelope;
@@ -122,25 +119,21 @@ impl TwoTierCacheBackend {
     }
 
     /// Takes a version a read found expired out of memory (and its slot and
-    /// disk copy with it), unless the key changed meanwhile. Under moka's
-    /// per-key lock, like inserts; moka reports the removal as explicit,
-    /// which the listener ignores, so it is counted once, here.
+    /// disk copy with it), unless the key changed meanwhile. Under the key's
+    /// lock, like inserts; moka reports the removal as explicit, which the
+    /// listener ignores, so it is counted once, here.
     async fn remove_expired(&self, key: &InternalCacheKey, res: &Arc<Resident>) {
-        let spiller = &self.inner.spiller;
-        self.inner
+        let inner = &self.inner;
+        let _key = inner.key_locks.lock(key.disk_hash()).await;
+        if inner
             .memory
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let op = match current {
-                    Some(c) if Arc::ptr_eq(c.value(), res) => {
-                        spiller.expire(key, res);
-                        Op::Remove
-                    }
-                    _ => Op::Nop,
-                };
-                ready(op)
-            })
-            .await;
+            .get(key)
+            .await
+            .is_some_and(|current| Arc::ptr_eq(&current, res))
+        {
+            inner.spiller.expire(key, res);
+            inner.memory.invalidate(key).await;
+        }
     }
 
     /// Whether a resident version's deadline is still ahead. moka's own
@@ -353,33 +346,31 @@ impl TwoTierCacheBackend {
     }
 
     /// Admits a disk hit to memory, unless the key changed meanwhile. Runs
-    /// under moka's per-key lock, like inserts, so a promotion can never
+    /// under the key's lock, like inserts, so a promotion can never
     /// overwrite a newer insert.
     pub(super) async fn promote(&self, key: &InternalCacheKey, hash: u64, res: Resident) {
         let inner = &self.inner;
         let seq = res.seq;
-        inner
-            .memory
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let op = if current.is_some() {
-                    Op::Nop
-                } else {
-                    let mut shard = inner.spiller.placements.lock(hash);
-                    match shard.current(key, res.seq) {
-                        Some(slot) if slot.place.readable_on_disk() => {
-                            slot.place = Place::Memory { on_disk: true };
-                            // A compact slot kept only the record's length.
-                            slot.size = res.size as u64;
-                            self.stats_ref().promotions.incr();
-                            Op::Put(Arc::new(res))
-                        }
-                        _ => Op::Nop,
+        {
+            let _key = inner.key_locks.lock(hash).await;
+            // A version in memory is this one or a newer one: nothing to do.
+            let admitted = !inner.memory.contains_key(key) && {
+                let mut shard = inner.spiller.placements.lock(hash);
+                match shard.current(key, res.seq) {
+                    Some(slot) if slot.place.readable_on_disk() => {
+                        slot.place = Place::Memory { on_disk: true };
+                        // A compact slot kept only the record's length.
+                        slot.size = res.size as u64;
+                        self.stats_ref().promotions.incr();
+                        true
                     }
-                };
-                ready(op)
-            })
-            .await;
+                    _ => false,
+                }
+            };
+            if admitted {
+                inner.memory.insert(key.clone(), Arc::new(res)).await;
+            }
+        }
         // `clear` drains the slots, then invalidates moka wholesale, without
         // taking this key's lock: a clear that drained this slot after the
         // check above, and invalidated moka before the Put landed, would
@@ -396,14 +387,11 @@ impl TwoTierCacheBackend {
             shard.current(key, seq).is_none()
         };
         if gone() {
-            inner
-                .memory
-                .entry_by_ref(key)
-                .and_compute_with(|current| {
-                    let ours = current.is_some_and(|e| e.value().seq == seq);
-                    ready(if ours && gone() { Op::Remove } else { Op::Nop })
-                })
-                .await;
+            let _key = inner.key_locks.lock(key.disk_hash()).await;
+            let ours = inner.memory.get(key).await.is_some_and(|e| e.seq == seq);
+            if ours && gone() {
+                inner.memory.invalidate(key).await;
+            }
         }
     }
 }

@@ -1,12 +1,10 @@
 //! The shared tier in the two-tier composition: remote reads promoted into
 //! the local tiers, and other processes' notices applied to them.
 
-use std::future::ready;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use moka::ops::compute::Op;
 
 use super::{Inner, TwoTierCacheBackend};
 use crate::envelope;
@@ -72,42 +70,39 @@ impl TwoTierCacheBackend {
         };
         let inner = &self.inner;
         let hash = key.disk_hash();
-        inner
-            .memory
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let op = if current.is_some() {
-                    Op::Nop
+        {
+            let _key = inner.key_locks.lock(hash).await;
+            let admitted = !inner.memory.contains_key(key) && {
+                let mut shard = inner.spiller.placements.lock(hash);
+                // Checked under the shard lock: an invalidation that began
+                // after this check scans this shard after the slot below is
+                // in, and removes it.
+                if shard.get(key).is_some()
+                    || inner.remote_changes.load(Ordering::SeqCst) != changes
+                    || inner.peer_fences.newer_than(hash, res.stamp)
+                {
+                    false
                 } else {
-                    let mut shard = inner.spiller.placements.lock(hash);
-                    // Checked under the shard lock: an invalidation that
-                    // began after this check scans this shard after the
-                    // slot below is in, and removes it.
-                    if shard.get(key).is_some()
-                        || inner.remote_changes.load(Ordering::SeqCst) != changes
-                        || inner.peer_fences.newer_than(hash, res.stamp)
-                    {
-                        Op::Nop
-                    } else {
-                        res.seq = self.next_seq();
-                        shard.insert(
-                            key.clone(),
-                            Slot {
-                                seq: res.seq,
-                                place: Place::Memory { on_disk: false },
-                                size: res.size as u64,
-                                record_len: 0,
-                                expires_at: res.expires_at,
-                                pack: None,
-                            },
-                        );
-                        self.stats_ref().promotions.incr();
-                        Op::Put(Arc::new(res))
-                    }
-                };
-                ready(op)
-            })
-            .await;
+                    res.seq = self.next_seq();
+                    shard.insert(
+                        key.clone(),
+                        Slot {
+                            seq: res.seq,
+                            place: Place::Memory { on_disk: false },
+                            size: res.size as u64,
+                            record_len: 0,
+                            expires_at: res.expires_at,
+                            pack: None,
+                        },
+                    );
+                    self.stats_ref().promotions.incr();
+                    true
+                }
+            };
+            if admitted {
+                inner.memory.insert(key.clone(), Arc::new(res)).await;
+            }
+        }
         drop(room);
         self.maintain_if_due().await;
     }

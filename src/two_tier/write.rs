@@ -1,9 +1,6 @@
 //! The write path: inserts, removals, and backpressure.
 
-use std::future::ready;
 use std::sync::Arc;
-
-use moka::ops::compute::Op;
 
 use super::TwoTierCacheBackend;
 use crate::flow::{Blocked, Reservation};
@@ -81,13 +78,12 @@ impl TwoTierCacheBackend {
         let room = self.reserve(queue_weight(key, size_bytes)).await;
         let hash = key.disk_hash();
         let inner = &self.inner;
-        inner
-            .memory
-            .entry_by_ref(key)
-            .and_compute_with(|_current| {
-                // Under moka's per-key lock: sequence numbers of one key are
-                // handed out in the same order their values land in moka.
-                let seq = self.next_seq();
+        {
+            // Under the key's lock: sequence numbers of one key are handed
+            // out in the same order their values land in moka.
+            let _key = inner.key_locks.lock(hash).await;
+            let seq = self.next_seq();
+            {
                 let mut shard = inner.spiller.placements.lock(hash);
                 let slot = Slot {
                     seq,
@@ -108,29 +104,28 @@ impl TwoTierCacheBackend {
                     }
                     self.retire(key, hash, &prev);
                 }
-                drop(shard);
-                let spillable = codec.is_some();
-                let version = Arc::new(Resident {
-                    entry,
-                    size: size_bytes,
-                    seq,
-                    codec,
-                    expires_at,
-                    stamp: match origin {
-                        Origin::Insert => inner.spiller.remote.next_stamp(),
-                        Origin::Loaded(stamp) => stamp,
-                    },
-                    fetched: false,
-                });
-                if spillable {
-                    inner.write_behind.schedule(key, &version);
-                }
-                // Under the key's lock: its fences go out in stamp order.
-                let replacement = matches!(origin, Origin::Insert);
-                inner.spiller.remote.inserted(key, &version, replacement);
-                ready(Op::Put(version))
-            })
-            .await;
+            }
+            let spillable = codec.is_some();
+            let version = Arc::new(Resident {
+                entry,
+                size: size_bytes,
+                seq,
+                codec,
+                expires_at,
+                stamp: match origin {
+                    Origin::Insert => inner.spiller.remote.next_stamp(),
+                    Origin::Loaded(stamp) => stamp,
+                },
+                fetched: false,
+            });
+            if spillable {
+                inner.write_behind.schedule(key, &version);
+            }
+            // Under the key's lock: its fences go out in stamp order.
+            let replacement = matches!(origin, Origin::Insert);
+            inner.spiller.remote.inserted(key, &version, replacement);
+            inner.memory.insert(key.clone(), version).await;
+        }
         // The new version is in place: a `get_or_insert` that starts once
         // this insert returns must not join a flight that began before it
         // (and may be reading the version it replaced).
@@ -205,27 +200,19 @@ impl TwoTierCacheBackend {
     pub(super) async fn remove_from_tiers(&self, key: &InternalCacheKey, tombstone: bool) {
         let hash = key.disk_hash();
         let spiller = &self.inner.spiller;
-        self.inner
-            .memory
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                // Under moka's per-key lock, like inserts: a later insert
-                // gets a higher sequence number than this tombstone.
-                let mut shard = spiller.placements.lock(hash);
-                if let Some(prev) = shard.remove(key) {
-                    if tombstone && (prev.place.may_be_on_disk() || prev.record_len > 0) {
-                        let seq = self.next_seq();
-                        spiller.journal_append(&[Fact::Tombstone { hash, seq }], true);
-                    }
-                    self.retire(key, hash, &prev);
+        {
+            // Under the key's lock, like inserts: a later insert gets a
+            // higher sequence number than this tombstone.
+            let _key = self.inner.key_locks.lock(hash).await;
+            if let Some(prev) = spiller.placements.lock(hash).remove(key) {
+                if tombstone && (prev.place.may_be_on_disk() || prev.record_len > 0) {
+                    let seq = self.next_seq();
+                    spiller.journal_append(&[Fact::Tombstone { hash, seq }], true);
                 }
-                ready(if current.is_some() {
-                    Op::Remove
-                } else {
-                    Op::Nop
-                })
-            })
-            .await;
+                self.retire(key, hash, &prev);
+            }
+            self.inner.memory.invalidate(key).await;
+        }
         // As for an insert: callers from now on start a flight of their own.
         self.inner.flights.detach(key);
     }
