@@ -394,6 +394,7 @@ impl TwoTierBuilder {
         if let Some(root) = dir.canonicalize().ok().filter(|r| !CacheDir::held_here(r)) {
             let foyer = CacheDir::foyer_dir_of(&root);
             if !crate::device_claim::released(&foyer, crate::device_claim::RELEASE_WAIT).await {
+                tracing::warn!(dir = %dir.display(), "a cache of this directory dropped earlier in this process has not released it (its foyer instance is still closing)");
                 return Err(Error::Locked {
                     dir: dir.clone(),
                     holder: Some(std::process::id()),
@@ -445,6 +446,10 @@ impl TwoTierBuilder {
                 open_replayed(cache_dir.root(), replay, self.wall_clock.0.clone(), d.fsync)?
             }
         };
+        // Until this disk tier's instance is released, which may be after
+        // the cache is dropped (see `device_claim`), no other process may
+        // take the directory.
+        disk.hold_directory_lock(cache_dir.lock_handle()?);
         let remote = crate::remote::Remote::open(
             config.remote.as_ref(),
             cache_dir.root().join("remote-sync"),

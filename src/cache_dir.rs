@@ -168,6 +168,15 @@ impl CacheDir {
         &self.root
     }
 
+    /// Another handle on the lock file: its `flock` stays held while any
+    /// handle on it is open.
+    pub(crate) fn lock_handle(&self) -> Result<File> {
+        let path = self.root.join(LOCK_FILE);
+        self._lock
+            .try_clone()
+            .map_err(|e| Error::io("duplicate lock file handle", &path, e))
+    }
+
     /// Whether an open cache of this process holds `root` (canonical): an
     /// open of it fails at once (`Error::Locked`).
     pub(crate) fn held_here(root: &Path) -> bool {

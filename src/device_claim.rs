@@ -8,7 +8,10 @@
 //! was room), and a reset of the directory would wipe files still being
 //! written. So each disk tier holds a [`DeviceClaim`] on its device
 //! directory until its instance has been closed and its runtime ended, and
-//! an open of that directory waits for the claim to go.
+//! an open of that directory waits for the claim to go. The claim also
+//! keeps the cache directory's lock file open, so another process cannot
+//! take the directory before then either (it is refused, as while the
+//! cache was open).
 //!
 //! The wait is asynchronous: what it waits for may be the drop of a task
 //! on the caller's own runtime (a background task of the dropped cache,
@@ -34,7 +37,13 @@ pub(crate) const RELEASE_WAIT: Duration = Duration::from_secs(60);
 /// A disk tier's hold on its device directory; dropped once nothing of its
 /// foyer instance can write there any more.
 #[derive(Debug)]
-pub(crate) struct DeviceClaim(PathBuf);
+pub(crate) struct DeviceClaim {
+    dir: PathBuf,
+    /// A handle on the cache directory's lock file, which keeps its `flock`
+    /// held until the claim goes: another process cannot open the
+    /// directory before then either.
+    lock: Option<std::fs::File>,
+}
 
 impl DeviceClaim {
     /// Claims `dir` (canonical) once no earlier claim on it is left; `None`
@@ -48,26 +57,35 @@ impl DeviceClaim {
             }
             free
         };
-        wait_until(claimed, wait)
-            .await
-            .then(|| Self(dir.to_path_buf()))
+        wait_until(claimed, wait).await.then(|| Self {
+            dir: dir.to_path_buf(),
+            lock: None,
+        })
     }
 }
 
 impl DeviceClaim {
     /// The claimed directory.
     pub(crate) fn dir(&self) -> &Path {
-        &self.0
+        &self.dir
+    }
+
+    /// Keeps `lock` (a handle on the directory's lock file) open until the
+    /// claim is dropped.
+    pub(crate) fn hold(&mut self, lock: std::fs::File) {
+        self.lock = Some(lock);
     }
 }
 
 impl Drop for DeviceClaim {
     fn drop(&mut self) {
         let mut claims = lock();
-        if let Some(at) = claims.iter().position(|d| *d == self.0) {
+        if let Some(at) = claims.iter().position(|d| *d == self.dir) {
             claims.swap_remove(at);
         }
         drop(claims);
+        // The lock file's `flock` goes with its last handle.
+        drop(self.lock.take());
         RELEASED.notify_waiters();
     }
 }

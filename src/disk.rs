@@ -224,6 +224,9 @@ async fn claim_device(dir: &Path) -> Result<DeviceClaim> {
         .canonicalize()
         .map_err(|e| Error::io("resolve disk directory", dir, e))?;
     let claim = DeviceClaim::take(&canonical, RELEASE_WAIT).await;
+    if claim.is_none() {
+        tracing::warn!(dir = %dir.display(), "an earlier disk tier of this directory has not been released (its foyer instance is still closing)");
+    }
     claim.ok_or_else(|| Error::Locked {
         dir: dir.to_path_buf(),
         holder: Some(std::process::id()),
@@ -231,6 +234,14 @@ async fn claim_device(dir: &Path) -> Result<DeviceClaim> {
 }
 
 impl DiskTier {
+    /// Keeps `lock` (a handle on the cache directory's lock file) open until
+    /// this tier's last instance has been released (see `device_claim`).
+    pub(crate) fn hold_directory_lock(&mut self, lock: std::fs::File) {
+        if let Some(claim) = self.claim.as_mut() {
+            claim.hold(lock);
+        }
+    }
+
     /// Drops this tier and waits until its instance has been released (see
     /// `device_claim`): its directory's files can then be removed.
     pub(crate) async fn release(self) -> Result<()> {
@@ -451,20 +462,28 @@ mod tests {
     /// A dropped tier is released (closed, its runtime ended) by a
     /// background thread that takes one instance at a time; an open of the
     /// same directory waits for that instead of recovering a device file
-    /// the old instance may still write. Held here behind another release.
+    /// the old instance may still write, and the directory's lock file stays
+    /// locked until then. Held here behind another release.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_open_waits_for_the_release_of_the_last_instance_on_its_directory() {
         let dir = tempfile::tempdir().unwrap();
         let opts = options(dir.path(), 32 << 10);
-        let first = DiskTier::open(&opts).await.unwrap();
+        let mut first = DiskTier::open(&opts).await.unwrap();
         first.enqueue(1, Bytes::from(vec![7u8; 8000]));
         first.wait().await;
+        // The cache directory's lock file, as the builder hands it over.
+        let lock_path = dir.path().join("lock");
+        let lock = std::fs::File::create(&lock_path).unwrap();
+        lock.lock().unwrap();
+        first.hold_directory_lock(lock);
+        let lockable = || std::fs::File::open(&lock_path).unwrap().try_lock().is_ok();
         let (gate, gated) = tokio::sync::oneshot::channel::<()>();
         let blocker = InstanceRuntime::start().unwrap();
         blocker.abandon(async move { gated.await.is_ok() }, None);
         drop(first);
         let device = opts.dir.canonicalize().unwrap();
         assert!(!crate::device_claim::released(&device, Duration::ZERO).await);
+        assert!(!lockable(), "another process could take the directory");
         let mut second = tokio::spawn(async move { DiskTier::open(&opts).await.map(|_| ()) });
         assert!(
             tokio::time::timeout(Duration::from_millis(200), &mut second)
@@ -474,6 +493,7 @@ mod tests {
         );
         gate.send(()).unwrap();
         second.await.unwrap().unwrap();
+        assert!(lockable(), "the lock outlived the release");
     }
 
     /// The trap the spill worker paces around: handed records faster than its

@@ -9,8 +9,8 @@
 //! insert and every disk hit: besides the key lock of the insert itself, it
 //! reads the current entry (recording an access that moka then applies)
 //! and registers a waiter in a second concurrent map. A striped lock of our
-//! own, taken around plain `insert`, `contains_key` and `invalidate` calls,
-//! orders the same changes for less.
+//! own, taken around plain `insert`, `contains_key`, `get` and `invalidate`
+//! calls, orders the same changes for less.
 //!
 //! Only spillway's own changes take it. moka's evictions do not: they take
 //! the placement shard's lock in the listener, and that listener drops any

@@ -87,8 +87,10 @@ use lifecycle::{maintain, persist, warm, Compaction, MAX_UNFOLDED_JOURNAL_FILES}
 ///   a process that is killed, comes back warm: after it idled for twice
 ///   `persist_after`, everything spillable it held is served again without
 ///   the loader, and warmed back into memory.
-/// * Dropping the last handle releases the directory at once (background
-///   tasks hold no reference that keeps it locked). What is lost on a drop
+/// * Dropping the last handle releases the directory once the disk tier's
+///   foyer instance has finished its last writes, in the background
+///   (background tasks hold no reference that keeps it locked); a reopen in
+///   this process waits for that. What is lost on a drop
 ///   or a crash is what was not yet persisted: entries younger than
 ///   `persist_after`, the spill queue, and writes foyer had not finished.
 ///   A drop or crash never makes a read return an older version, an
@@ -120,7 +122,7 @@ use lifecycle::{maintain, persist, warm, Compaction, MAX_UNFOLDED_JOURNAL_FILES}
 pub struct TwoTierCacheBackend {
     inner: Arc<Inner>,
     /// Shared by the handles a user holds, never by background tasks: when
-    /// the last one drops, the directory is released at once.
+    /// the last one drops, the directory is released (see `device_claim`).
     _owner: Option<Arc<Owner>>,
 }
 

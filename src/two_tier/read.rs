@@ -373,7 +373,7 @@ impl TwoTierCacheBackend {
         }
         // `clear` drains the slots, then invalidates moka wholesale, without
         // taking this key's lock: a clear that drained this slot after the
-        // check above, and invalidated moka before the Put landed, would
+        // check above, and invalidated moka before the insert landed, would
         // leave the cleared version in memory.
         self.drop_if_orphan(key, seq).await;
     }

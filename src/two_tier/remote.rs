@@ -70,7 +70,7 @@ impl TwoTierCacheBackend {
         };
         let inner = &self.inner;
         let hash = key.disk_hash();
-        {
+        let admitted_seq = {
             let _key = inner.key_locks.lock(hash).await;
             let admitted = !inner.memory.contains_key(key) && {
                 let mut shard = inner.spiller.placements.lock(hash);
@@ -99,9 +99,16 @@ impl TwoTierCacheBackend {
                     true
                 }
             };
+            let seq = res.seq;
             if admitted {
                 inner.memory.insert(key.clone(), Arc::new(res)).await;
             }
+            admitted.then_some(seq)
+        };
+        // As for a promotion: a clear may have drained the slot before the
+        // insert landed (see `promote`).
+        if let Some(seq) = admitted_seq {
+            self.drop_if_orphan(key, seq).await;
         }
         drop(room);
         self.maintain_if_due().await;
@@ -209,16 +216,8 @@ impl LocalTiers for PeerEffects {
             // A version in memory knows its stamp: one as new as the
             // notice's (this very version, read from the server after it
             // was stored, or a later insert here) stays.
-            if inner
-                .memory
-                .get(&key)
-                .await
-                .is_some_and(|res| res.stamp >= stamp)
-            {
-                return;
-            }
             let cache = TwoTierCacheBackend::internal(inner);
-            cache.remove_from_tiers(&key, true).await;
+            cache.remove_unless_stamped(&key, true, Some(stamp)).await;
         }
     }
 

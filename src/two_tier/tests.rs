@@ -76,6 +76,19 @@ async fn inserts_promotions_and_removals_of_a_key_wait_for_its_lock() {
     drop(held);
     inserting.await.unwrap();
 
+    // A peer's removal notice checks the stamp of the version in memory
+    // and removes under one hold of the lock: a version as new as the
+    // notice (any stamp is, against stamp 0) stays.
+    let held = cache.inner.key_locks.lock(hash).await;
+    let mut noticed = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.remove_unless_stamped(&key(0), true, Some(0)).await })
+    };
+    assert!(waits(&mut noticed).await, "the peer's removal did not wait");
+    drop(held);
+    noticed.await.unwrap();
+    assert_eq!(cache.peek_tier(&key(0)).await, CacheTier::Resident);
+
     let held = cache.inner.key_locks.lock(hash).await;
     let mut removing = {
         let cache = cache.clone();

@@ -198,12 +198,31 @@ impl TwoTierCacheBackend {
     /// With `tombstone`, a version that may be on disk is first journaled
     /// dead (durably); without, the caller journaled what covers it.
     pub(super) async fn remove_from_tiers(&self, key: &InternalCacheKey, tombstone: bool) {
+        self.remove_unless_stamped(key, tombstone, None).await;
+    }
+
+    /// [`Self::remove_from_tiers`], unless (with `newer_than`) the version
+    /// in memory carries a stamp at least that new: checked under the
+    /// key's lock, so an insert landing meanwhile is never removed by a
+    /// notice about the version it replaced.
+    pub(super) async fn remove_unless_stamped(
+        &self,
+        key: &InternalCacheKey,
+        tombstone: bool,
+        newer_than: Option<u64>,
+    ) {
         let hash = key.disk_hash();
         let spiller = &self.inner.spiller;
         {
             // Under the key's lock, like inserts: a later insert gets a
             // higher sequence number than this tombstone.
             let _key = self.inner.key_locks.lock(hash).await;
+            if let Some(stamp) = newer_than {
+                let memory = &self.inner.memory;
+                if memory.get(key).await.is_some_and(|r| r.stamp >= stamp) {
+                    return;
+                }
+            }
             if let Some(prev) = spiller.placements.lock(hash).remove(key) {
                 if tombstone && (prev.place.may_be_on_disk() || prev.record_len > 0) {
                     let seq = self.next_seq();
