@@ -108,6 +108,10 @@ pub(crate) struct Spiller {
     pub(crate) written_since_sweep: AtomicU64,
     /// Woken whenever the worker finishes a round, for `flush`.
     progress: Notify,
+    /// Woken after moka's eviction listener has moved an evicted version's
+    /// slot: a read that found the version gone from moka but its slot not
+    /// moved yet waits for this (see `TwoTierCacheBackend::lower_tiers`).
+    pub(crate) evicted: Notify,
     /// How records are compressed (`disk.compression`).
     compressor: Compressor,
     /// Records up to this length are packed (see `packing`).
@@ -172,6 +176,7 @@ impl Spiller {
             unprocessed: AtomicU64::new(0),
             written_since_sweep: AtomicU64::new(0),
             progress: Notify::new(),
+            evicted: Notify::new(),
             compressor: settings.compressor,
             pack_threshold: settings.pack_threshold,
             seal_requested: AtomicBool::new(false),

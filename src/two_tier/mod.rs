@@ -353,13 +353,20 @@ impl TwoTierCacheBackend {
             memory
         };
         let memory = memory
-            .eviction_listener(move |key, res, cause| match cause {
-                // Only capacity evictions spill.
-                moka::notification::RemovalCause::Size => {
-                    listener_spiller.offer(&key, res, &listener_tx)
+            .eviction_listener(move |key, res, cause| {
+                match cause {
+                    // Only capacity evictions spill.
+                    moka::notification::RemovalCause::Size => {
+                        listener_spiller.offer(&key, res, &listener_tx)
+                    }
+                    moka::notification::RemovalCause::Expired => {
+                        listener_spiller.expire(&key, &res)
+                    }
+                    _ => {}
                 }
-                moka::notification::RemovalCause::Expired => listener_spiller.expire(&key, &res),
-                _ => {}
+                // For reads that found this version gone from moka before
+                // its slot moved (see `lower_tiers`).
+                listener_spiller.evicted.notify_waiters();
             })
             .build_with_hasher(KeyHashBuilder);
         let inner = Arc::new(Inner {

@@ -10,6 +10,12 @@ use crate::spill::queue_weight;
 use crate::stats::DecodeMiss;
 use crate::{CacheEntry, CacheTier, Codec, CodecError, InternalCacheKey};
 
+/// How long a read waits for moka's eviction listener to queue a version
+/// moka has just evicted (see `lower_tiers`). It runs in the same
+/// housekeeping pass, so microseconds as a rule; the bound is for a pass
+/// preempted on a loaded machine.
+const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl TwoTierCacheBackend {
     /// Reads with an explicit codec for decoding a disk record (see
     /// [`TwoTierCacheBackend::insert_with_codec`]).
@@ -164,32 +170,60 @@ impl TwoTierCacheBackend {
         let count = !warming;
         let hash = key.disk_hash();
         let clock = &self.inner.spiller.clock;
-        let (seq, expires_at, pack, record_len) = {
-            let mut shard = self.inner.spiller.placements.lock(hash);
-            let slot = shard.get(key)?;
-            match &slot.place {
-                // Expired: the spill worker drops it without writing it.
-                Place::Queued(res) | Place::Writing(res) if clock.expired(res.expires_at) => {
-                    drop(shard);
-                    // A record being written lands anyway: see `alive`.
-                    self.inner.spiller.record_clock(true);
+        let mut waiting_since = None;
+        let (seq, expires_at, pack, record_len) = loop {
+            // Created before the look: a listener that moves the slot in
+            // between still wakes this read (`notify_waiters` reaches every
+            // `Notified` created before it; creating one is an atomic load).
+            let moved = self.inner.spiller.evicted.notified();
+            {
+                let mut shard = self.inner.spiller.placements.lock(hash);
+                let slot = shard.get(key)?;
+                match &slot.place {
+                    // Expired: the spill worker drops it without writing it.
+                    Place::Queued(res) | Place::Writing(res) if clock.expired(res.expires_at) => {
+                        drop(shard);
+                        // A record being written lands anyway: see `alive`.
+                        self.inner.spiller.record_clock(true);
+                        return None;
+                    }
+                    // Not promoted: it is about to land on disk, and the next
+                    // read after that promotes it.
+                    Place::Queued(res) | Place::Writing(res) => {
+                        if count {
+                            self.stats_ref().queue_hits.incr();
+                        }
+                        return Some(res.entry.clone());
+                    }
+                    // `on_disk`: moka is promoting or evicting this very
+                    // version; the disk holds the same bytes.
+                    Place::Disk | Place::Memory { on_disk: true } => {
+                        break (slot.seq, slot.expires_at, slot.pack, slot.record_len);
+                    }
+                    // Dead anyway: moka drops it when it next runs.
+                    _ if clock.expired(slot.expires_at) => return None,
+                    Place::Memory { on_disk: false } | Place::Persisting => {}
+                }
+            }
+            // In memory by the slot, not in moka: moka has just evicted it
+            // (often a newcomer its admission turned away) and its listener,
+            // later in the same housekeeping pass, has not queued it yet. A
+            // miss here would lose an entry there is room for: wait for the
+            // listener (bounded), then look again. Or an insert or promotion
+            // of the key landed in memory since the read missed there.
+            if let Some(res) = self.inner.memory.get(key).await {
+                if !self.alive(&res) {
                     return None;
                 }
-                // Not promoted: it is about to land on disk, and the next read
-                // after that promotes it.
-                Place::Queued(res) | Place::Writing(res) => {
-                    if count {
-                        self.stats_ref().queue_hits.incr();
-                    }
-                    return Some(res.entry.clone());
+                if count {
+                    self.stats_ref().memory_hits.incr();
                 }
-                // `on_disk`: moka is promoting or evicting this very version;
-                // the disk holds the same bytes.
-                Place::Disk | Place::Memory { on_disk: true } => {
-                    (slot.seq, slot.expires_at, slot.pack, slot.record_len)
-                }
-                // moka has just evicted it and the listener has not run yet.
-                Place::Memory { on_disk: false } | Place::Persisting => return None,
+                return Some(res.entry.clone());
+            }
+            let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+            let left = EVICTION_WAIT.checked_sub(since.elapsed())?;
+            if tokio::time::timeout(left, moved).await.is_err() {
+                return None;
             }
         };
         let stats = self.stats_ref();
