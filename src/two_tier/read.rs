@@ -16,6 +16,11 @@ use crate::{CacheEntry, CacheTier, Codec, CodecError, InternalCacheKey};
 /// preempted on a loaded machine.
 const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// While waiting for the eviction listener, how often a read looks again
+/// without being woken: an insert of the key that lands in memory
+/// meanwhile (the other way this window opens) signals nothing.
+const RELOOK_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
+
 impl TwoTierCacheBackend {
     /// Reads with an explicit codec for decoding a disk record (see
     /// [`TwoTierCacheBackend::insert_with_codec`]).
@@ -222,9 +227,8 @@ impl TwoTierCacheBackend {
             }
             let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
             let left = EVICTION_WAIT.checked_sub(since.elapsed())?;
-            if tokio::time::timeout(left, moved).await.is_err() {
-                return None;
-            }
+            // An insert landing wakes no one: look again at least this often.
+            let _ = tokio::time::timeout(left.min(RELOOK_AFTER), moved).await;
         };
         let stats = self.stats_ref();
         if clock.expired(expires_at) {
