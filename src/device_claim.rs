@@ -62,9 +62,7 @@ impl DeviceClaim {
             lock: None,
         })
     }
-}
 
-impl DeviceClaim {
     /// The claimed directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
