@@ -92,6 +92,10 @@ pub(crate) struct DiskTier {
     cache: RwLock<HybridCache<u64, Bytes>>,
     /// The runtime of the current instance's tasks; taken when dropped.
     runtime: Mutex<Option<InstanceRuntime>>,
+    /// Instances `reopen` replaced, each with its runtime: kept until this
+    /// tier drops, since the spill worker runs on the first runtime (see
+    /// [`DiskTier::runtime_handle`]). Only after device failures.
+    retired: Mutex<Vec<(HybridCache<u64, Bytes>, InstanceRuntime)>>,
     /// Released with the last instance's runtime (see `device_claim`).
     claim: Option<DeviceClaim>,
     opts: DiskOptions,
@@ -125,6 +129,11 @@ fn abandon(cache: HybridCache<u64, Bytes>, runtime: InstanceRuntime, claim: Opti
 /// the caller's thread: that frees its device file, buffers and index.
 impl Drop for DiskTier {
     fn drop(&mut self) {
+        for (cache, runtime) in self.retired.get_mut().drain(..) {
+            abandon(cache, runtime, None);
+        }
+        // Last: the reaper takes them in turn, so the claim goes once every
+        // instance of this tier has been released.
         let claim = self.claim.take();
         if let Some(runtime) = self.runtime.get_mut().take() {
             abandon(self.cache.read().clone(), runtime, claim);
@@ -234,6 +243,17 @@ async fn claim_device(dir: &Path) -> Result<DeviceClaim> {
 }
 
 impl DiskTier {
+    /// The runtime of the current instance's tasks. Called at start, for the
+    /// spill worker: it runs beside the foyer tasks it feeds, rather than
+    /// waking them across runtimes, and that runtime lives as long as this
+    /// tier (see `retired`).
+    pub(crate) fn runtime_handle(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime
+            .lock()
+            .as_ref()
+            .and_then(InstanceRuntime::handle)
+    }
+
     /// Keeps `lock` (a handle on the cache directory's lock file) open until
     /// this tier's last instance has been released (see `device_claim`).
     pub(crate) fn hold_directory_lock(&mut self, lock: std::fs::File) {
@@ -288,6 +308,7 @@ impl DiskTier {
         Ok(Self {
             cache: RwLock::new(cache),
             runtime: Mutex::new(Some(runtime)),
+            retired: Mutex::new(Vec::new()),
             claim: Some(claim),
             opts: opts.clone(),
             dir: opts.dir.clone(),
@@ -311,10 +332,11 @@ impl DiskTier {
         let (fresh, runtime) = build(&self.opts).await?;
         let old = std::mem::replace(&mut *self.cache.write(), fresh);
         let old_runtime = self.runtime.lock().replace(runtime);
-        // Closed again by the reaper (bounded): after a failed write that
-        // close may never return, and then that runtime is kept.
+        // Kept until this tier drops (the spill worker may run on it), then
+        // closed again by the reaper (bounded: after a failed write that
+        // close may never return, and then that runtime is kept for good).
         if let Some(old_runtime) = old_runtime {
-            abandon(old, old_runtime, None);
+            self.retired.lock().push((old, old_runtime));
         }
         Ok(())
     }

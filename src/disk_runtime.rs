@@ -85,6 +85,11 @@ impl InstanceRuntime {
         disk_runtime("spillway-foyer").map(|runtime| Self(Some(runtime)))
     }
 
+    /// A handle for spawning beside this instance's tasks.
+    pub(crate) fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|runtime| runtime.handle().clone())
+    }
+
     /// What foyer's builder takes: a handle, which does not keep the
     /// runtime alive (foyer's tasks would, forever, through their cycle).
     pub(crate) fn spawner(&self) -> Option<Spawner> {

@@ -392,11 +392,18 @@ impl TwoTierCacheBackend {
             .start(Box::new(remote::PeerEffects(Arc::downgrade(&inner))));
         inner.background.lock().extend(remote_tasks);
         // The worker holds the spiller, not the cache: it ends by itself
-        // when the cache (and with it moka's listener, the last sender) drops.
-        // It runs on the disk runtime (see `disk_runtime`), which the disk
-        // tier has already started; the caller's runtime only if that failed.
+        // when the cache (and with it moka's listener, the last sender) drops,
+        // and only then can the disk tier drop. It runs on the runtime of the
+        // disk tier's foyer tasks, beside the flushers it feeds (see
+        // `disk_runtime`): on separate runtimes every batch crossed between
+        // them. On the shared disk runtime if the tier has no runtime, the
+        // caller's if that did not start either.
+        let runtime = spiller.disk.runtime_handle();
         let worker = spiller.run(spill_rx, persist_rx);
-        crate::disk_runtime::spawn(worker);
+        match runtime {
+            Some(runtime) => drop(runtime.spawn(worker)),
+            None => crate::disk_runtime::spawn(worker),
+        }
         // The open left the replayed journal files as they were (see
         // `Journal::resume`). They are folded into a snapshot once the
         // warm-up ends: a snapshot taken before would drop the `Resident`
