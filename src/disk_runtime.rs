@@ -21,13 +21,19 @@
 //! instance (at once if `close` already did) and then ends the runtime; if
 //! that close fails, the runtime is kept until the process exits.
 //!
-//! Each cache's spill worker and journal compactions run on one runtime
-//! shared by every cache in the process and never shut down, rather than
-//! on the application's: sealing records is background work, and on the
-//! application's workers it took turns with the callers it exists to keep
-//! fast. On 2 cores, the head-to-head bench's 4 KiB cells went from about
-//! 51k to 61k ops/s with one task and from 80k to 106k with sixteen once it
-//! moved off them onto a single worker (then shared with foyer's tasks).
+//! Each cache's spill worker runs on its disk tier's instance runtime,
+//! beside the foyer flushers it feeds (`DiskTier::runtime_handle`), rather
+//! than on the application's: sealing records is background work, and on
+//! the application's workers it took turns with the callers it exists to
+//! keep fast. On 2 cores, the head-to-head bench's 4 KiB cells went from
+//! about 51k to 61k ops/s with one task and from 80k to 106k with sixteen
+//! once it moved off them onto a single worker shared with foyer's tasks.
+//! (For a while after each instance got a runtime of its own, the worker
+//! stayed on the shared runtime below, and every batch crossed between the
+//! two: 4 KiB with 16 tasks at 0.75-0.77x foyer against 0.76-0.79x
+//! together, 64 KiB with 16 tasks at 0.76-0.87x against 0.88x.) Journal
+//! compactions run on one runtime shared by every cache in the process and
+//! never shut down.
 
 use std::sync::OnceLock;
 
@@ -193,9 +199,10 @@ fn reaper() -> &'static std::sync::mpsc::Sender<Abandoned> {
     })
 }
 
-/// Runs `task` on the disk runtime, detached: spillway's own disk work
-/// (the spill worker, journal compactions) stays off the caller's runtime.
-/// On the caller's runtime only if the disk runtime could not start.
+/// Runs `task` on the shared disk runtime, detached: spillway's own disk
+/// work (journal compactions; a spill worker whose tier has no runtime)
+/// stays off the caller's runtime. On the caller's runtime only if the
+/// disk runtime could not start.
 pub(crate) fn spawn<F>(task: F)
 where
     F: std::future::Future<Output = ()> + Send + 'static,
@@ -206,7 +213,7 @@ where
     }
 }
 
-/// The disk runtime's handle, for the spill workers.
+/// The shared disk runtime's handle.
 pub(crate) fn handle() -> Result<tokio::runtime::Handle, String> {
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     let runtime = RUNTIME.get_or_init(|| disk_runtime("spillway-disk"));
