@@ -389,7 +389,7 @@ impl TwoTierCacheBackend {
     pub(super) async fn promote(&self, key: &InternalCacheKey, hash: u64, res: Resident) {
         let inner = &self.inner;
         let seq = res.seq;
-        {
+        let admitted = {
             let _key = inner.key_locks.lock(hash).await;
             // A version in memory is this one or a newer one: nothing to do.
             let admitted = !inner.memory.contains_key(key) && {
@@ -408,12 +408,15 @@ impl TwoTierCacheBackend {
             if admitted {
                 inner.memory.insert(key.clone(), Arc::new(res)).await;
             }
-        }
+            admitted
+        };
         // `clear` drains the slots, then invalidates moka wholesale, without
         // taking this key's lock: a clear that drained this slot after the
         // check above, and invalidated moka before the insert landed, would
-        // leave the cleared version in memory.
-        self.drop_if_orphan(key, seq).await;
+        // leave the cleared version in memory. (Nothing put, nothing to check.)
+        if admitted {
+            self.drop_if_orphan(key, seq).await;
+        }
     }
 
     /// Takes version `seq` of `key` out of moka if its slot is gone (a
