@@ -202,6 +202,18 @@ impl TwoTierBuilder {
         self
     }
 
+    /// Threads running the disk tier's reads and writes (`disk.io_threads`;
+    /// `0`, the default, picks by the cores and `direct_io`).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder().io_threads(16);
+    /// # let _ = b;
+    /// ```
+    pub fn io_threads(mut self, threads: usize) -> Self {
+        self.config.disk.io_threads = threads;
+        self
+    }
+
     /// foyer's flush buffer pool in bytes (`disk.buffer_pool`).
     ///
     /// ```
@@ -409,6 +421,7 @@ impl TwoTierBuilder {
             flushers: d.flushers,
             buffer_pool: d.buffer_pool.as_usize(),
             io_engine: d.io_engine,
+            io_threads: crate::disk_runtime::io_threads(d.io_threads, d.direct_io),
             direct_io: d.direct_io,
         };
         // The journal's replay, and foyer's rebuild of its index, read

@@ -213,6 +213,13 @@ pub struct DiskConfig {
     pub buffer_pool: ByteSize,
     /// `"psync"` or `"io_uring"`.
     pub io_engine: IoEngine,
+    /// Threads that run the psync engine's `pread`s and `pwrite`s, per
+    /// disk tier. `0` picks: one per core (at least 2) for a buffered
+    /// device, whose reads the page cache mostly serves as CPU work; four
+    /// per core (at least 8) with `direct_io`, whose reads wait on the
+    /// device. Raise it for a buffered disk tier much larger than RAM,
+    /// where reads wait on the device too.
+    pub io_threads: usize,
     /// Open the device with `O_DIRECT`, bypassing the page cache.
     pub direct_io: bool,
     /// `fsync` the journal after invalidations, clears and replacements, so
@@ -250,6 +257,7 @@ impl Default for DiskConfig {
             flushers: 2,
             buffer_pool: ByteSize(16 << 20),
             io_engine: IoEngine::Psync,
+            io_threads: 0,
             direct_io: false,
             fsync: false,
             reset_incompatible: false,
@@ -483,6 +491,13 @@ impl Config {
                 "disk.flushers",
                 d.flushers.to_string(),
                 "must be at most 1024",
+            );
+        }
+        if d.io_threads > 1024 {
+            return bad(
+                "disk.io_threads",
+                d.io_threads.to_string(),
+                "must be at most 1024 (0 picks by the cores)",
             );
         }
         if d.buffer_pool.0 < d.flushers as u64 * 2 * 4096 {

@@ -82,6 +82,8 @@ pub(crate) struct DiskOptions {
     pub flushers: usize,
     pub buffer_pool: usize,
     pub io_engine: IoEngine,
+    /// The instance runtime's blocking threads (resolved: never 0).
+    pub io_threads: usize,
     pub direct_io: bool,
 }
 
@@ -200,7 +202,9 @@ async fn build(opts: &DiskOptions) -> Result<(HybridCache<u64, Bytes>, InstanceR
     };
     // Until the build has succeeded, a failed or cancelled build ends it:
     // nothing has been written then, so no reclaim can be running.
-    let runtime = crate::disk_runtime::Unbuilt::new(InstanceRuntime::start().map_err(runtime_err)?);
+    let runtime = crate::disk_runtime::Unbuilt::new(
+        InstanceRuntime::start(opts.io_threads).map_err(runtime_err)?,
+    );
     let spawner = runtime
         .spawner()
         .ok_or_else(|| runtime_err("no runtime".into()))?;
@@ -477,6 +481,7 @@ mod tests {
             flushers: 1,
             buffer_pool,
             io_engine: IoEngine::Psync,
+            io_threads: 2,
             direct_io: false,
         }
     }
@@ -500,7 +505,7 @@ mod tests {
         first.hold_directory_lock(lock);
         let lockable = || std::fs::File::open(&lock_path).unwrap().try_lock().is_ok();
         let (gate, gated) = tokio::sync::oneshot::channel::<()>();
-        let blocker = InstanceRuntime::start().unwrap();
+        let blocker = InstanceRuntime::start(1).unwrap();
         blocker.abandon(async move { gated.await.is_ok() }, None);
         drop(first);
         let device = opts.dir.canonicalize().unwrap();

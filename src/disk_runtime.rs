@@ -52,29 +52,47 @@ fn workers() -> usize {
     }
 }
 
-/// Threads of each disk runtime's blocking pool; a foyer instance's psync
-/// engine runs every `pread` and `pwrite` in its own (one `spawn_blocking`
-/// each). tokio's
-/// default of 512 lets a burst of reads start a thread per read, and each
-/// read then wakes a sleeping thread of its own: on 2 cores the warm-up's
-/// 32 reads in flight spent more time in those wake-ups than in copying
-/// the records. With a few threads per core a burst queues instead, and a
-/// thread that finishes a read takes the next without sleeping (the 55 MiB
-/// warm-up: median 151-181 ms against 198-211 ms; the head-to-head cells
-/// moved within their noise). Four per core still keeps a device's queue
-/// busy while the flushers' block writes hold a thread each.
-fn blocking_threads() -> usize {
+/// The blocking threads of each instance runtime for `disk.io_threads`
+/// = `configured` (`0`: pick). A foyer instance's psync engine runs every
+/// `pread` and `pwrite` there, one `spawn_blocking` each.
+///
+/// A buffered device gets one per core (at least 2). Its reads are mostly
+/// page-cache copies, CPU work: a thread per core keeps the cores busy,
+/// and with more threads than reads in flight each read wakes a sleeping
+/// thread of its own (a futex wake and two context switches), while with
+/// fewer a read queues and a thread that finishes one takes the next
+/// without sleeping. On 2 cores, 2 threads against 8 took the head-to-head
+/// bench's 16-task cells from 0.71-0.79x foyer to 0.87-0.96x at 4 KiB and
+/// from 0.87-0.88x to 1.06-1.16x at 64 KiB (read p99 2.0-2.4x foyer's
+/// down to 1.5-1.7x), and the 55 MiB warm-up from 135 to 115 ms in a fresh
+/// process. (tokio's default of 512 had been worse again.)
+///
+/// With `direct_io` every read waits on the device, so threads are queue
+/// depth: four per core, at least 8, as before. A buffered disk tier much
+/// larger than RAM waits on the device too; `disk.io_threads` is for it.
+pub(crate) fn io_threads(configured: usize, direct_io: bool) -> usize {
+    if configured > 0 {
+        return configured;
+    }
     let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
-    (4 * cores).max(8)
+    if direct_io {
+        (4 * cores).max(8)
+    } else {
+        cores.max(2)
+    }
 }
 
-/// A disk runtime: [`workers`] threads named `name`, [`blocking_threads`]
+/// The shared runtime's blocking threads: journal compactions, each a
+/// sequential file rewrite.
+const SHARED_BLOCKING_THREADS: usize = 8;
+
+/// A disk runtime: [`workers`] threads named `name`, `blocking_threads`
 /// in its blocking pool.
-fn disk_runtime(name: &str) -> Result<tokio::runtime::Runtime, String> {
+fn disk_runtime(name: &str, blocking_threads: usize) -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers())
         .thread_name(name)
-        .max_blocking_threads(blocking_threads())
+        .max_blocking_threads(blocking_threads)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
@@ -87,8 +105,9 @@ fn disk_runtime(name: &str) -> Result<tokio::runtime::Runtime, String> {
 pub(crate) struct InstanceRuntime(Option<tokio::runtime::Runtime>);
 
 impl InstanceRuntime {
-    pub(crate) fn start() -> Result<Self, String> {
-        disk_runtime("spillway-foyer").map(|runtime| Self(Some(runtime)))
+    /// With `io_threads` blocking threads (see [`io_threads`]).
+    pub(crate) fn start(io_threads: usize) -> Result<Self, String> {
+        disk_runtime("spillway-foyer", io_threads).map(|runtime| Self(Some(runtime)))
     }
 
     /// A handle for spawning beside this instance's tasks.
@@ -216,9 +235,23 @@ where
 /// The shared disk runtime's handle.
 pub(crate) fn handle() -> Result<tokio::runtime::Handle, String> {
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| disk_runtime("spillway-disk"));
+    let runtime = RUNTIME.get_or_init(|| disk_runtime("spillway-disk", SHARED_BLOCKING_THREADS));
     match runtime {
         Ok(runtime) => Ok(runtime.handle().clone()),
         Err(e) => Err(e.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_threads_follow_the_setting_else_the_cores_and_device_kind() {
+        assert_eq!(io_threads(5, false), 5);
+        assert_eq!(io_threads(5, true), 5);
+        let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
+        assert_eq!(io_threads(0, false), cores.max(2));
+        assert_eq!(io_threads(0, true), (4 * cores).max(8));
     }
 }

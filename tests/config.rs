@@ -90,6 +90,10 @@ fn out_of_range_values_name_field_and_value() {
         ("disk.flushers".into(), "0".into())
     );
     assert_eq!(
+        field_and_value("[disk]\nio_threads = 5000"),
+        ("disk.io_threads".into(), "5000".into())
+    );
+    assert_eq!(
         field_and_value("[disk]\nblock_size = \"1 KiB\""),
         ("disk.block_size".into(), "1024".into())
     );

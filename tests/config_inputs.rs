@@ -354,6 +354,8 @@ fn bad_values_name_the_field_and_the_value() {
         ("[disk]\nflushers = \"two\"", "disk.flushers", "two"),
         ("[disk]\nflushers = 1.5", "disk.flushers", "1.5"),
         ("[disk]\nflushers = -1", "disk.flushers", "-1"),
+        ("[disk]\nio_threads = -2", "disk.io_threads", "-2"),
+        ("[disk]\nio_threads = \"many\"", "disk.io_threads", "many"),
         ("[memory]\ncapacity = true", "memory.capacity", "true"),
         ("[memory]\ncapacity = \"\"", "memory.capacity", "\"\""),
         ("[memory]\ncapacity = \"   \"", "memory.capacity", "\"   \""),
