@@ -280,7 +280,7 @@ impl Report {
                         f * 100.0
                     ),
                     measured: format!(
-                        "median {:.0} ({:.0}–{:.0}) vs {:.0} ({:.0}–{:.0}) ops/s; hit {:.3} vs {:.3}",
+                        "median {:.0} ({:.0}–{:.0}) vs {:.0} ({:.0}–{:.0}) ops/s; hit {:.3} vs {:.3} ({} vs {} loader runs)",
                         s.ops_per_sec,
                         s.ops_per_sec_spread.min,
                         s.ops_per_sec_spread.max,
@@ -288,11 +288,14 @@ impl Report {
                         h.ops_per_sec_spread.min,
                         h.ops_per_sec_spread.max,
                         s.hit_ratio,
-                        h.hit_ratio
+                        h.hit_ratio,
+                        s.loader_runs,
+                        h.loader_runs,
                     ),
                     ratio,
-                    goal: "≥ 1× and hit ratio ≥".into(),
-                    meets: ratio >= 1.0 && s.hit_ratio >= h.hit_ratio,
+                    goal: "≥ 1× and hit ratio ≥ (± racing misses)".into(),
+                    meets: ratio >= 1.0
+                        && hits_as_many(s.loader_runs, h.loader_runs, self.bench.tasks),
                 });
             }
         }
@@ -695,10 +698,29 @@ pub(crate) fn sample() -> Report {
     report
 }
 
+/// Whether a system with `ours` loader runs hit as often as one with
+/// `theirs` in the same phase. The phase is look-aside: two of the
+/// `tasks` clients that miss the same key at once both run the loader,
+/// with any cache (moka alone shows it too), so up to one extra run per
+/// client beyond the first is that race, not a forgotten entry.
+fn hits_as_many(ours: u64, theirs: u64, tasks: usize) -> bool {
+    ours <= theirs + tasks.saturating_sub(1) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::terminal::{wrap, TERMINAL_WIDTH};
     use super::*;
+
+    #[test]
+    fn a_racing_miss_per_extra_client_is_not_a_lower_hit_ratio() {
+        assert!(hits_as_many(769, 769, 1));
+        assert!(!hits_as_many(770, 769, 1));
+        assert!(hits_as_many(770, 769, 2));
+        assert!(!hits_as_many(771, 769, 2));
+        assert!(hits_as_many(700, 769, 2));
+        assert!(!hits_as_many(1, 0, 0));
+    }
 
     #[test]
     fn the_warm_up_is_measured_against_the_devices_sequential_read() {
