@@ -377,25 +377,66 @@ async fn concurrent_writers_lose_nothing() {
             .await
             .unwrap(),
     );
-    let mut tasks = Vec::new();
-    for w in 0..8usize {
-        let cache = cache.clone();
-        tasks.push(tokio::spawn(async move {
-            for j in 0..100 {
-                let id = w * 100 + j;
-                put(&cache, &key("conc", id), val(id, 1, 4 * KIB)).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    eight_writers(&cache, "conc", false).await;
     let s = cache.stats();
     assert_eq!(s.inserts, 800, "{s:#?}");
     let expected: Vec<_> = (0..800)
         .map(|i| (key("conc", i), val(i, 1, 4 * KIB)))
         .collect();
     assert_all_readable(&cache, &expected, "concurrent").await;
+    cache.close().await.unwrap();
+}
+
+/// Eight tasks, each inserting 100 keys of 4 KiB under `prefix` (ids
+/// `w * 100 + j`). With `read_back`, each also reads the key it inserted
+/// ten inserts before, most of them spilled by then, and checks its value.
+async fn eight_writers(cache: &Arc<TwoTierCacheBackend>, prefix: &'static str, read_back: bool) {
+    let mut tasks = Vec::new();
+    for w in 0..8usize {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..100 {
+                let id = w * 100 + j;
+                put(&cache, &key(prefix, id), val(id, 1, 4 * KIB)).await;
+                if read_back && j >= 10 {
+                    let earlier = id - 10;
+                    let got = cache.get(&key(prefix, earlier)).await;
+                    assert_eq!(
+                        mismatch(got.as_ref(), &val(earlier, 1, 4 * KIB)),
+                        None,
+                        "key {earlier}"
+                    );
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// One thread for every `pread` and `pwrite` of the disk tier (the least
+/// `disk.io_threads` allows): the flushers' block writes and the disk hits
+/// of readers promoting spilled entries take turns on it, and nothing is
+/// lost or held up for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_disk_thread_serves_writers_and_readers_alike() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(
+        roomy(dir.path(), 128 * KIB, 64 * KIB)
+            .io_threads(1)
+            .build()
+            .await
+            .unwrap(),
+    );
+    eight_writers(&cache, "one-thread", true).await;
+    let expected: Vec<_> = (0..800)
+        .map(|i| (key("one-thread", i), val(i, 1, 4 * KIB)))
+        .collect();
+    assert_all_readable(&cache, &expected, "one disk thread").await;
+    let s = cache.stats();
+    assert!(s.disk.hits > 0, "no read reached the disk: {s:#?}");
     cache.close().await.unwrap();
 }
 

@@ -486,6 +486,7 @@ async fn run_system(
         memory_hit_ratio: steady.memory as f64 / reads,
         disk_hit_ratio: steady.disk as f64 / reads,
         loader_runs: steady.loader,
+        racing_loader_runs: steady.racing,
         latency_memory: lat(0),
         latency_disk: lat(1),
         latency_miss: lat(2),

@@ -25,7 +25,7 @@ use spillway::{ByteSize, CacheBackend, CacheTier, Config};
 
 use super::compression::Spread;
 use super::report::Target;
-use super::systems::{foyer_key, key, Served, System};
+use super::systems::{foyer_key, key, Loading, Served, System};
 use super::workload::{KeyPicker, Rng};
 
 const REPETITIONS: usize = 3;
@@ -92,13 +92,16 @@ async fn once(system: &System, keys: usize, reads: usize, zipf_s: f64) -> Sample
     let started = Instant::now();
     for _ in 0..reads {
         let id = picker.pick(&mut rng);
-        match system.read(id, small_len(id), Duration::ZERO).await {
+        match system
+            .read(id, small_len(id), Duration::ZERO, &Loading::default())
+            .await
+        {
             Served::Memory => hits += 1,
             Served::Disk => {
                 hits += 1;
                 disk_hits += 1;
             }
-            Served::Loader => {}
+            Served::Loader { .. } => {}
         }
     }
     let reads_per_s = reads as f64 / started.elapsed().as_secs_f64().max(1e-9);

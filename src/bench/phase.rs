@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use spillway::Config;
 
-use super::systems::{Served, System};
+use super::systems::{Loading, Served, System};
 use super::workload::{value_size, KeyPicker, Rng};
 use super::{err, BenchConfig};
 
@@ -43,6 +43,9 @@ pub(crate) struct Phase {
     pub(crate) memory: u64,
     pub(crate) disk: u64,
     pub(crate) loader: u64,
+    /// Of `loader`, the runs that began while another client was loading
+    /// the same key (see `Loading`).
+    pub(crate) racing: u64,
     /// Sampled read latencies in µs, by where the read was served
     /// (memory, disk, loader).
     pub(crate) latency: [Vec<f64>; 3],
@@ -88,9 +91,11 @@ pub(crate) async fn phase(
         _ => None,
     };
     let per_task = bench.ops / bench.tasks.max(1);
+    let loading = Arc::new(Loading::default());
     let mut tasks = Vec::new();
     for t in 0..bench.tasks.max(1) {
         let (system, picker, bench) = (system.clone(), picker.clone(), bench.clone());
+        let loading = loading.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(seed.wrapping_mul(1000) + t as u64);
             let cost = Duration::from_micros(bench.loader_cost_us);
@@ -100,12 +105,15 @@ pub(crate) async fn phase(
                 let len = value_size(id, bench.value_size.as_usize(), bench.value_sizes);
                 if rng.unit() < bench.read_ratio {
                     let t0 = Instant::now();
-                    let served = system.read(id, len, cost).await;
+                    let served = system.read(id, len, cost, &loading).await;
                     let us = t0.elapsed().as_secs_f64() * 1e6;
                     let (class, count) = match served {
                         Served::Memory => (0, &mut p.memory),
                         Served::Disk => (1, &mut p.disk),
-                        Served::Loader => (2, &mut p.loader),
+                        Served::Loader { racing } => {
+                            p.racing += u64::from(racing);
+                            (2, &mut p.loader)
+                        }
                     };
                     *count += 1;
                     if i % 4 == 0 {
@@ -126,6 +134,7 @@ pub(crate) async fn phase(
             total.memory += p.memory;
             total.disk += p.disk;
             total.loader += p.loader;
+            total.racing += p.racing;
             for (all, mine) in total.latency.iter_mut().zip(p.latency) {
                 all.extend(mine);
             }

@@ -21,7 +21,38 @@ use super::workload::value;
 pub enum Served {
     Memory,
     Disk,
-    Loader,
+    /// A miss: the loader ran. `racing`: another client was loading the
+    /// same key when it started (see [`Loading`]).
+    Loader {
+        racing: bool,
+    },
+}
+
+/// The keys whose loader runs right now, shared by a phase's clients. The
+/// workload is look-aside, so two clients that miss one key at once both
+/// run the loader with any cache; such a racing run is told apart from a
+/// miss of a key the cache forgot.
+#[derive(Default)]
+pub struct Loading(parking_lot::Mutex<std::collections::HashMap<usize, u32>>);
+
+impl Loading {
+    /// Marks a load of `id` begun; true if another was under way.
+    fn begin(&self, id: usize) -> bool {
+        let mut loads = self.0.lock();
+        let n = loads.entry(id).or_insert(0);
+        *n += 1;
+        *n > 1
+    }
+
+    fn end(&self, id: usize) {
+        let mut loads = self.0.lock();
+        if let Some(n) = loads.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                loads.remove(&id);
+            }
+        }
+    }
 }
 
 pub const VALUE_TYPE: &str = "BenchValue";
@@ -134,28 +165,38 @@ impl System {
     }
 
     /// Look-aside read: on a miss, run the loader and insert.
-    pub async fn read(&self, id: usize, len: usize, cost: Duration) -> Served {
-        match self {
+    /// A look-aside read of `id`: on a miss the loader runs (for `cost`)
+    /// and its value is inserted, with the load marked in `loading`.
+    pub async fn read(&self, id: usize, len: usize, cost: Duration, loading: &Loading) -> Served {
+        let miss = match self {
             System::Spillway(c) => match c.get_with_tier(&key(id)).await {
-                Some((_, CacheTier::Resident)) => Served::Memory,
-                Some(_) => Served::Disk,
-                None => load_and_insert(c.as_ref(), id, len, cost).await,
+                Some((_, CacheTier::Resident)) => return Served::Memory,
+                Some(_) => return Served::Disk,
+                None => Miss::Backend(c.as_ref()),
             },
             System::Moka(c) => match c.get(&key(id)).await {
-                Some(_) => Served::Memory,
-                None => load_and_insert(c.as_ref(), id, len, cost).await,
+                Some(_) => return Served::Memory,
+                None => Miss::Backend(c.as_ref()),
             },
             System::Foyer(c) => match c.get(&foyer_key(id)).await {
-                Ok(Some(e)) => match e.source() {
-                    Source::Disk => Served::Disk,
-                    _ => Served::Memory,
-                },
-                _ => {
-                    c.insert(foyer_key(id), Bytes::from(load(id, len, cost)));
-                    Served::Loader
+                Ok(Some(e)) => {
+                    return match e.source() {
+                        Source::Disk => Served::Disk,
+                        _ => Served::Memory,
+                    }
                 }
+                _ => Miss::Foyer(c),
             },
+        };
+        let racing = loading.begin(id);
+        match miss {
+            Miss::Backend(c) => c.insert(&key(id), entry(load(id, len, cost)), len).await,
+            Miss::Foyer(c) => {
+                c.insert(foyer_key(id), Bytes::from(load(id, len, cost)));
+            }
         }
+        loading.end(id);
+        Served::Loader { racing }
     }
 
     pub async fn write(&self, id: usize, len: usize) {
@@ -187,7 +228,8 @@ impl System {
 /// pays for a second lookup the others skip. (`get_or_insert` would look
 /// the key up again before loading; its single-flight cost is measured by
 /// the test suite, not here.)
-async fn load_and_insert(c: &dyn CacheBackend, id: usize, len: usize, cost: Duration) -> Served {
-    c.insert(&key(id), entry(load(id, len, cost)), len).await;
-    Served::Loader
+/// Where a miss inserts what the loader made.
+enum Miss<'a> {
+    Backend(&'a dyn CacheBackend),
+    Foyer(&'a HybridCache<String, Bytes>),
 }
