@@ -203,7 +203,7 @@ impl TwoTierBuilder {
     }
 
     /// Threads running the disk tier's reads and writes (`disk.io_threads`;
-    /// `0`, the default, picks by the cores and `direct_io`).
+    /// `0`, the default, picks by the cores and `direct_io`; psync only).
     ///
     /// ```
     /// let b = spillway::TwoTierCacheBackend::builder().io_threads(16);

@@ -69,7 +69,11 @@ fn workers() -> usize {
 ///
 /// With `direct_io` every read waits on the device, so threads are queue
 /// depth: four per core, at least 8, as before. A buffered disk tier much
-/// larger than RAM waits on the device too; `disk.io_threads` is for it.
+/// larger than RAM waits on the device too, and so does a restart with a
+/// cold page cache (foyer's recovery and the warm-up read the device);
+/// and on 2 cores the flushers' block writes can hold both threads while
+/// reads queue. `disk.io_threads` is for those. ("Per core" is
+/// `available_parallelism`, which follows CPU affinity and cgroup quotas.)
 pub(crate) fn io_threads(configured: usize, direct_io: bool) -> usize {
     if configured > 0 {
         return configured;
@@ -82,8 +86,9 @@ pub(crate) fn io_threads(configured: usize, direct_io: bool) -> usize {
     }
 }
 
-/// The shared runtime's blocking threads: journal compactions, each a
-/// sequential file rewrite.
+/// The shared runtime's blocking threads. Its tasks (journal compactions)
+/// are async and write their files inline; its blocking pool only drops a
+/// large replayed index off the open's path.
 const SHARED_BLOCKING_THREADS: usize = 8;
 
 /// A disk runtime: [`workers`] threads named `name`, `blocking_threads`
@@ -92,7 +97,8 @@ fn disk_runtime(name: &str, blocking_threads: usize) -> Result<tokio::runtime::R
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers())
         .thread_name(name)
-        .max_blocking_threads(blocking_threads)
+        // tokio panics on 0; `io_threads` never resolves to it.
+        .max_blocking_threads(blocking_threads.max(1))
         .enable_all()
         .build()
         .map_err(|e| e.to_string())

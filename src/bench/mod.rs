@@ -20,7 +20,9 @@
 //!
 //! Every other `[memory]` and `[disk]` setting (eviction policy, block size,
 //! flushers, buffer pool, I/O engine, `direct_io`, `fsync`,
-//! `persist_after`, ...) applies unchanged. Two measurements keep sizes of
+//! `persist_after`, ...) applies unchanged; to both systems where both
+//! have it (`disk.io_threads` is spillway's own: foyer's HybridCache runs
+//! its I/O on the client runtime, as its users' does). Two measurements keep sizes of
 //! their own, since they compare against fixed baselines: the micro
 //! benchmarks (memory hit against a raw moka get, disk hit against a raw
 //! foyer load) and the sustained spill bandwidth phase (16 MiB memory,
