@@ -110,7 +110,7 @@ where
         let value = entry.downcast_ref::<T>().ok_or_else(|| {
             CodecError::Failed(format!("entry is not a {}", std::any::type_name::<T>()))
         })?;
-        let encoded = postcard::to_extend(value, std::mem::take(out))
+        let encoded = postcard::serialize_with_flavor(value, AppendTo(std::mem::take(out)))
             .map_err(|e| CodecError::Failed(e.to_string()))?;
         *out = encoded;
         Ok(())
@@ -130,6 +130,31 @@ where
         let value: T =
             postcard::from_bytes(payload).map_err(|e| CodecError::Failed(e.to_string()))?;
         Ok(Arc::new(value))
+    }
+}
+
+/// postcard's output for [`SerdeCodec`]: appends to a `Vec`, each byte
+/// string with one `extend_from_slice` (a `memcpy`). postcard's own
+/// `to_extend` goes through `Extend<u8>` over the bytes, which compiled to
+/// a copy loop inside `encode`: 2% of spillway's samples in a profile of
+/// 4 KiB spills. (No throughput change was measurable on 2 cores.)
+struct AppendTo(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo {
+    type Output = Vec<u8>;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
     }
 }
 
@@ -224,5 +249,40 @@ impl CodecRegistry {
     /// ```
     pub fn is_empty(&self) -> bool {
         self.codecs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Sample {
+        id: u64,
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+        name: String,
+    }
+
+    #[test]
+    fn encoding_appends_postcards_own_bytes_and_decodes_back() {
+        let codec = SerdeCodec::<Sample>::new(1);
+        let value = Sample {
+            id: 300,
+            blob: (0..70_000u32).map(|i| (i % 251) as u8).collect(),
+            name: "ünïcode".into(),
+        };
+        let expected = postcard::to_allocvec(&value).unwrap();
+        let entry: CacheEntry = Arc::new(value);
+        let mut out = b"head".to_vec();
+        codec.encode(&entry, &mut out).unwrap();
+        // Records outlive the process: the bytes are postcard's, exactly.
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(&out[4..], &expected[..]);
+        let decoded = codec.decode(1, &out[4..]).unwrap();
+        assert_eq!(
+            decoded.downcast_ref::<Sample>(),
+            entry.downcast_ref::<Sample>()
+        );
     }
 }
