@@ -45,6 +45,7 @@ mod report;
 mod scaling;
 mod storm;
 mod systems;
+mod targets;
 mod terminal;
 mod versus;
 mod workload;

@@ -12,7 +12,7 @@ use super::device::DeviceReport;
 use super::index::IndexRun;
 use super::micro::MicroReport;
 use super::packing::PackingRun;
-use super::{BenchConfig, REOPENS};
+use super::BenchConfig;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Latency {
@@ -114,35 +114,6 @@ pub struct WarmUp {
     pub ms_max: u64,
 }
 
-impl WarmUp {
-    /// The target: warm in at most twice the time the device takes to read
-    /// the same bytes sequentially. `None` when nothing was warmed.
-    pub fn target(&self, fraction: f64, device: &DeviceReport) -> Option<Target> {
-        if self.entries == 0 || device.seq_read_mib_s <= 0.0 {
-            return None;
-        }
-        let mib = self.bytes as f64 / (1 << 20) as f64;
-        let sequential_ms = mib / device.seq_read_mib_s * 1e3;
-        // warm_millis counts whole milliseconds: at least one.
-        let ratio = self.ms.max(1) as f64 / sequential_ms.max(1e-3);
-        Some(Target {
-            name: format!("warm-up at {:.0}% memory", fraction * 100.0),
-            measured: format!(
-                "{} entries, {mib:.1} MiB in {} ms (median; {}–{}) vs {sequential_ms:.1} ms reading them sequentially from the device ({:.0} MiB/s, {})",
-                self.entries,
-                self.ms,
-                self.ms_min,
-                self.ms_max,
-                device.seq_read_mib_s,
-                device.mode(),
-            ),
-            ratio,
-            goal: "≤ 2×".into(),
-            meets: ratio <= 2.0,
-        })
-    }
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
     pub name: String,
@@ -234,141 +205,10 @@ impl Report {
         report
     }
 
-    fn run(&self, system: &str, fraction: f64) -> Option<&RunReport> {
+    pub(super) fn run(&self, system: &str, fraction: f64) -> Option<&RunReport> {
         self.runs
             .iter()
             .find(|r| r.system == system && r.memory_fraction == fraction)
-    }
-
-    fn targets(&self) -> Vec<Target> {
-        let mut t = super::versus::targets(&self.versus);
-        let m = &self.micro;
-        for (tasks, ours, moka) in [
-            (1, m.spillway_memory_hit_ns, m.moka_get_ns),
-            (2, m.spillway_memory_hit_ns_2_tasks, m.moka_get_ns_2_tasks),
-        ] {
-            let ratio = ours / moka;
-            t.push(Target {
-                name: format!(
-                    "memory hit vs raw moka get, {tasks} task{}",
-                    if tasks > 1 { "s" } else { "" }
-                ),
-                measured: format!("{ours:.0} ns vs {moka:.0} ns"),
-                ratio,
-                goal: "≤ 1.1×".into(),
-                meets: ratio <= 1.1,
-            });
-        }
-        let ratio = m.spillway_disk_hit_us / m.foyer_load_decode_us;
-        t.push(Target {
-            name: "disk hit vs raw foyer load + decode".into(),
-            measured: format!(
-                "{:.1} µs vs {:.1} µs",
-                m.spillway_disk_hit_us, m.foyer_load_decode_us
-            ),
-            ratio,
-            goal: "≤ 1.5×".into(),
-            meets: ratio <= 1.5,
-        });
-        for &f in &self.bench.memory_fractions {
-            if f >= 1.0 {
-                continue;
-            }
-            if let (Some(s), Some(h)) = (self.run("spillway", f), self.run("foyer-hybrid", f)) {
-                // Medians of the runs; the spread shows in the measurement.
-                let ratio = s.ops_per_sec / h.ops_per_sec;
-                t.push(Target {
-                    name: format!(
-                        "Zipf at {:.0}% memory: throughput and hit ratio vs foyer HybridCache",
-                        f * 100.0
-                    ),
-                    measured: format!(
-                        "median {:.0} ({:.0}–{:.0}) vs {:.0} ({:.0}–{:.0}) ops/s; hit {:.3} vs {:.3} ({} vs {} loader runs, {} vs {} of them racing)",
-                        s.ops_per_sec,
-                        s.ops_per_sec_spread.min,
-                        s.ops_per_sec_spread.max,
-                        h.ops_per_sec,
-                        h.ops_per_sec_spread.min,
-                        h.ops_per_sec_spread.max,
-                        s.hit_ratio,
-                        h.hit_ratio,
-                        s.loader_runs,
-                        h.loader_runs,
-                        s.racing_loader_runs,
-                        h.racing_loader_runs,
-                    ),
-                    ratio,
-                    goal: "≥ 1× and hit ratio ≥ (racing misses apart)".into(),
-                    meets: ratio >= 1.0 && hits_as_many(s, h),
-                });
-            }
-        }
-        t.extend(super::storm::targets(&self.storm, &self.device));
-        for r in self.runs.iter().filter(|r| r.system == "spillway") {
-            if let (Some(after), Some(before)) = (r.restart_hit_ratio, r.pre_restart_hit_ratio) {
-                let ratio = if before == 0.0 { 1.0 } else { after / before };
-                let gib = r.disk_bytes as f64 / (1u64 << 30) as f64;
-                t.push(Target {
-                    name: format!("warm restart at {:.0}% memory", r.memory_fraction * 100.0),
-                    measured: format!(
-                        "hit ratio {:.4} after vs {:.4} before; reopen {:.1} ms/GiB",
-                        after,
-                        before,
-                        r.reopen_ms.unwrap_or(0.0) / gib
-                    ),
-                    ratio,
-                    goal: "≥ 1× (equal)".into(),
-                    meets: ratio >= 0.99,
-                });
-            }
-            if let Some(target) = r
-                .warm
-                .as_ref()
-                .and_then(|w| w.target(r.memory_fraction, &self.device))
-            {
-                t.push(target);
-            }
-            let foyer = self.run("foyer-hybrid", r.memory_fraction);
-            if let (Some(ours), Some(theirs)) = (r.reopen_ms, foyer.and_then(|f| f.reopen_ms)) {
-                let ratio = ours / theirs.max(1e-3);
-                let range = |s: Option<&Spread>| {
-                    s.map_or(String::new(), |s| format!(" ({:.1}–{:.1})", s.min, s.max))
-                };
-                t.push(Target {
-                    name: format!(
-                        "reopen vs foyer HybridCache at {:.0}% memory",
-                        r.memory_fraction * 100.0
-                    ),
-                    measured: format!(
-                        "median {ours:.1} ms{} vs {theirs:.1} ms{} over {REOPENS} reopens each, the same workload on a {:.1} GiB disk budget",
-                        range(r.reopen_ms_spread.as_ref()),
-                        range(foyer.and_then(|f| f.reopen_ms_spread.as_ref())),
-                        r.disk_bytes as f64 / (1u64 << 30) as f64
-                    ),
-                    ratio,
-                    goal: "≤ 2×".into(),
-                    meets: ratio <= 2.0,
-                });
-            }
-            if let (Some(killed), Some(closed)) = (r.kill_hit_ratio, r.restart_hit_ratio) {
-                let ratio = if closed == 0.0 { 1.0 } else { killed / closed };
-                t.push(Target {
-                    name: format!(
-                        "restart after SIGKILL (idle 2× persist_after) at {:.0}% memory",
-                        r.memory_fraction * 100.0
-                    ),
-                    measured: format!(
-                        "hit ratio {killed:.4} after the kill vs {closed:.4} after close()"
-                    ),
-                    ratio,
-                    goal: "≥ 0.95× of a clean restart".into(),
-                    meets: ratio >= 0.95,
-                });
-            }
-        }
-        t.extend(super::packing::targets(&self.packing));
-        t.extend(super::index::targets(&self.index));
-        t
     }
 
     pub fn write(&self, out: &Path) -> spillway::Result<()> {
@@ -703,75 +543,10 @@ pub(crate) fn sample() -> Report {
     report
 }
 
-/// Whether `ours` hit as often as `theirs` in the same phase: no more
-/// loader runs, once the racing ones are set apart. The phase is
-/// look-aside, so two clients that miss one key at once both run the
-/// loader, with any cache (moka alone shows it too); how often that
-/// happens depends on timing, not on what the cache kept. Every other
-/// loader run is a key the cache did not hold.
-fn hits_as_many(ours: &RunReport, theirs: &RunReport) -> bool {
-    let own = |r: &RunReport| r.loader_runs.saturating_sub(r.racing_loader_runs);
-    own(ours) <= own(theirs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::terminal::{wrap, TERMINAL_WIDTH};
     use super::*;
-
-    #[test]
-    fn only_loader_runs_that_raced_no_other_are_held_against_a_system() {
-        let run = |loader_runs, racing_loader_runs| {
-            let mut r = sample().runs[0].clone();
-            r.loader_runs = loader_runs;
-            r.racing_loader_runs = racing_loader_runs;
-            r
-        };
-        assert!(hits_as_many(&run(769, 0), &run(769, 0)));
-        assert!(!hits_as_many(&run(770, 0), &run(769, 0)));
-        assert!(hits_as_many(&run(770, 1), &run(769, 0)));
-        assert!(!hits_as_many(&run(771, 1), &run(769, 0)));
-        assert!(hits_as_many(&run(770, 1), &run(770, 1)));
-        assert!(!hits_as_many(&run(770, 0), &run(770, 1)));
-    }
-
-    #[test]
-    fn the_warm_up_is_measured_against_the_devices_sequential_read() {
-        let device = DeviceReport {
-            seq_read_mib_s: 400.0,
-            direct: true,
-            ..DeviceReport::default()
-        };
-        // 40 MiB at 400 MiB/s: 100 ms sequentially.
-        let warm = |ms| WarmUp {
-            entries: 5120,
-            bytes: 40 << 20,
-            ms,
-            ms_min: ms,
-            ms_max: ms,
-        };
-        let met = warm(150).target(0.5, &device).unwrap();
-        assert!((met.ratio - 1.5).abs() < 1e-9, "{met:?}");
-        assert!(met.meets && met.name.contains("50%"));
-        let short = warm(250).target(0.5, &device).unwrap();
-        assert!((short.ratio - 2.5).abs() < 1e-9 && !short.meets);
-        let none = WarmUp {
-            entries: 0,
-            bytes: 0,
-            ms: 0,
-            ms_min: 0,
-            ms_max: 0,
-        };
-        assert!(
-            none.target(0.5, &device).is_none(),
-            "nothing warmed, no verdict"
-        );
-        let report = sample();
-        assert!(report
-            .targets()
-            .iter()
-            .any(|t| t.name.starts_with("warm-up at")));
-    }
 
     #[test]
     fn the_terminal_summary_fits_100_columns() {
