@@ -37,6 +37,7 @@ mod fleet;
 mod heap;
 mod index;
 mod kill;
+mod main_table;
 mod micro;
 mod packing;
 mod phase;
@@ -53,8 +54,6 @@ mod workload;
 pub(crate) use phase::{open, phase};
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -63,10 +62,9 @@ use spillway::{ByteSize, Config};
 pub use fleet::child as fleet_child;
 pub use index::child as index_child;
 pub use kill::child as kill_child;
-use report::{Latency, Report, RunReport};
+use report::Report;
 pub use scaling::{markdown as scaling_markdown, run as scaling};
-use systems::System;
-use workload::{value_size, KeyPicker, SizeDistribution};
+use workload::{value_size, SizeDistribution};
 
 /// The `[bench]` section of the configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -227,7 +225,9 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
             progress.set_message(format!("{name} at {:.0}% memory", fraction * 100.0));
             let config = budgets(&opts.config, working_set, fraction);
             let dir = scratch.path().join(format!("{name}-{fraction}"));
-            let run = on_own_runtime(run_system(name, &config, &dir, &bench, fraction))??;
+            let run = on_own_runtime(main_table::run_system(
+                name, &config, &dir, &bench, fraction,
+            ))??;
             runs.push(run);
             let _ = std::fs::remove_dir_all(&dir);
             progress.inc(1);
@@ -409,139 +409,6 @@ fn budgets(base: &Config, working_set: u64, fraction: f64) -> Config {
     c
 }
 
-async fn run_system(
-    name: &str,
-    config: &Config,
-    dir: &Path,
-    bench: &BenchConfig,
-    fraction: f64,
-) -> spillway::Result<RunReport> {
-    let system = Arc::new(open(name, config, dir).await?);
-    let picker = Arc::new(KeyPicker::new(bench.keys, bench.zipf_s));
-    phase(&system, &picker, bench, bench.seed, None).await;
-    let mut series = Vec::new();
-    let before = stats_of(&system);
-    let steady = phase(&system, &picker, bench, bench.seed + 1, Some(&mut series)).await;
-    let after = stats_of(&system);
-    // The same operations again, for the spread of the throughput: the
-    // first run's counts, latencies and spills are the ones reported.
-    let mut rates = vec![steady.ops as f64 / steady.secs];
-    for _ in 1..STEADY_REPETITIONS {
-        let again = phase(&system, &picker, bench, bench.seed + 1, None).await;
-        rates.push(again.ops as f64 / again.secs);
-    }
-    let rates = compression::Spread::of(rates);
-
-    let mut restart_hit_ratio = None;
-    let mut reopens = Vec::new();
-    let mut warms = Vec::new();
-    let mut pre_restart_hit_ratio = None;
-    if name != "moka" {
-        // The same operations once more before the restart and once after it:
-        // both see a cache that has already met every key of the phase.
-        pre_restart_hit_ratio = Some(
-            phase(&system, &picker, bench, bench.seed + 1, None)
-                .await
-                .hit_ratio(),
-        );
-        system.close().await;
-        drop(system);
-        // Reopened (and, but for the last time, closed again) `REOPENS`
-        // times: one reopen on a 2-core machine is too noisy a sample.
-        // Each close leaves what the reopen found, so every reopen sees the
-        // same state.
-        let mut reopened = reopen(name, config, dir, &mut reopens, &mut warms).await?;
-        for _ in 1..REOPENS {
-            reopened.close().await;
-            drop(reopened);
-            reopened = reopen(name, config, dir, &mut reopens, &mut warms).await?;
-        }
-        let replay = phase(&reopened, &picker, bench, bench.seed + 1, None).await;
-        restart_hit_ratio = Some(replay.hit_ratio());
-        reopened.close().await;
-    }
-
-    let spilled = after.as_ref().zip(before.as_ref()).map(|(a, b)| {
-        let bytes = a.spill.written_bytes - b.spill.written_bytes;
-        let disk_bytes = a.disk.bytes_written - b.disk.bytes_written;
-        report::SpillReport {
-            spills: a.spill.written - b.spill.written,
-            spill_mib_s: bytes as f64 / (1 << 20) as f64 / steady.secs,
-            not_written: a.spill.not_written.total() - b.spill.not_written.total(),
-            persisted: a.spill.persisted - b.spill.persisted,
-            promotions: a.memory.promotions - b.memory.promotions,
-            write_amplification: (bytes > 0).then(|| disk_bytes as f64 / bytes as f64),
-            disk_entries: a.disk.entries,
-            series,
-        }
-    });
-    let reopen_spread = (!reopens.is_empty()).then(|| compression::Spread::of(reopens));
-    let reads = (steady.memory + steady.disk + steady.loader).max(1) as f64;
-    let lat = |i: usize| Latency::of(&steady.latency[i]);
-    Ok(RunReport {
-        system: name.to_string(),
-        memory_fraction: fraction,
-        memory_bytes: config.memory.capacity.0,
-        disk_bytes: config.disk.capacity.0,
-        ops_per_sec: rates.median,
-        ops_per_sec_spread: rates,
-        hit_ratio: steady.hit_ratio(),
-        memory_hit_ratio: steady.memory as f64 / reads,
-        disk_hit_ratio: steady.disk as f64 / reads,
-        loader_runs: steady.loader,
-        racing_loader_runs: steady.racing,
-        latency_memory: lat(0),
-        latency_disk: lat(1),
-        latency_miss: lat(2),
-        spill: spilled,
-        pre_restart_hit_ratio,
-        restart_hit_ratio,
-        kill_hit_ratio: None,
-        reopen_ms: reopen_spread.as_ref().map(|s| s.median),
-        reopen_ms_spread: reopen_spread,
-        warm: median_warm_up(warms),
-        stats: after,
-    })
-}
-
-/// Opens `name` on `dir` again, adding how long the open took to `reopens`
-/// and, for spillway, its warm-up (ms, entries, bytes) to `warms`.
-async fn reopen(
-    name: &str,
-    config: &Config,
-    dir: &Path,
-    reopens: &mut Vec<f64>,
-    warms: &mut Vec<(u64, u64, u64)>,
-) -> spillway::Result<Arc<System>> {
-    let started = Instant::now();
-    let opened = Arc::new(open(name, config, dir).await?);
-    reopens.push(started.elapsed().as_secs_f64() * 1e3);
-    if let System::Spillway(c) = opened.as_ref() {
-        // The warm-up is part of a restart: let it finish before replaying.
-        // A signal, not a poll of `stats()`, which walks every entry and
-        // would take the cores the warm-up runs on.
-        c.warmed().await;
-        // The memory tier was empty at the open: what it holds now is
-        // what the warm-up read back.
-        let s = c.stats();
-        warms.push((s.recovery.warm_millis, s.recovery.warmed, s.memory.bytes));
-    }
-    Ok(opened)
-}
-
-/// The median of the warm-ups (by time), with the fastest and slowest.
-fn median_warm_up(mut warms: Vec<(u64, u64, u64)>) -> Option<report::WarmUp> {
-    warms.sort_unstable();
-    let &(ms, entries, bytes) = warms.get(warms.len() / 2)?;
-    Some(report::WarmUp {
-        entries,
-        bytes,
-        ms,
-        ms_min: warms.first().map_or(ms, |w| w.0),
-        ms_max: warms.last().map_or(ms, |w| w.0),
-    })
-}
-
 /// `metrics.prom`: every spillway run's statistics, one `cache` label per
 /// run (`spillway@25%`).
 #[cfg(feature = "metrics")]
@@ -568,13 +435,6 @@ fn write_metrics(_: &report::Report, _: &Path) -> spillway::Result<()> {
         value: "true".into(),
         reason: "this binary was built without the `metrics` feature; run `cargo run --release --features metrics -- bench --metrics`".into(),
     })
-}
-
-fn stats_of(system: &System) -> Option<spillway::StatsSnapshot> {
-    match system {
-        System::Spillway(c) => Some(c.stats()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
