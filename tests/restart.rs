@@ -244,6 +244,12 @@ async fn a_second_opener_gets_a_clear_error() {
     }
     assert!(err.to_string().contains(&dir.path().display().to_string()));
     first.close().await.unwrap();
+    // A closed cache still serves from memory: its directory stays its
+    // own until the handle is dropped.
+    assert!(matches!(
+        small(dir.path()).build().await,
+        Err(Error::Locked { .. })
+    ));
     drop(first);
     // Released with the cache.
     small(dir.path())

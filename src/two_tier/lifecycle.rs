@@ -57,7 +57,10 @@ impl TwoTierCacheBackend {
     /// Spills every memory-resident entry that is not already on disk (or
     /// whose disk copy foyer has since evicted), waits
     /// until the disk tier has written everything, and closes it. Afterwards
-    /// the cache keeps serving from memory but spills nothing more.
+    /// the cache keeps serving from memory but spills nothing more. The
+    /// directory stays this cache's until its last handle is dropped: an
+    /// open of it meanwhile, in this process too, fails with
+    /// [`Error::Locked`](crate::Error::Locked).
     ///
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
