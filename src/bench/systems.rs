@@ -164,7 +164,6 @@ impl System {
         ))
     }
 
-    /// Look-aside read: on a miss, run the loader and insert.
     /// A look-aside read of `id`: on a miss the loader runs (for `cost`)
     /// and its value is inserted, with the load marked in `loading`.
     pub async fn read(&self, id: usize, len: usize, cost: Duration, loading: &Loading) -> Served {
