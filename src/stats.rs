@@ -284,7 +284,8 @@ pub struct DiskStats {
 /// written + superseded + expired + not_written.total() + queue_entries`
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SpillStats {
-    /// Evicted entries queued for the disk tier.
+    /// Entries queued for the disk tier: evictions, and the resident
+    /// entries `close` writes (which the balance above leaves out).
     pub queued: u64,
     /// Spills written and confirmed on disk.
     pub written: u64,
