@@ -353,20 +353,18 @@ impl TwoTierCacheBackend {
             memory
         };
         let memory = memory
-            .eviction_listener(move |key, res, cause| {
-                match cause {
-                    // Only capacity evictions spill.
-                    moka::notification::RemovalCause::Size => {
-                        listener_spiller.offer(&key, res, &listener_tx)
-                    }
-                    moka::notification::RemovalCause::Expired => {
-                        listener_spiller.expire(&key, &res)
-                    }
-                    _ => {}
+            .eviction_listener(move |key, res, cause| match cause {
+                // Only capacity evictions spill.
+                moka::notification::RemovalCause::Size => {
+                    listener_spiller.offer(&key, res, &listener_tx);
+                    // For reads that found this version gone from moka
+                    // before its slot moved (see `lower_tiers`); no other
+                    // removal leaves a slot that waits (an expired one
+                    // never waits), and each wake takes `Notify`'s lock.
+                    listener_spiller.evicted.notify_waiters();
                 }
-                // For reads that found this version gone from moka before
-                // its slot moved (see `lower_tiers`).
-                listener_spiller.evicted.notify_waiters();
+                moka::notification::RemovalCause::Expired => listener_spiller.expire(&key, &res),
+                _ => {}
             })
             .build_with_hasher(KeyHashBuilder);
         let inner = Arc::new(Inner {
