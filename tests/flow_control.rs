@@ -106,18 +106,6 @@ fn roomy(dir: &std::path::Path, memory: usize, block: usize) -> TwoTierBuilder {
         .codecs(blob_codecs())
 }
 
-/// A loader that fails the test's expectations if it is ever run: it
-/// records that it ran and returns an error.
-fn forbidden_loader(ran: &Arc<AtomicBool>) -> spillway::Loader<'static> {
-    let ran = ran.clone();
-    Box::pin(async move {
-        ran.store(true, Ordering::SeqCst);
-        Err(spillway::Error::external(std::io::Error::other(
-            "the loader must not run: the entry was cached",
-        )))
-    })
-}
-
 /// A loader that supplies `value` (for keys that may legitimately be gone).
 fn supplying_loader(value: Vec<u8>) -> spillway::Loader<'static> {
     Box::pin(async move {
@@ -170,17 +158,7 @@ async fn assert_all_readable(
     expected: &[(InternalCacheKey, Vec<u8>)],
     what: &str,
 ) {
-    cache.flush().await;
-    let s = cache.stats();
-    assert_eq!(
-        s.spill.not_written.total(),
-        0,
-        "{what}: spills not written on a roomy disk\n{s:#?}"
-    );
-    assert_eq!(
-        s.spill.queue_entries, 0,
-        "{what}: flush left a queue\n{s:#?}"
-    );
+    assert_flushed_clean(cache, Duration::from_secs(60), what).await;
 
     let mut failures = Vec::new();
     for (k, v) in expected {

@@ -92,17 +92,6 @@ async fn put(cache: &TwoTierCacheBackend, k: &InternalCacheKey, value: Vec<u8>) 
     cache.insert(k, Arc::new(value) as CacheEntry, size).await;
 }
 
-/// A loader that must not run: it records that it ran and fails.
-fn forbidden_loader(ran: &Arc<AtomicBool>) -> spillway::Loader<'static> {
-    let ran = ran.clone();
-    Box::pin(async move {
-        ran.store(true, Ordering::SeqCst);
-        Err(spillway::Error::external(std::io::Error::other(
-            "the loader must not run: the entry was cached",
-        )))
-    })
-}
-
 /// A cache on `dir` with `io_threads` disk threads: 1 MiB of memory (two
 /// big values resident), the default spill queue (128 KiB, smaller than one
 /// value), 1 MiB blocks, one flusher with a 512 KiB buffer, and a disk with
@@ -143,19 +132,7 @@ async fn assert_all_latest(
     latest: &BTreeMap<usize, (u32, usize)>,
     what: &str,
 ) {
-    tokio::time::timeout(LIMIT, cache.flush())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: flush hung"));
-    let s = cache.stats();
-    assert_eq!(
-        s.spill.not_written.total(),
-        0,
-        "{what}: spills not written with room to spare\n{s:#?}"
-    );
-    assert_eq!(
-        s.spill.queue_entries, 0,
-        "{what}: flush left a queue\n{s:#?}"
-    );
+    let s = assert_flushed_clean(cache, LIMIT, what).await;
     assert_evictions_balance(&s);
     let mut failures = Vec::new();
     for (&id, &(version, size)) in latest {

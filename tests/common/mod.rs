@@ -60,6 +60,41 @@ pub async fn insert(cache: &dyn CacheBackend, key: &InternalCacheKey, value: Vec
         .await;
 }
 
+/// A loader that fails the test's expectations if it is ever run: it
+/// records in `ran` that it ran and returns an error.
+pub fn forbidden_loader(ran: &Arc<std::sync::atomic::AtomicBool>) -> spillway::Loader<'static> {
+    let ran = ran.clone();
+    Box::pin(async move {
+        ran.store(true, std::sync::atomic::Ordering::SeqCst);
+        Err(spillway::Error::external(std::io::Error::other(
+            "the loader must not run: the entry was cached",
+        )))
+    })
+}
+
+/// Flushes `cache` (failing after `limit`), then checks that no spill went
+/// unwritten and the queue is empty: what a disk with room to spare owes.
+pub async fn assert_flushed_clean(
+    cache: &TwoTierCacheBackend,
+    limit: Duration,
+    what: &str,
+) -> StatsSnapshot {
+    tokio::time::timeout(limit, cache.flush())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: flush hung"));
+    let s = cache.stats();
+    assert_eq!(
+        s.spill.not_written.total(),
+        0,
+        "{what}: spills not written with room to spare\n{s:#?}"
+    );
+    assert_eq!(
+        s.spill.queue_entries, 0,
+        "{what}: flush left a queue\n{s:#?}"
+    );
+    s
+}
+
 pub fn as_blob(entry: &CacheEntry) -> &Vec<u8> {
     entry.downcast_ref::<Vec<u8>>().expect("a Blob")
 }
