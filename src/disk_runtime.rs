@@ -97,6 +97,10 @@ fn disk_runtime(name: &str, blocking_threads: usize) -> Result<tokio::runtime::R
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers())
         .thread_name(name)
+        // Background work: yield to the application's threads at wake-up.
+        .on_thread_start(|| {
+            crate::batch_scheduling::current_thread();
+        })
         // tokio panics on 0; `io_threads` never resolves to it.
         .max_blocking_threads(blocking_threads.max(1))
         .enable_all()
@@ -259,5 +263,29 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
         assert_eq!(io_threads(0, false), cores.max(2));
         assert_eq!(io_threads(0, true), (4 * cores).max(8));
+    }
+
+    /// Both kinds of thread an instance runtime has, its workers (foyer's
+    /// flushers, the spill worker) and its blocking threads (`pread`,
+    /// `pwrite`), run as batch threads.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_instance_runtimes_threads_are_batch_threads() {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+        let policy = || thread_priority::thread_schedule_policy().ok();
+        let runtime = InstanceRuntime::start(2).expect("start a runtime");
+        let handle = runtime.handle().expect("a running runtime");
+        let on_worker = handle.block_on(async move {
+            tokio::spawn(async move { policy() })
+                .await
+                .expect("the task ran")
+        });
+        let on_blocking = handle
+            .block_on(handle.spawn_blocking(policy))
+            .expect("the blocking task ran");
+        assert_eq!(on_worker, Some(batch));
+        assert_eq!(on_blocking, Some(batch));
+        runtime.end();
     }
 }

@@ -83,6 +83,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod batch_scheduling;
 mod bookkeeping;
 mod builder;
 mod cache_dir;
