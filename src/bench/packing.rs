@@ -90,10 +90,11 @@ async fn once(system: &System, keys: usize, reads: usize, zipf_s: f64) -> Sample
     let mut rng = Rng::new(7);
     let (mut hits, mut disk_hits) = (0u64, 0u64);
     let started = Instant::now();
+    let loading = Loading::new(1);
     for _ in 0..reads {
         let id = picker.pick(&mut rng);
         match system
-            .read(id, small_len(id), Duration::ZERO, &Loading::default())
+            .read(id, small_len(id), Duration::ZERO, &loading)
             .await
         {
             Served::Memory => hits += 1,

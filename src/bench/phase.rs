@@ -91,7 +91,7 @@ pub(crate) async fn phase(
         _ => None,
     };
     let per_task = bench.ops / bench.tasks.max(1);
-    let loading = Arc::new(Loading::default());
+    let loading = Arc::new(Loading::new(bench.keys));
     let mut tasks = Vec::new();
     for t in 0..bench.tasks.max(1) {
         let (system, picker, bench) = (system.clone(), picker.clone(), bench.clone());

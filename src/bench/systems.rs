@@ -28,30 +28,63 @@ pub enum Served {
     },
 }
 
-/// The keys whose loader runs right now, shared by a phase's clients. The
-/// workload is look-aside, so two clients that miss one key at once both
-/// run the loader with any cache; such a racing run is told apart from a
-/// miss of a key the cache forgot.
-#[derive(Default)]
-pub struct Loading(parking_lot::Mutex<std::collections::HashMap<usize, u32>>);
+/// Each key's loads, shared by a phase's clients. The workload is
+/// look-aside, so two clients that miss one key at once both run the loader
+/// with any cache; such a racing run is told apart from a miss of a key the
+/// cache forgot.
+///
+/// A run races when another load of its key was under way, began or ended
+/// at any moment from just before its lookup to the start of its own load:
+/// a client whose lookup ran while another's load was still being inserted
+/// saw the key absent, rightly, even if that load ended before this one
+/// began (a client descheduled between its miss and its load).
+///
+/// Per key: loads in flight (low 16 bits) and loads finished (the rest),
+/// one atomic word, so the bookkeeping every read pays is one load, the
+/// same for every system.
+pub struct Loading(Vec<std::sync::atomic::AtomicU64>);
+
+/// One load in flight, in a key's word.
+const IN_FLIGHT_ONE: u64 = 1;
+/// The in-flight part of a key's word.
+const IN_FLIGHT: u64 = (1 << 16) - 1;
+/// One load finished, in a key's word.
+const FINISHED_ONE: u64 = 1 << 16;
 
 impl Loading {
-    /// Marks a load of `id` begun; true if another was under way.
-    fn begin(&self, id: usize) -> bool {
-        let mut loads = self.0.lock();
-        let n = loads.entry(id).or_insert(0);
-        *n += 1;
-        *n > 1
+    /// For keys `0..keys` (a larger id shares a word with another key,
+    /// which can only count more runs as racing).
+    pub fn new(keys: usize) -> Self {
+        Self(
+            (0..keys.max(1))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        )
+    }
+
+    fn word(&self, id: usize) -> &std::sync::atomic::AtomicU64 {
+        &self.0[id % self.0.len()]
+    }
+
+    /// What a client sees of `id`'s loads just before its lookup.
+    fn look(&self, id: usize) -> u64 {
+        self.word(id).load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks a load of `id` begun by a client that saw `seen` before its
+    /// lookup; true if it raced another (see the type's notes).
+    fn begin(&self, id: usize, seen: u64) -> bool {
+        let now = self
+            .word(id)
+            .fetch_add(IN_FLIGHT_ONE, std::sync::atomic::Ordering::SeqCst);
+        now != seen || seen & IN_FLIGHT != 0
     }
 
     fn end(&self, id: usize) {
-        let mut loads = self.0.lock();
-        if let Some(n) = loads.get_mut(&id) {
-            *n -= 1;
-            if *n == 0 {
-                loads.remove(&id);
-            }
-        }
+        self.word(id).fetch_add(
+            FINISHED_ONE - IN_FLIGHT_ONE,
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 }
 
@@ -167,6 +200,7 @@ impl System {
     /// A look-aside read of `id`: on a miss the loader runs (for `cost`)
     /// and its value is inserted, with the load marked in `loading`.
     pub async fn read(&self, id: usize, len: usize, cost: Duration, loading: &Loading) -> Served {
+        let seen = loading.look(id);
         let miss = match self {
             System::Spillway(c) => match c.get_with_tier(&key(id)).await {
                 Some((_, CacheTier::Resident)) => return Served::Memory,
@@ -187,7 +221,7 @@ impl System {
                 _ => Miss::Foyer(c),
             },
         };
-        let racing = loading.begin(id);
+        let racing = loading.begin(id, seen);
         match miss {
             Miss::Backend(c) => c.insert(&key(id), entry(load(id, len, cost)), len).await,
             Miss::Foyer(c) => {
@@ -231,4 +265,35 @@ impl System {
 enum Miss<'a> {
     Backend(&'a dyn CacheBackend),
     Foyer(&'a HybridCache<String, Bytes>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Loading;
+
+    #[test]
+    fn a_load_races_another_under_way_or_ended_since_the_lookup() {
+        let loading = Loading::new(4);
+        // Alone: not racing, before or after other loads of the key.
+        let seen = loading.look(1);
+        assert!(!loading.begin(1, seen));
+        loading.end(1);
+        let seen = loading.look(1);
+        assert!(!loading.begin(1, seen));
+        // Another client looked while that load was under way.
+        let seen_meanwhile = loading.look(1);
+        assert!(loading.begin(1, seen_meanwhile));
+        loading.end(1);
+        // A client that looked before a load began and ended, and begins
+        // its own only after (descheduled between its miss and its load).
+        let seen_before = loading.look(2);
+        assert!(!loading.begin(2, loading.look(2)));
+        loading.end(2);
+        assert!(loading.begin(2, seen_before));
+        loading.end(2);
+        loading.end(1);
+        // Other keys are not involved.
+        let seen = loading.look(3);
+        assert!(!loading.begin(3, seen));
+    }
 }
