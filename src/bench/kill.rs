@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use spillway::Config;
 
-use super::systems::System;
+use super::systems::{Loading, System};
 use super::workload::KeyPicker;
 use super::{open, phase, BenchConfig};
 
@@ -90,7 +90,8 @@ pub fn measure(
             c.warmed().await;
         }
         let picker = Arc::new(KeyPicker::new(bench.keys, bench.zipf_s));
-        let replay = phase(&system, &picker, bench, bench.seed + 1, None).await;
+        let loading = Arc::new(Loading::new(bench.keys));
+        let replay = phase(&system, &picker, bench, bench.seed + 1, &loading, None).await;
         system.close().await;
         Ok(replay.hit_ratio())
     })
@@ -107,8 +108,9 @@ pub fn child(config: &Config, dir: PathBuf) -> spillway::Result<()> {
     runtime.block_on(async {
         let system = Arc::new(open("spillway", config, &dir).await?);
         let picker = Arc::new(KeyPicker::new(bench.keys, bench.zipf_s));
-        phase(&system, &picker, &bench, bench.seed, None).await;
-        phase(&system, &picker, &bench, bench.seed + 1, None).await;
+        let loading = Arc::new(Loading::new(bench.keys));
+        phase(&system, &picker, &bench, bench.seed, &loading, None).await;
+        phase(&system, &picker, &bench, bench.seed + 1, &loading, None).await;
         println!("ready");
         std::future::pending::<()>().await;
         Ok(())

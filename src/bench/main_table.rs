@@ -9,7 +9,7 @@ use std::time::Instant;
 use spillway::Config;
 
 use super::report::{self, Latency, RunReport};
-use super::systems::System;
+use super::systems::{Loading, System};
 use super::workload::KeyPicker;
 use super::{compression, open, phase, BenchConfig, REOPENS, STEADY_REPETITIONS};
 
@@ -23,16 +23,25 @@ pub(super) async fn run_system(
 ) -> spillway::Result<RunReport> {
     let system = Arc::new(open(name, config, dir).await?);
     let picker = Arc::new(KeyPicker::new(bench.keys, bench.zipf_s));
-    phase(&system, &picker, bench, bench.seed, None).await;
+    let loading = Arc::new(Loading::new(bench.keys));
+    phase(&system, &picker, bench, bench.seed, &loading, None).await;
     let mut series = Vec::new();
     let before = stats_of(&system);
-    let steady = phase(&system, &picker, bench, bench.seed + 1, Some(&mut series)).await;
+    let steady = phase(
+        &system,
+        &picker,
+        bench,
+        bench.seed + 1,
+        &loading,
+        Some(&mut series),
+    )
+    .await;
     let after = stats_of(&system);
     // The same operations again, for the spread of the throughput: the
     // first run's counts, latencies and spills are the ones reported.
     let mut rates = vec![steady.ops as f64 / steady.secs];
     for _ in 1..STEADY_REPETITIONS {
-        let again = phase(&system, &picker, bench, bench.seed + 1, None).await;
+        let again = phase(&system, &picker, bench, bench.seed + 1, &loading, None).await;
         rates.push(again.ops as f64 / again.secs);
     }
     let rates = compression::Spread::of(rates);
@@ -45,7 +54,7 @@ pub(super) async fn run_system(
         // The same operations once more before the restart and once after it:
         // both see a cache that has already met every key of the phase.
         pre_restart_hit_ratio = Some(
-            phase(&system, &picker, bench, bench.seed + 1, None)
+            phase(&system, &picker, bench, bench.seed + 1, &loading, None)
                 .await
                 .hit_ratio(),
         );
@@ -61,7 +70,7 @@ pub(super) async fn run_system(
             drop(reopened);
             reopened = reopen(name, config, dir, &mut reopens, &mut warms).await?;
         }
-        let replay = phase(&reopened, &picker, bench, bench.seed + 1, None).await;
+        let replay = phase(&reopened, &picker, bench, bench.seed + 1, &loading, None).await;
         restart_hit_ratio = Some(replay.hit_ratio());
         reopened.close().await;
     }
@@ -95,6 +104,7 @@ pub(super) async fn run_system(
         disk_hit_ratio: steady.disk as f64 / reads,
         loader_runs: steady.loader,
         racing_loader_runs: steady.racing,
+        forgotten_loader_runs: steady.forgotten,
         latency_memory: lat(0),
         latency_disk: lat(1),
         latency_miss: lat(2),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use spillway::Config;
 
-use super::systems::{Loading, Served, System};
+use super::systems::{Loading, MissKind, Served, System};
 use super::workload::{value_size, KeyPicker, Rng};
 use super::{err, BenchConfig};
 
@@ -43,9 +43,12 @@ pub(crate) struct Phase {
     pub(crate) memory: u64,
     pub(crate) disk: u64,
     pub(crate) loader: u64,
-    /// Of `loader`, the runs that began while another client was loading
-    /// the same key (see `Loading`).
+    /// Of `loader`, the runs that raced another load of the same key (see
+    /// `Loading`).
     pub(crate) racing: u64,
+    /// Of `loader`, the runs for a key inserted before the lookup began,
+    /// racing no other load: entries the cache forgot (see `Loading`).
+    pub(crate) forgotten: u64,
     /// Sampled read latencies in µs, by where the read was served
     /// (memory, disk, loader).
     pub(crate) latency: [Vec<f64>; 3],
@@ -63,12 +66,14 @@ impl Phase {
 }
 
 /// One phase: `bench.ops` operations split over `bench.tasks` tasks. With
-/// `series`, spill bandwidth is sampled every 100 ms.
+/// `series`, spill bandwidth is sampled every 100 ms. `loading` is the
+/// keys' history on this cache, shared by every phase run on it.
 pub(crate) async fn phase(
     system: &Arc<System>,
     picker: &Arc<KeyPicker>,
     bench: &BenchConfig,
     seed: u64,
+    loading: &Arc<Loading>,
     series: Option<&mut Vec<(f64, f64)>>,
 ) -> Phase {
     let started = Instant::now();
@@ -91,7 +96,6 @@ pub(crate) async fn phase(
         _ => None,
     };
     let per_task = bench.ops / bench.tasks.max(1);
-    let loading = Arc::new(Loading::new(bench.keys));
     let mut tasks = Vec::new();
     for t in 0..bench.tasks.max(1) {
         let (system, picker, bench) = (system.clone(), picker.clone(), bench.clone());
@@ -110,8 +114,9 @@ pub(crate) async fn phase(
                     let (class, count) = match served {
                         Served::Memory => (0, &mut p.memory),
                         Served::Disk => (1, &mut p.disk),
-                        Served::Loader { racing } => {
-                            p.racing += u64::from(racing);
+                        Served::Loader(kind) => {
+                            p.racing += u64::from(kind == MissKind::Racing);
+                            p.forgotten += u64::from(kind == MissKind::Forgotten);
                             (2, &mut p.loader)
                         }
                     };
@@ -120,7 +125,7 @@ pub(crate) async fn phase(
                         p.latency[class].push(us);
                     }
                 } else {
-                    system.write(id, len).await;
+                    system.write(id, len, &loading).await;
                 }
                 p.ops += 1;
             }
@@ -135,6 +140,7 @@ pub(crate) async fn phase(
             total.disk += p.disk;
             total.loader += p.loader;
             total.racing += p.racing;
+            total.forgotten += p.forgotten;
             for (all, mine) in total.latency.iter_mut().zip(p.latency) {
                 all.extend(mine);
             }

@@ -79,9 +79,13 @@ pub struct RunReport {
     pub memory_hit_ratio: f64,
     pub disk_hit_ratio: f64,
     pub loader_runs: u64,
-    /// Of `loader_runs`, those that began while another client was loading
-    /// the same key: the look-aside's race, not a forgotten entry.
+    /// Of `loader_runs`, those that raced another load of the same key:
+    /// the look-aside's race, not a forgotten entry.
     pub racing_loader_runs: u64,
+    /// Of `loader_runs`, those for a key inserted before the read looked it
+    /// up, racing no other load: entries the cache forgot.
+    #[serde(default)]
+    pub forgotten_loader_runs: u64,
     pub latency_memory: Latency,
     pub latency_disk: Latency,
     pub latency_miss: Latency,
@@ -454,6 +458,7 @@ pub(crate) fn sample() -> Report {
                 disk_hit_ratio: if disk { 0.5 - fraction / 2.0 } else { 0.0 },
                 loader_runs: 1708,
                 racing_loader_runs: 0,
+                forgotten_loader_runs: 0,
                 latency_memory: lat(2.0, 16.4),
                 latency_disk: if disk {
                     lat(40.0, 279.1 * (i + 1) as f64 * 10.0)

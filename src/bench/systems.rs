@@ -21,39 +21,54 @@ use super::workload::value;
 pub enum Served {
     Memory,
     Disk,
-    /// A miss: the loader ran. `racing`: another client was loading the
-    /// same key when it started (see [`Loading`]).
-    Loader {
-        racing: bool,
-    },
+    /// A miss: the loader ran, for the reason given (see [`Loading`]).
+    Loader(MissKind),
 }
 
-/// Each key's loads, shared by a phase's clients. The workload is
-/// look-aside, so two clients that miss one key at once both run the loader
-/// with any cache; such a racing run is told apart from a miss of a key the
-/// cache forgot.
+/// Each key's history, shared by the clients of every phase run on one
+/// cache, so that a loader run can be told for what it is. The workload
+/// is look-aside:
 ///
-/// A run races when another load of its key was under way, began or ended
-/// at any moment from just before its lookup to the start of its own load:
-/// a client whose lookup ran while another's load was still being inserted
-/// saw the key absent, rightly, even if that load ended before this one
-/// began (a client descheduled between its miss and its load).
+/// * a key no client had inserted yet when a read looked it up misses with
+///   any cache, and whether a read or a write touches a key first depends
+///   on how the clients interleave, so the plain count of loader runs moves
+///   by one or two between systems and runs;
+/// * two clients that miss one key at once both run the loader, with any
+///   cache: a run *races* when another load of its key was under way, began
+///   or ended at any moment from just before its lookup to the start of its
+///   own load (a client descheduled between its miss and its load saw the
+///   key absent, rightly);
+/// * every other run is of a key a client had inserted before the lookup
+///   began: the cache *forgot* it.
 ///
-/// Per key: loads in flight (low 16 bits) and loads finished (the rest),
-/// one atomic word, so the bookkeeping every read pays is one load, the
-/// same for every system.
+/// Per key, one atomic word: loads in flight (low 16 bits), whether an
+/// insert of the key has completed (bit 16), loads finished (the rest). The
+/// bookkeeping every read pays is one atomic load, the same for every system.
 pub struct Loading(Vec<std::sync::atomic::AtomicU64>);
 
 /// One load in flight, in a key's word.
 const IN_FLIGHT_ONE: u64 = 1;
 /// The in-flight part of a key's word.
 const IN_FLIGHT: u64 = (1 << 16) - 1;
+/// Set once an insert of the key (a loader's or a write's) has completed.
+const GIVEN: u64 = 1 << 16;
 /// One load finished, in a key's word.
-const FINISHED_ONE: u64 = 1 << 16;
+const FINISHED_ONE: u64 = 1 << 17;
+
+/// Why a read ran the loader (see [`Loading`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissKind {
+    /// No insert of the key had completed before the lookup.
+    Unseen,
+    /// Another load of the key overlapped this one's lookup.
+    Racing,
+    /// The key had been inserted before the lookup: the cache forgot it.
+    Forgotten,
+}
 
 impl Loading {
     /// For keys `0..keys` (a larger id shares a word with another key,
-    /// which can only count more runs as racing).
+    /// which can only count more runs as racing or forgotten).
     pub fn new(keys: usize) -> Self {
         Self(
             (0..keys.max(1))
@@ -66,25 +81,40 @@ impl Loading {
         &self.0[id % self.0.len()]
     }
 
-    /// What a client sees of `id`'s loads just before its lookup.
+    /// What a client sees of `id`'s history just before its lookup.
     fn look(&self, id: usize) -> u64 {
         self.word(id).load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Marks a load of `id` begun by a client that saw `seen` before its
-    /// lookup; true if it raced another (see the type's notes).
-    fn begin(&self, id: usize, seen: u64) -> bool {
+    /// lookup, and tells why it runs.
+    fn begin(&self, id: usize, seen: u64) -> MissKind {
         let now = self
             .word(id)
             .fetch_add(IN_FLIGHT_ONE, std::sync::atomic::Ordering::SeqCst);
-        now != seen || seen & IN_FLIGHT != 0
+        if now != seen || seen & IN_FLIGHT != 0 {
+            MissKind::Racing
+        } else if seen & GIVEN != 0 {
+            MissKind::Forgotten
+        } else {
+            MissKind::Unseen
+        }
     }
 
+    /// A load of `id` ended, its value inserted.
     fn end(&self, id: usize) {
         self.word(id).fetch_add(
             FINISHED_ONE - IN_FLIGHT_ONE,
             std::sync::atomic::Ordering::SeqCst,
         );
+        self.word(id)
+            .fetch_or(GIVEN, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A write of `id` completed.
+    fn written(&self, id: usize) {
+        self.word(id)
+            .fetch_or(GIVEN, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -221,7 +251,7 @@ impl System {
                 _ => Miss::Foyer(c),
             },
         };
-        let racing = loading.begin(id, seen);
+        let kind = loading.begin(id, seen);
         match miss {
             Miss::Backend(c) => c.insert(&key(id), entry(load(id, len, cost)), len).await,
             Miss::Foyer(c) => {
@@ -229,10 +259,10 @@ impl System {
             }
         }
         loading.end(id);
-        Served::Loader { racing }
+        Served::Loader(kind)
     }
 
-    pub async fn write(&self, id: usize, len: usize) {
+    pub async fn write(&self, id: usize, len: usize, loading: &Loading) {
         let v = value(id, len);
         match self {
             System::Spillway(c) => c.insert(&key(id), entry(v), len).await,
@@ -241,6 +271,7 @@ impl System {
                 c.insert(foyer_key(id), Bytes::from(v));
             }
         }
+        loading.written(id);
     }
 
     pub async fn close(&self) {
@@ -269,31 +300,38 @@ enum Miss<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::Loading;
+    use super::{Loading, MissKind};
 
     #[test]
-    fn a_load_races_another_under_way_or_ended_since_the_lookup() {
+    fn a_load_is_unseen_racing_or_forgotten() {
         let loading = Loading::new(4);
-        // Alone: not racing, before or after other loads of the key.
+        // Never inserted: unseen.
         let seen = loading.look(1);
-        assert!(!loading.begin(1, seen));
-        loading.end(1);
-        let seen = loading.look(1);
-        assert!(!loading.begin(1, seen));
-        // Another client looked while that load was under way.
+        assert_eq!(loading.begin(1, seen), MissKind::Unseen);
+        // Another client looked while that load was under way: racing.
         let seen_meanwhile = loading.look(1);
-        assert!(loading.begin(1, seen_meanwhile));
+        assert_eq!(loading.begin(1, seen_meanwhile), MissKind::Racing);
         loading.end(1);
-        // A client that looked before a load began and ended, and begins
-        // its own only after (descheduled between its miss and its load).
+        loading.end(1);
+        // Inserted (by that load) before the lookup, and missed: forgotten.
+        let seen = loading.look(1);
+        assert_eq!(loading.begin(1, seen), MissKind::Forgotten);
+        loading.end(1);
+        // A client that looked before another's load began and ended, and
+        // begins its own only after (descheduled between miss and load).
         let seen_before = loading.look(2);
-        assert!(!loading.begin(2, loading.look(2)));
+        assert_eq!(loading.begin(2, loading.look(2)), MissKind::Unseen);
         loading.end(2);
-        assert!(loading.begin(2, seen_before));
+        assert_eq!(loading.begin(2, seen_before), MissKind::Racing);
         loading.end(2);
-        loading.end(1);
-        // Other keys are not involved.
-        let seen = loading.look(3);
-        assert!(!loading.begin(3, seen));
+        // A write that completed during the lookup: racing; before it:
+        // forgotten.
+        let seen_before_write = loading.look(3);
+        loading.written(3);
+        assert_eq!(loading.begin(3, seen_before_write), MissKind::Racing);
+        loading.end(3);
+        loading.written(0);
+        let seen = loading.look(0);
+        assert_eq!(loading.begin(0, seen), MissKind::Forgotten);
     }
 }

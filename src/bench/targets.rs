@@ -80,7 +80,7 @@ impl Report {
                         f * 100.0
                     ),
                     measured: format!(
-                        "median {:.0} ({:.0}–{:.0}) vs {:.0} ({:.0}–{:.0}) ops/s; hit {:.3} vs {:.3} ({} vs {} loader runs, {} vs {} of them racing)",
+                        "median {:.0} ({:.0}–{:.0}) vs {:.0} ({:.0}–{:.0}) ops/s; hit {:.3} vs {:.3} ({} vs {} loader runs; {} vs {} of them for keys inserted before, racing no other load)",
                         s.ops_per_sec,
                         s.ops_per_sec_spread.min,
                         s.ops_per_sec_spread.max,
@@ -91,11 +91,11 @@ impl Report {
                         h.hit_ratio,
                         s.loader_runs,
                         h.loader_runs,
-                        s.racing_loader_runs,
-                        h.racing_loader_runs,
+                        s.forgotten_loader_runs,
+                        h.forgotten_loader_runs,
                     ),
                     ratio,
-                    goal: "≥ 1× and hit ratio ≥ (racing misses apart)".into(),
+                    goal: "≥ 1× and no more keys forgotten".into(),
                     meets: ratio >= 1.0 && hits_as_many(s, h),
                 });
             }
@@ -169,15 +169,15 @@ impl Report {
     }
 }
 
-/// Whether `ours` hit as often as `theirs` in the same phase: no more
-/// loader runs, once the racing ones are set apart. The phase is
-/// look-aside, so two clients that miss one key at once both run the
-/// loader, with any cache (moka alone shows it too); how often that
-/// happens depends on timing, not on what the cache kept. Every other
-/// loader run is a key the cache did not hold.
+/// Whether `ours` kept as much as `theirs` in the same phase: no more
+/// loader runs for keys inserted before the read looked them up (racing
+/// no other load). The rest of the loader runs depend on how the clients
+/// interleave, not on what the cache kept: a key's first touch misses with
+/// any cache, and whether a read or a write touches it first is timing;
+/// two clients that miss one key at once both load it (see `Loading` in
+/// `systems.rs`).
 fn hits_as_many(ours: &RunReport, theirs: &RunReport) -> bool {
-    let own = |r: &RunReport| r.loader_runs.saturating_sub(r.racing_loader_runs);
-    own(ours) <= own(theirs)
+    ours.forgotten_loader_runs <= theirs.forgotten_loader_runs
 }
 
 #[cfg(test)]
@@ -186,19 +186,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loader_runs_that_raced_no_other_are_held_against_a_system() {
-        let run = |loader_runs, racing_loader_runs| {
+    fn only_loader_runs_of_forgotten_keys_are_held_against_a_system() {
+        let run = |loader_runs, forgotten_loader_runs| {
             let mut r = sample().runs[0].clone();
             r.loader_runs = loader_runs;
-            r.racing_loader_runs = racing_loader_runs;
+            r.forgotten_loader_runs = forgotten_loader_runs;
             r
         };
         assert!(hits_as_many(&run(769, 0), &run(769, 0)));
-        assert!(!hits_as_many(&run(770, 0), &run(769, 0)));
-        assert!(hits_as_many(&run(770, 1), &run(769, 0)));
-        assert!(!hits_as_many(&run(771, 1), &run(769, 0)));
-        assert!(hits_as_many(&run(770, 1), &run(770, 1)));
-        assert!(!hits_as_many(&run(770, 0), &run(770, 1)));
+        // One more first touch by a read than by a write: timing.
+        assert!(hits_as_many(&run(770, 0), &run(769, 0)));
+        assert!(!hits_as_many(&run(769, 1), &run(770, 0)));
+        assert!(hits_as_many(&run(790, 3), &run(769, 3)));
+        assert!(!hits_as_many(&run(770, 4), &run(790, 3)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use spillway::{ByteSize, Config};
 
 use super::compression::Spread;
 use super::report::{si, Target};
+use super::systems::Loading;
 use super::workload::{KeyPicker, SizeDistribution};
 use super::{phase, BenchConfig};
 
@@ -204,8 +205,9 @@ async fn run_one(
 ) -> spillway::Result<Side> {
     let system = Arc::new(super::open(name, config, dir).await?);
     let seed = bench.seed + 100 * (rep + 1);
-    phase(&system, picker, bench, seed, None).await;
-    let measured = phase(&system, picker, bench, seed + 1, None).await;
+    let loading = Arc::new(Loading::new(bench.keys));
+    phase(&system, picker, bench, seed, &loading, None).await;
+    let measured = phase(&system, picker, bench, seed + 1, &loading, None).await;
     system.close().await;
     let mut all: Vec<f64> = measured.latency.iter().flatten().copied().collect();
     all.sort_by(f64::total_cmp);
