@@ -20,14 +20,19 @@
 //! up about 5% (`bench-scaling` A/B, alternating runs); the O_DIRECT spill
 //! storm, whose writer is the application, from 0.49x the device to 0.55x.
 //!
-//! A thread whose nice value is not 0 (inherited from an application that
-//! set its own) is left as it is: setting the policy also sets the nice
-//! value, and spillway does not second-guess one the application chose.
+//! Only a thread under the default policy (`SCHED_OTHER`) at nice 0 is
+//! changed. A thread inherits its creator's policy and nice value, and
+//! spillway does not second-guess an application that chose its own: one
+//! run under a real-time or idle policy, or niced, keeps that for
+//! spillway's threads too (setting the policy also sets the nice value).
 //! A refusal (a seccomp filter, say) is logged at debug and changes nothing
-//! else. Outside Linux this does nothing.
+//! else. Outside Linux this does nothing. A thread started *from* a disk
+//! thread (by code a codec or the remote tier runs there) inherits its
+//! batch policy, as it would any other; tokio's own threads are set here.
 
-/// Puts the calling thread under `SCHED_BATCH`, keeping nice 0 (see the
-/// module's notes). Returns whether it did.
+/// Puts the calling thread under `SCHED_BATCH` if it is under `SCHED_OTHER`
+/// at nice 0, keeping nice 0 (see the module's notes). Returns whether it
+/// did.
 pub(crate) fn current_thread() -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -35,7 +40,7 @@ pub(crate) fn current_thread() -> bool {
             set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
             ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy,
         };
-        if current_nice() != Some(0) {
+        if !at_default_priority() {
             return false;
         }
         // `Os(0)` is nice 0 for the normal policies: unchanged.
@@ -58,6 +63,15 @@ pub(crate) fn current_thread() -> bool {
     }
 }
 
+/// Whether the calling thread runs under `SCHED_OTHER` at nice 0, the
+/// defaults an application that chose nothing gets.
+#[cfg(target_os = "linux")]
+pub(crate) fn at_default_priority() -> bool {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+    let other = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+    current_nice() == Some(0) && thread_priority::thread_schedule_policy().ok() == Some(other)
+}
+
 /// The calling thread's nice value, from `/proc/thread-self/stat` (field 19).
 #[cfg(target_os = "linux")]
 fn current_nice() -> Option<i32> {
@@ -74,51 +88,80 @@ mod tests {
     use super::*;
     use thread_priority::{
         set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-        ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        ThreadPriority, ThreadPriorityOsValue, ThreadPriorityValue, ThreadSchedulePolicy,
     };
+
+    const OTHER: ThreadSchedulePolicy =
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+    const BATCH: ThreadSchedulePolicy =
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
 
     fn policy() -> ThreadSchedulePolicy {
         thread_priority::thread_schedule_policy().expect("read the thread's policy")
     }
 
+    /// Runs `f` on a fresh thread (what a thread of its own does to its
+    /// policy stays there).
+    fn on_a_thread(f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(f).join().expect("the thread ran");
+    }
+
     #[test]
-    fn a_thread_at_nice_0_becomes_a_batch_thread_at_nice_0() {
-        std::thread::spawn(|| {
-            assert_eq!(current_nice(), Some(0), "the test process runs at nice 0");
-            assert!(current_thread());
-            assert_eq!(
-                policy(),
-                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch)
-            );
-            assert_eq!(current_nice(), Some(0));
-        })
-        .join()
-        .expect("the thread ran");
+    fn a_thread_at_the_defaults_becomes_a_batch_thread_at_nice_0() {
+        on_a_thread(|| {
+            let nice = current_nice();
+            if at_default_priority() {
+                assert!(current_thread());
+                assert_eq!((policy(), current_nice()), (BATCH, Some(0)));
+            } else {
+                // The tests themselves run under a chosen priority
+                // (`nice cargo test`): that is kept.
+                let before = policy();
+                assert!(!current_thread());
+                assert_eq!((policy(), current_nice()), (before, nice));
+            }
+        });
     }
 
     #[test]
     fn a_thread_whose_nice_was_chosen_keeps_it_and_its_policy() {
-        std::thread::spawn(|| {
-            // Raising one's own nice value needs no privilege. The crate
-            // maps 35 of its 0-100 scale to nice 5.
-            let nice_5 = ThreadPriority::Crossplatform(
-                ThreadPriorityValue::try_from(35u8).expect("in range"),
-            );
+        on_a_thread(|| {
+            // Raising one's own nice value needs no privilege (lowering it
+            // does). The crate maps 35 of its 0-100 scale to nice 5.
+            if current_nice().is_some_and(|nice| nice <= 5) {
+                let nice_5 = ThreadPriority::Crossplatform(
+                    ThreadPriorityValue::try_from(35u8).expect("in range"),
+                );
+                set_thread_priority_and_policy(thread_native_id(), nice_5, OTHER)
+                    .expect("raise the thread's nice value");
+            }
+            let nice = current_nice();
+            assert_ne!(nice, Some(0));
+            assert!(!current_thread());
+            assert_eq!((policy(), current_nice()), (OTHER, nice));
+        });
+    }
+
+    #[test]
+    fn a_thread_under_another_policy_keeps_it() {
+        on_a_thread(|| {
+            // SCHED_IDLE needs no privilege to enter. The crate sets nice 0
+            // with it, which a niced test run could not go back to.
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            let nice = current_nice();
+            if nice != Some(0) {
+                assert!(!current_thread());
+                return;
+            }
             set_thread_priority_and_policy(
                 thread_native_id(),
-                nice_5,
-                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
+                ThreadPriority::Os(ThreadPriorityOsValue::default()),
+                idle,
             )
-            .expect("raise the thread's nice value");
-            assert_eq!(current_nice(), Some(5));
+            .expect("enter SCHED_IDLE");
             assert!(!current_thread());
-            assert_eq!(
-                policy(),
-                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other)
-            );
-            assert_eq!(current_nice(), Some(5));
-        })
-        .join()
-        .expect("the thread ran");
+            assert_eq!(policy(), idle);
+            assert_eq!(current_nice(), nice);
+        });
     }
 }

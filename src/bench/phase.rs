@@ -47,7 +47,7 @@ pub(crate) struct Phase {
     /// `Loading`).
     pub(crate) racing: u64,
     /// Of `loader`, the runs for a key inserted before the lookup began,
-    /// racing no other load: entries the cache forgot (see `Loading`).
+    /// racing no other insert: entries the cache forgot (see `Loading`).
     pub(crate) forgotten: u64,
     /// Sampled read latencies in µs, by where the read was served
     /// (memory, disk, loader).

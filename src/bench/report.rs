@@ -83,7 +83,7 @@ pub struct RunReport {
     /// the look-aside's race, not a forgotten entry.
     pub racing_loader_runs: u64,
     /// Of `loader_runs`, those for a key inserted before the read looked it
-    /// up, racing no other load: entries the cache forgot.
+    /// up, racing no other insert: entries the cache forgot.
     #[serde(default)]
     pub forgotten_loader_runs: u64,
     pub latency_memory: Latency,

@@ -34,33 +34,37 @@ pub enum Served {
 ///   on how the clients interleave, so the plain count of loader runs moves
 ///   by one or two between systems and runs;
 /// * two clients that miss one key at once both run the loader, with any
-///   cache: a run *races* when another load of its key was under way, began
-///   or ended at any moment from just before its lookup to the start of its
-///   own load (a client descheduled between its miss and its load saw the
-///   key absent, rightly);
+///   cache: a run *races* when another insert of its key (a load or a
+///   write) was under way, began or ended at any moment from just before
+///   its lookup to the start of its own load (a client descheduled between
+///   its miss and its load saw the key absent, rightly; a read that
+///   overlaps a replacement may miss);
 /// * every other run is of a key a client had inserted before the lookup
 ///   began: the cache *forgot* it.
 ///
-/// Per key, one atomic word: loads in flight (low 16 bits), whether an
-/// insert of the key has completed (bit 16), loads finished (the rest). The
-/// bookkeeping every read pays is one atomic load, the same for every system.
+/// Per key, one atomic word: inserts in flight (low 16 bits) and inserts
+/// finished (the rest), each changed by one atomic add. The bookkeeping
+/// every read pays is one atomic load, the same for every system. An
+/// insert counts as finished once the system's insert call returns, which
+/// for spillway includes any maintenance run it does after the write
+/// (foyer's returns at once): a miss of that key in that window is counted
+/// as racing for spillway alone, which can only flatter spillway, by at
+/// most the misses that window holds.
 pub struct Loading(Vec<std::sync::atomic::AtomicU64>);
 
-/// One load in flight, in a key's word.
+/// One insert in flight, in a key's word.
 const IN_FLIGHT_ONE: u64 = 1;
 /// The in-flight part of a key's word.
 const IN_FLIGHT: u64 = (1 << 16) - 1;
-/// Set once an insert of the key (a loader's or a write's) has completed.
-const GIVEN: u64 = 1 << 16;
-/// One load finished, in a key's word.
-const FINISHED_ONE: u64 = 1 << 17;
+/// One insert finished, in a key's word.
+const FINISHED_ONE: u64 = 1 << 16;
 
 /// Why a read ran the loader (see [`Loading`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MissKind {
     /// No insert of the key had completed before the lookup.
     Unseen,
-    /// Another load of the key overlapped this one's lookup.
+    /// Another insert of the key overlapped this one's lookup.
     Racing,
     /// The key had been inserted before the lookup: the cache forgot it.
     Forgotten,
@@ -94,27 +98,25 @@ impl Loading {
             .fetch_add(IN_FLIGHT_ONE, std::sync::atomic::Ordering::SeqCst);
         if now != seen || seen & IN_FLIGHT != 0 {
             MissKind::Racing
-        } else if seen & GIVEN != 0 {
+        } else if seen >= FINISHED_ONE {
             MissKind::Forgotten
         } else {
             MissKind::Unseen
         }
     }
 
-    /// A load of `id` ended, its value inserted.
+    /// An insert of `id` (a load's, or a write's) ended.
     fn end(&self, id: usize) {
         self.word(id).fetch_add(
             FINISHED_ONE - IN_FLIGHT_ONE,
             std::sync::atomic::Ordering::SeqCst,
         );
-        self.word(id)
-            .fetch_or(GIVEN, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// A write of `id` completed.
-    fn written(&self, id: usize) {
+    /// A write of `id` begins.
+    fn writing(&self, id: usize) {
         self.word(id)
-            .fetch_or(GIVEN, std::sync::atomic::Ordering::SeqCst);
+            .fetch_add(IN_FLIGHT_ONE, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -264,6 +266,7 @@ impl System {
 
     pub async fn write(&self, id: usize, len: usize, loading: &Loading) {
         let v = value(id, len);
+        loading.writing(id);
         match self {
             System::Spillway(c) => c.insert(&key(id), entry(v), len).await,
             System::Moka(c) => c.insert(&key(id), entry(v), len).await,
@@ -271,7 +274,7 @@ impl System {
                 c.insert(foyer_key(id), Bytes::from(v));
             }
         }
-        loading.written(id);
+        loading.end(id);
     }
 
     pub async fn close(&self) {
@@ -324,13 +327,21 @@ mod tests {
         loading.end(2);
         assert_eq!(loading.begin(2, seen_before), MissKind::Racing);
         loading.end(2);
-        // A write that completed during the lookup: racing; before it:
-        // forgotten.
+        // A write under way during the lookup, or one that completed
+        // during it: racing, also for a key inserted before (a read that
+        // overlaps a replacement); a write completed before it: forgotten.
         let seen_before_write = loading.look(3);
-        loading.written(3);
+        loading.writing(3);
+        loading.end(3);
         assert_eq!(loading.begin(3, seen_before_write), MissKind::Racing);
         loading.end(3);
-        loading.written(0);
+        loading.writing(3);
+        let seen_during_write = loading.look(3);
+        assert_eq!(loading.begin(3, seen_during_write), MissKind::Racing);
+        loading.end(3);
+        loading.end(3);
+        loading.writing(0);
+        loading.end(0);
         let seen = loading.look(0);
         assert_eq!(loading.begin(0, seen), MissKind::Forgotten);
     }

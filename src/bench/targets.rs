@@ -80,7 +80,7 @@ impl Report {
                         f * 100.0
                     ),
                     measured: format!(
-                        "median {:.0} ({:.0}–{:.0}) vs {:.0} ({:.0}–{:.0}) ops/s; hit {:.3} vs {:.3} ({} vs {} loader runs; {} vs {} of them for keys inserted before, racing no other load)",
+                        "median {:.0} ({:.0}–{:.0}) vs {:.0} ({:.0}–{:.0}) ops/s; hit {:.3} vs {:.3} ({} vs {} loader runs; {} vs {} of them for keys inserted before, racing no other insert)",
                         s.ops_per_sec,
                         s.ops_per_sec_spread.min,
                         s.ops_per_sec_spread.max,
