@@ -15,7 +15,15 @@ use spillway::CacheBackend;
 const SCHED_OTHER: i64 = 0;
 const SCHED_BATCH: i64 = 3;
 
-/// Every thread of this process: its name and scheduling policy.
+/// Field `n` (1-based, as proc(5) numbers them) of a task's stat line. The
+/// name (field 2) is in parentheses and may hold spaces or parentheses of
+/// its own: fields are counted from the last `)`, where field 3 begins.
+fn stat_field(stat: &str, n: usize) -> Option<i64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// Every thread of this process: its name and scheduling policy (field 41).
 fn threads() -> Vec<(String, i64)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").expect("list /proc/self/task") {
@@ -27,23 +35,15 @@ fn threads() -> Vec<(String, i64)> {
         ) else {
             continue;
         };
-        // Fields after the name (field 2, in parentheses) start at field 3.
-        let after_name = &stat[stat.rfind(')').expect("a stat line") + 1..];
-        let policy = after_name
-            .split_whitespace()
-            .nth(41 - 3)
-            .and_then(|p| p.parse().ok())
-            .expect("field 41, the policy");
+        let policy = stat_field(&stat, 41).expect("field 41, the policy");
         out.push((comm.trim().to_string(), policy));
     }
     out
 }
 
-/// The calling thread's nice value (field 19 of its stat line).
+/// The calling thread's nice value (field 19).
 fn nice_of_this_thread() -> Option<i64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19 - 3)?.parse().ok()
+    stat_field(&std::fs::read_to_string("/proc/thread-self/stat").ok()?, 19)
 }
 
 /// Whether this environment runs threads at the defaults (`SCHED_OTHER`,

@@ -103,7 +103,7 @@ async fn once(system: &System, keys: usize, reads: usize, zipf_s: f64) -> Sample
                 hits += 1;
                 disk_hits += 1;
             }
-            Served::Loader { .. } => {}
+            Served::Loader(_) => {}
         }
     }
     let reads_per_s = reads as f64 / started.elapsed().as_secs_f64().max(1e-9);

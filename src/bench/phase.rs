@@ -43,8 +43,8 @@ pub(crate) struct Phase {
     pub(crate) memory: u64,
     pub(crate) disk: u64,
     pub(crate) loader: u64,
-    /// Of `loader`, the runs that raced another load of the same key (see
-    /// `Loading`).
+    /// Of `loader`, the runs that raced another insert of the same key
+    /// (see `Loading`).
     pub(crate) racing: u64,
     /// Of `loader`, the runs for a key inserted before the lookup began,
     /// racing no other insert: entries the cache forgot (see `Loading`).

@@ -1,6 +1,8 @@
 //! The systems the bench compares, behind one small interface.
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,7 +52,7 @@ pub enum Served {
 /// (foyer's returns at once): a miss of that key in that window is counted
 /// as racing for spillway alone, which can only flatter spillway, by at
 /// most the misses that window holds.
-pub struct Loading(Vec<std::sync::atomic::AtomicU64>);
+pub struct Loading(Vec<AtomicU64>);
 
 /// One insert in flight, in a key's word.
 const IN_FLIGHT_ONE: u64 = 1;
@@ -74,28 +76,22 @@ impl Loading {
     /// For keys `0..keys` (a larger id shares a word with another key,
     /// which can only count more runs as racing or forgotten).
     pub fn new(keys: usize) -> Self {
-        Self(
-            (0..keys.max(1))
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
-        )
+        Self((0..keys.max(1)).map(|_| AtomicU64::new(0)).collect())
     }
 
-    fn word(&self, id: usize) -> &std::sync::atomic::AtomicU64 {
+    fn word(&self, id: usize) -> &AtomicU64 {
         &self.0[id % self.0.len()]
     }
 
     /// What a client sees of `id`'s history just before its lookup.
     fn look(&self, id: usize) -> u64 {
-        self.word(id).load(std::sync::atomic::Ordering::SeqCst)
+        self.word(id).load(SeqCst)
     }
 
     /// Marks a load of `id` begun by a client that saw `seen` before its
     /// lookup, and tells why it runs.
     fn begin(&self, id: usize, seen: u64) -> MissKind {
-        let now = self
-            .word(id)
-            .fetch_add(IN_FLIGHT_ONE, std::sync::atomic::Ordering::SeqCst);
+        let now = self.word(id).fetch_add(IN_FLIGHT_ONE, SeqCst);
         if now != seen || seen & IN_FLIGHT != 0 {
             MissKind::Racing
         } else if seen >= FINISHED_ONE {
@@ -107,16 +103,13 @@ impl Loading {
 
     /// An insert of `id` (a load's, or a write's) ended.
     fn end(&self, id: usize) {
-        self.word(id).fetch_add(
-            FINISHED_ONE - IN_FLIGHT_ONE,
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        self.word(id)
+            .fetch_add(FINISHED_ONE - IN_FLIGHT_ONE, SeqCst);
     }
 
     /// A write of `id` begins.
     fn writing(&self, id: usize) {
-        self.word(id)
-            .fetch_add(IN_FLIGHT_ONE, std::sync::atomic::Ordering::SeqCst);
+        self.word(id).fetch_add(IN_FLIGHT_ONE, SeqCst);
     }
 }
 
