@@ -25,6 +25,14 @@ use crate::placement::Resident;
 use crate::InternalCacheKey;
 
 /// A source of wall-clock time; see [`crate::TwoTierBuilder::wall_clock`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::{Duration, SystemTime};
+/// // A clock an hour ahead, as a test of expiry might use.
+/// let ahead: spillway::WallClock = Arc::new(|| SystemTime::now() + Duration::from_secs(3600));
+/// assert!(ahead() > SystemTime::now());
+/// ```
 pub type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// Milliseconds since the Unix epoch of `t` (0 before the epoch).
