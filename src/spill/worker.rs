@@ -234,15 +234,19 @@ impl Spiller {
             held_since = (!ready.is_empty()).then_some(now);
             if !batch.is_empty() {
                 in_flight.push(Submitted::now(batch, self.disk.wait_from_now(), used));
-                // Let foyer's flushers take this batch and start writing it
-                // before the next one is encoded. On 2 cores they share this
-                // worker's only thread: without a turn here a backlog went
-                // out as two batches back to back, which foyer drained into
-                // one flush, and encoding and writing took turns instead of
-                // overlapping (the bench's spill storms: 1.0-1.1 GiB/s
-                // against 1.3-1.4 with O_DIRECT, 2.3-2.5 against 2.9-3.0
-                // buffered, on the same machine in alternating runs).
-                tokio::task::yield_now().await;
+                // A large batch (a backlog) is handed over at once: foyer's
+                // flushers take it and start writing before the next one is
+                // encoded. On 2 cores they share this worker's only thread:
+                // without a turn here two batches went out back to back,
+                // which foyer drained into one flush, and encoding and
+                // writing took turns instead of overlapping (a storm
+                // harness, alternating runs: 1.0-1.1 GiB/s against 1.3-1.45
+                // with O_DIRECT, 2.3-2.5 against 2.9-3.0 buffered). Small
+                // batches (a trickle) still gather into one flush, so that
+                // foyer writes fewer 4 KiB index pages.
+                if used >= budget / 2 {
+                    tokio::task::yield_now().await;
+                }
             }
             // Room for the next batch: at most a budget stays in flight.
             while in_flight.bytes > budget {
