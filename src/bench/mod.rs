@@ -225,6 +225,12 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
             progress.set_message(format!("{name} at {:.0}% memory", fraction * 100.0));
             let config = budgets(&opts.config, working_set, fraction);
             let dir = scratch.path().join(format!("{name}-{fraction}"));
+            // Each system starts with no earlier writeback pending (the
+            // device tests' gigabytes, the previous run's removed
+            // directory), which would otherwise slow whichever runs first:
+            // one run had spillway at 5% memory at 79k ops/s and
+            // spillway-no-wb, right after it, at 145k.
+            device::settle_writeback(scratch.path());
             let run = on_own_runtime(main_table::run_system(
                 name, &config, &dir, &bench, fraction,
             ))??;

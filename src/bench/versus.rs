@@ -160,6 +160,10 @@ pub fn measure_cells(
             };
             for name in order {
                 let dir = scratch.join(format!("versus-{name}-{rep}"));
+                // Neither side inherits the other's writeback (its spills,
+                // its removed directory): alternating the order alone
+                // leaves that 2:1 over three repetitions.
+                super::device::settle_writeback(scratch);
                 let side = super::on_own_runtime(run_one(
                     name, &config, &dir, &picker, &bench, rep as u64,
                 ))??;
