@@ -403,6 +403,11 @@ impl TwoTierBuilder {
         // writing its device file (see `device_claim`): wait for that
         // before anything here (a reset, a recovery) reads or removes it.
         // (An open cache holds its device too: that open fails at once.)
+        // A closed cache of this process whose handles are still held gives
+        // the directory up (see `handover`).
+        if let Ok(root) = dir.canonicalize() {
+            crate::handover::take_over(&root);
+        }
         if let Some(root) = dir.canonicalize().ok().filter(|r| !CacheDir::held_here(r)) {
             let foyer = CacheDir::foyer_dir_of(&root);
             if !crate::device_claim::released(&foyer, crate::device_claim::RELEASE_WAIT).await {

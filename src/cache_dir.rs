@@ -168,6 +168,11 @@ impl CacheDir {
         &self.root
     }
 
+    /// The directory, canonical: how this process's registries name it.
+    pub(crate) fn canonical(&self) -> &Path {
+        &self.held
+    }
+
     /// Another handle on the lock file: its `flock` stays held while any
     /// handle on it is open.
     pub(crate) fn lock_handle(&self) -> Result<File> {

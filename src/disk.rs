@@ -15,7 +15,7 @@ use std::task::{Context, Waker};
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FileDeviceBuilder, HybridCache, HybridCacheBuilder,
-    IoEngineConfig, Load, PsyncIoEngineConfig, RecoverMode,
+    IoEngineConfig, Load, PsyncIoEngineConfig, RecoverMode, RejectAll, StorageFilter,
 };
 use futures::FutureExt;
 use parking_lot::{Mutex, RwLock};
@@ -98,8 +98,17 @@ pub(crate) struct DiskTier {
     /// tier drops, since the spill worker runs on the first runtime (see
     /// [`DiskTier::runtime_handle`]). Only after device failures.
     retired: Mutex<Vec<(HybridCache<u64, Bytes>, InstanceRuntime)>>,
-    /// Released with the last instance's runtime (see `device_claim`).
-    claim: Option<DeviceClaim>,
+    /// Released with the last instance's runtime (see `device_claim`), or
+    /// by [`DiskTier::release_closed`] when, after `close`, another cache
+    /// takes the directory over.
+    claim: Mutex<Option<DeviceClaim>>,
+    /// Closed, and the directory taken over by another cache: this tier
+    /// writes nothing more. It still
+    /// reads its own records: a record another instance has overwritten
+    /// since fails foyer's checksum or the envelope's key and sequence
+    /// check (the other instance's sequence numbers are all higher), a
+    /// miss, never another version.
+    released: std::sync::atomic::AtomicBool,
     opts: DiskOptions,
     dir: PathBuf,
     capacity: usize,
@@ -136,7 +145,7 @@ impl Drop for DiskTier {
         }
         // Last: the reaper takes them in turn, so the claim goes once every
         // instance of this tier has been released.
-        let claim = self.claim.take();
+        let claim = self.claim.get_mut().take();
         if let Some(runtime) = self.runtime.get_mut().take() {
             abandon(self.cache.read().clone(), runtime, claim);
         }
@@ -194,7 +203,11 @@ async fn build(opts: &DiskOptions) -> Result<(HybridCache<u64, Bytes>, InstanceR
     let engine = BlockEngineConfig::new(device)
         .with_block_size(opts.block_size)
         .with_flushers(opts.flushers)
-        .with_buffer_pool_size(opts.buffer_pool);
+        .with_buffer_pool_size(opts.buffer_pool)
+        // foyer's default, pinned: a reclaim that reinserted records would
+        // write after `close` (see `DiskTier::release_closed`), and spillway
+        // keeps what it writes by its own journal, not by foyer's reinsertion.
+        .with_reinsertion_filter(StorageFilter::new().with_condition(RejectAll));
     let runtime_err = |message: String| Error::Disk {
         dir: opts.dir.clone(),
         op: "start the disk tier's runtime",
@@ -261,7 +274,7 @@ impl DiskTier {
     /// Keeps `lock` (a handle on the cache directory's lock file) open until
     /// this tier's last instance has been released (see `device_claim`).
     pub(crate) fn hold_directory_lock(&mut self, lock: std::fs::File) {
-        if let Some(claim) = self.claim.as_mut() {
+        if let Some(claim) = self.claim.get_mut().as_mut() {
             claim.hold(lock);
         }
     }
@@ -272,6 +285,7 @@ impl DiskTier {
         let dir = self.dir.clone();
         let device = self
             .claim
+            .lock()
             .as_ref()
             .map(DeviceClaim::dir)
             .map(Path::to_path_buf);
@@ -313,7 +327,8 @@ impl DiskTier {
             cache: RwLock::new(cache),
             runtime: Mutex::new(Some(runtime)),
             retired: Mutex::new(Vec::new()),
-            claim: Some(claim),
+            claim: Mutex::new(Some(claim)),
+            released: std::sync::atomic::AtomicBool::new(false),
             opts: opts.clone(),
             dir: opts.dir.clone(),
             capacity: opts.capacity,
@@ -327,6 +342,9 @@ impl DiskTier {
     /// first, within `STALL_TIMEOUT` (after a failed write its flusher is
     /// gone and the close fails or never ends), then dropped.
     pub(crate) async fn reopen(&self) -> Result<()> {
+        if self.is_released() {
+            return Ok(());
+        }
         // A stall on a slow but healthy disk also pauses spilling: let that
         // instance finish (bounded) before another one opens the same file.
         let old = self.cache.read().clone();
@@ -372,6 +390,9 @@ impl DiskTier {
     /// Hands a record to foyer's write queue. Synchronous: foyer orders it by
     /// sequence against later `delete`s of the same hash.
     pub(crate) fn enqueue(&self, hash: u64, record: Bytes) {
+        if self.is_released() {
+            return;
+        }
         // A phantom entry: foyer sends it to the disk queue when the handle drops.
         let cache = self.cache.read();
         // foyer 0.22 panics here once a failed write has poisoned it; the
@@ -407,6 +428,9 @@ impl DiskTier {
     }
 
     pub(crate) fn delete(&self, hash: u64) {
+        if self.is_released() {
+            return;
+        }
         let cache = self.cache.read();
         let _ = catch_unwind(AssertUnwindSafe(|| cache.remove(&hash)));
     }
@@ -422,6 +446,12 @@ impl DiskTier {
     /// if more is enqueued before it is awaited: foyer takes a wait request
     /// when its future is first polled, so it is polled once here.
     pub(crate) fn wait_from_now(&self) -> Written {
+        if self.is_released() {
+            return Written {
+                future: Box::pin(async {}),
+                done: true,
+            };
+        }
         let cache = self.cache.read().clone();
         let mut future: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             // A panic inside foyer's wait (a poisoned block manager after
@@ -445,6 +475,35 @@ impl DiskTier {
             op: "close",
             message: e.to_string(),
         })
+    }
+
+    /// After a successful [`DiskTier::close`], when another cache of this
+    /// process takes the directory over (see `handover`): gives up the claim
+    /// on the device directory now rather than when the last handle drops.
+    /// Safe because a closed foyer instance writes nothing more: its close
+    /// waited for its flushers and block reclaims, it refuses new records
+    /// and deletes, and reclaims (which need a flush) cannot start; with
+    /// reinsertion off (foyer's default, pinned here) a reclaim never writes
+    /// anyway. The instance and its runtime stay until the tier drops, and
+    /// it still serves reads (see `released`).
+    pub(crate) fn release_closed(&self) {
+        // First, so that nothing writes the device once it may be another
+        // instance's.
+        self.released
+            .store(true, std::sync::atomic::Ordering::Release);
+        drop(self.claim.lock().take());
+    }
+
+    /// Whether [`DiskTier::release_closed`] may be called: not if a failed
+    /// instance was replaced (`retired`), whose close may not have
+    /// succeeded.
+    pub(crate) fn releasable(&self) -> bool {
+        self.retired.lock().is_empty()
+    }
+
+    /// Whether [`DiskTier::release_closed`] gave the directory up.
+    pub(crate) fn is_released(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Bytes foyer has written to the device.

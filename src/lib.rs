@@ -101,6 +101,7 @@ mod flow;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod handover;
 mod health;
 mod inspect;
 mod journal;

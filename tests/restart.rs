@@ -243,22 +243,107 @@ async fn a_second_opener_gets_a_clear_error() {
         other => panic!("expected Error::Locked, got {other:?}"),
     }
     assert!(err.to_string().contains(&dir.path().display().to_string()));
+    // Released by a successful close, though `first` is still held.
     first.close().await.unwrap();
-    // A closed cache still serves from memory: its directory stays its
-    // own until the handle is dropped.
+    let second = small(dir.path()).build().await.unwrap();
+    // And the second opener holds it now.
     assert!(matches!(
         small(dir.path()).build().await,
         Err(Error::Locked { .. })
     ));
     drop(first);
-    // Released with the cache.
-    small(dir.path())
-        .build()
-        .await
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
+    assert!(matches!(
+        small(dir.path()).build().await,
+        Err(Error::Locked { .. })
+    ));
+    second.close().await.unwrap();
+}
+
+/// An open takes over the directory of a closed cache whose handles are
+/// still held. Until then the closed cache's replacements and removals
+/// still keep older versions dead; afterwards it writes nothing there, and
+/// its reads never return another cache's bytes once those overwrite its
+/// records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_takes_over_a_closed_caches_directory_while_its_handles_are_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 100;
+    let first = small(dir.path()).build().await.unwrap();
+    let closed = first.clone();
+    for i in 0..n {
+        insert(&first, &key("a", i), blob(i, 1)).await;
+    }
+    first.close().await.unwrap();
+    let mut on_disk_only = Vec::new();
+    for i in 0..n {
+        if closed.peek_tier(&key("a", i)).await != CacheTier::Resident {
+            on_disk_only.push(i);
+        }
+        let got = closed.get_without_promotion(&key("a", i)).await;
+        assert_eq!(as_blob(&got.unwrap()), &blob(i, 1), "a/{i} after close");
+    }
+    assert!(
+        on_disk_only.len() > n / 2,
+        "the budget keeps most on disk only"
+    );
+    // Before the takeover: a replacement (memory only now) and a removal
+    // still kill the versions on disk.
+    insert(&closed, &key("a", 0), blob(0, 9)).await;
+    closed.remove(&key("a", 1)).await;
+    let second = small(dir.path()).build().await.unwrap();
+    for i in 0..2 {
+        assert!(
+            second.get(&key("a", i)).await.is_none(),
+            "a/{i}: a version killed before the takeover came back"
+        );
+    }
+    for i in 2..n {
+        let loader = Box::pin(async move { panic!("loader ran for a/{i}") });
+        let (entry, was_cached) = second.get_or_insert(&key("a", i), loader).await.unwrap();
+        assert!(was_cached);
+        assert_eq!(as_blob(&entry), &blob(i, 1));
+    }
+    // The second cache writes three times its disk budget: every block of
+    // the device file is rewritten.
+    let rounds = 3;
+    let per_round = (8 << 20) / VALUE + 8;
+    for round in 0..rounds {
+        for j in 0..per_round {
+            insert(&second, &key("b", j), blob(j, round as u8 + 1)).await;
+        }
+    }
+    second.flush().await;
+    let mut missed = 0;
+    for &i in on_disk_only.iter().filter(|&&i| i > 1) {
+        match closed.get_without_promotion(&key("a", i)).await {
+            Some(got) => assert_eq!(as_blob(&got), &blob(i, 1), "a/{i}: another record"),
+            None => missed += 1,
+        }
+    }
+    assert!(
+        missed > 0,
+        "the closed cache never read an overwritten record"
+    );
+    // After the takeover the closed cache changes nothing on disk.
+    insert(&closed, &key("b", 0), blob(0, 9)).await;
+    closed.invalidate_prefix("b").await;
+    closed.clear().await;
+    closed.flush().await;
+    // A second close of the closed cache changes nothing either.
+    first.close().await.unwrap();
+    drop((first, closed));
+    second.close().await.unwrap();
+    drop(second);
+    let third = small(dir.path()).build().await.unwrap();
+    let mut served = 0;
+    for j in 0..per_round {
+        if let Some(got) = third.get_without_promotion(&key("b", j)).await {
+            assert_eq!(as_blob(&got), &blob(j, rounds as u8), "b/{j}");
+            served += 1;
+        }
+    }
+    assert!(served > per_round / 2, "{served} of {per_round} served");
+    third.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,11 +56,19 @@ impl TwoTierCacheBackend {
 
     /// Spills every memory-resident entry that is not already on disk (or
     /// whose disk copy foyer has since evicted), waits
-    /// until the disk tier has written everything, and closes it. Afterwards
-    /// the cache keeps serving from memory but spills nothing more. The
-    /// directory stays this cache's until its last handle is dropped: an
-    /// open of it meanwhile, in this process too, fails with
-    /// [`Error::Locked`](crate::Error::Locked).
+    /// until the disk tier has written everything, and closes it.
+    /// Afterwards the cache keeps serving (from memory, and from what it
+    /// wrote) but spills nothing more. An open of the same directory in this
+    /// process then succeeds at once, even while handles of this cache are
+    /// still held: it takes the directory over, and from then on those
+    /// handles write nothing there (a replacing insert into them reaches
+    /// their memory only; a record the new cache has overwritten is a miss
+    /// for them, never another version). Until then a replacing insert
+    /// into a closed cache still keeps older versions from coming back
+    /// after a reopen. Another process waits for the last handle to drop
+    /// ([`Error::Locked`](crate::Error::Locked) until then), as does an open
+    /// after a close that failed or of a cache whose disk failed once (the
+    /// failed instance may not have closed).
     ///
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -110,7 +118,21 @@ impl TwoTierCacheBackend {
         // `remote.timeout`): other processes learn of the last replacements.
         self.inner.spiller.remote.flush().await;
         self.inner.spiller.compact().await;
-        self.inner.spiller.disk.close().await
+        self.inner.spiller.disk.close().await?;
+        self.offer_directory();
+        Ok(())
+    }
+
+    /// After a successful close: the next open of the directory in this
+    /// process takes it over (see `handover`) rather than waiting for
+    /// every handle of this cache to drop.
+    fn offer_directory(&self) {
+        if let Some(owner) = &self.owner {
+            if let Some(dir) = owner.dir.lock().as_ref() {
+                let owner: Weak<dyn crate::handover::Surrender> = Arc::downgrade(owner) as _;
+                crate::handover::offer(dir.canonical(), owner);
+            }
+        }
     }
 }
 

@@ -124,13 +124,34 @@ pub struct TwoTierCacheBackend {
     inner: Arc<Inner>,
     /// Shared by the handles a user holds, never by background tasks: when
     /// the last one drops, the directory is released (see `device_claim`).
-    _owner: Option<Arc<Owner>>,
+    owner: Option<Arc<Owner>>,
 }
 
 /// Owns the directory lock on behalf of the user's handles.
 struct Owner {
     inner: Arc<Inner>,
-    _dir: CacheDir,
+    /// Given up to an open that takes the directory over after `close`
+    /// (see `handover`), else when the last handle drops.
+    dir: parking_lot::Mutex<Option<CacheDir>>,
+}
+
+/// The next open of a closed cache's directory in this process takes it
+/// over (see `handover`).
+impl crate::handover::Surrender for Owner {
+    fn surrender(&self) -> bool {
+        let spiller = &self.inner.spiller;
+        // A failed instance that was replaced may not have closed: then the
+        // directory stays this cache's, journal and all.
+        if !spiller.disk.releasable() {
+            return false;
+        }
+        // Replacements from here on reach this cache's memory only: their
+        // kill facts would land in a journal that is the next cache's now.
+        spiller.journal.detach();
+        spiller.disk.release_closed();
+        drop(self.dir.lock().take());
+        true
+    }
 }
 
 impl Drop for Owner {
@@ -242,10 +263,7 @@ impl TwoTierCacheBackend {
 
     /// A handle for background work: it does not hold the directory.
     fn internal(inner: Arc<Inner>) -> Self {
-        Self {
-            inner,
-            _owner: None,
-        }
+        Self { inner, owner: None }
     }
 
     /// The next sequence number, covered by a durable reservation.

@@ -204,11 +204,11 @@ impl TwoTierCacheBackend {
         inner.background.lock().push(warmer);
         let owner = Arc::new(Owner {
             inner: inner.clone(),
-            _dir: parts.cache_dir,
+            dir: parking_lot::Mutex::new(Some(parts.cache_dir)),
         });
         Self {
             inner,
-            _owner: Some(owner),
+            owner: Some(owner),
         }
     }
 }
