@@ -399,25 +399,10 @@ impl TwoTierBuilder {
             block_size: d.block_size.0,
             disk_capacity: d.capacity.0,
         };
-        // A cache of this directory dropped without `close` may still be
-        // writing its device file (see `device_claim`): wait for that
-        // before anything here (a reset, a recovery) reads or removes it.
-        // (An open cache holds its device too: that open fails at once.)
-        // A closed cache of this process whose handles are still held gives
-        // the directory up (see `handover`).
-        if let Ok(root) = dir.canonicalize() {
-            crate::handover::take_over(&root);
-        }
-        if let Some(root) = dir.canonicalize().ok().filter(|r| !CacheDir::held_here(r)) {
-            let foyer = CacheDir::foyer_dir_of(&root);
-            if !crate::device_claim::released(&foyer, crate::device_claim::RELEASE_WAIT).await {
-                tracing::warn!(dir = %dir.display(), "a cache of this directory dropped earlier in this process has not released it (its foyer instance is still closing)");
-                return Err(Error::Locked {
-                    dir: dir.clone(),
-                    holder: Some(std::process::id()),
-                });
-            }
-        }
+        // Nothing else of this process may stand in the way: a closed cache
+        // whose handles are still held, a dropped one still closing, another
+        // open (see `handover`). Held until this open has ended.
+        let _opening = crate::handover::prepare(&dir).await?;
         let mut cache_dir = CacheDir::open(&dir, &meta, d.reset_incompatible)?;
         let disk_options = DiskOptions {
             dir: cache_dir.foyer_dir(),

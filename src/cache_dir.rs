@@ -72,11 +72,15 @@ pub(crate) struct CacheDir {
 /// registry tells such a leftover from a cache that really is still open.
 static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
+/// Woken whenever a directory leaves [`HELD`].
+static LEFT: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 impl Drop for CacheDir {
     fn drop(&mut self) {
         if let Ok(mut held) = HELD.lock() {
             held.retain(|p| *p != self.held);
         }
+        LEFT.notify_waiters();
     }
 }
 
@@ -180,6 +184,24 @@ impl CacheDir {
         self._lock
             .try_clone()
             .map_err(|e| Error::io("duplicate lock file handle", &path, e))
+    }
+
+    /// Waits (at most `wait`) until no cache of this process holds `root`
+    /// (canonical); `false` if one still does.
+    pub(crate) async fn released_here(root: &Path, wait: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the check: a drop between the two still wakes it.
+            let left = LEFT.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            if !Self::held_here(root) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, left).await.is_err() {
+                return !Self::held_here(root);
+            }
+        }
     }
 
     /// Whether an open cache of this process holds `root` (canonical): an

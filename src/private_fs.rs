@@ -41,7 +41,12 @@ pub(crate) fn create_dir(dir: &Path) -> Result<()> {
     create(&probe)
         .and_then(|mut file| std::io::Write::write_all(&mut file, b"ok"))
         .map_err(|e| bad(format!("cannot write to the cache directory: {e}")))?;
-    std::fs::remove_file(&probe).map_err(|e| Error::io("remove write probe in", dir, e))
+    match std::fs::remove_file(&probe) {
+        // Another open of this directory probed it at the same moment and
+        // removed the file first: the write succeeded all the same.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(|e| Error::io("remove write probe in", dir, e)),
+    }
 }
 
 /// Refuses a directory owned by another user or writable by others.

@@ -697,3 +697,57 @@ async fn a_journal_of_many_unfolded_files_is_folded_and_loses_nothing() {
     let cache = small(dir.path()).build().await.unwrap();
     assert_eq!(served(&cache, n).await, before);
 }
+
+/// The last handle of a closed cache dropped on another thread just as an
+/// open of its directory begins: the open waits the moment that drop takes
+/// and succeeds, rather than failing with `Locked` (it did in most rounds
+/// while the directory's lock outlived the handle's last strong count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_racing_the_drop_of_a_closed_caches_last_handle_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cache = small(dir.path()).build().await.unwrap();
+    for round in 0..40u8 {
+        insert(&cache, &key("m", 0), blob(0, round + 1)).await;
+        cache.close().await.unwrap();
+        let go = Arc::new(std::sync::Barrier::new(2));
+        let dropper = {
+            let (go, old) = (go.clone(), cache);
+            std::thread::spawn(move || {
+                go.wait();
+                drop(old);
+            })
+        };
+        go.wait();
+        let opened = small(dir.path()).build().await;
+        dropper.join().unwrap();
+        cache = opened.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let got = cache.get(&key("m", 0)).await.unwrap();
+        assert_eq!(as_blob(&got), &blob(0, round + 1), "round {round}");
+    }
+    cache.close().await.unwrap();
+}
+
+/// Two opens of one directory at once: one gets it, the other a clear
+/// `Locked`, never an I/O error from the other's writability probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_opens_at_once_one_wins_and_the_other_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..30 {
+        let open = || {
+            let dir = dir.path().to_path_buf();
+            tokio::spawn(async move { small(&dir).build().await })
+        };
+        let (a, b) = tokio::join!(open(), open());
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let winner = match (a, b) {
+            (Ok(c), Err(Error::Locked { .. })) | (Err(Error::Locked { .. }), Ok(c)) => c,
+            (a, b) => panic!(
+                "round {round}: {:?} and {:?}",
+                a.as_ref().err(),
+                b.as_ref().err()
+            ),
+        };
+        winner.close().await.unwrap();
+        drop(winner);
+    }
+}

@@ -129,10 +129,13 @@ pub struct TwoTierCacheBackend {
 
 /// Owns the directory lock on behalf of the user's handles.
 struct Owner {
-    inner: Arc<Inner>,
     /// Given up to an open that takes the directory over after `close`
-    /// (see `handover`), else when the last handle drops.
+    /// (see `handover`), else when the last handle drops. First, so that
+    /// it goes before the cache itself is torn down (fields drop in order,
+    /// after `drop`): an open waiting for it (see `TakeOver::Dropping`)
+    /// does not wait for moka to free its entries.
     dir: parking_lot::Mutex<Option<CacheDir>>,
+    inner: Arc<Inner>,
 }
 
 /// The next open of a closed cache's directory in this process takes it
