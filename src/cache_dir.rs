@@ -24,6 +24,9 @@ use crate::{private_fs, Error, Result};
 pub const DISK_FORMAT_VERSION: u32 = 1;
 
 const LOCK_FILE: &str = "spillway.lock";
+/// What the lock file says after its pid while the cache that holds it is
+/// being released (see [`CacheDir::mark_releasing`]).
+const RELEASING: &str = " releasing";
 /// foyer's block files, under the cache directory.
 const FOYER_DIR: &str = "foyer";
 const META_FILE: &str = "spillway.toml";
@@ -186,6 +189,50 @@ impl CacheDir {
             .map_err(|e| Error::io("duplicate lock file handle", &path, e))
     }
 
+    /// Marks the lock file as being released: this cache's last handle is
+    /// gone, and its `flock` goes once its foyer instance has closed (see
+    /// `device_claim`). An open in another process meanwhile waits for that
+    /// rather than fail (see [`CacheDir::released_elsewhere`]). Best effort:
+    /// the lock file is only ever read for what it tells a waiting opener.
+    pub(crate) fn mark_releasing(&self) {
+        use std::os::unix::fs::FileExt;
+        let text = format!("{}{RELEASING}", std::process::id());
+        let _ = self
+            ._lock
+            .set_len(0)
+            .and_then(|_| self._lock.write_all_at(text.as_bytes(), 0));
+    }
+
+    /// Waits (at most `wait`) while another process holds `root`'s lock
+    /// only until its released cache's foyer instance has closed (see
+    /// [`CacheDir::mark_releasing`]). Returns at once when the lock is free,
+    /// held by this process, or held by an open cache of another process
+    /// (whose open then fails, naming it).
+    pub(crate) async fn released_elsewhere(root: &Path, wait: std::time::Duration) {
+        use std::os::unix::fs::FileExt;
+        let path = root.join(LOCK_FILE);
+        let Ok(file) = private_fs::options().read(true).open(&path) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let me = std::process::id().to_string();
+        loop {
+            // Free (and released again when `file` drops).
+            if file.try_lock().is_ok() {
+                return;
+            }
+            let mut text = [0u8; 64];
+            let n = file.read_at(&mut text, 0).unwrap_or(0);
+            let text = String::from_utf8_lossy(&text[..n]);
+            let releasing = text.strip_suffix(RELEASING).is_some_and(|pid| pid != me);
+            if !releasing || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            // Another process's lock: no signal reaches this one when it goes.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     /// Waits (at most `wait`) until no cache of this process holds `root`
     /// (canonical); `false` if one still does.
     pub(crate) async fn released_here(root: &Path, wait: std::time::Duration) -> bool {
@@ -304,7 +351,11 @@ fn lock(root: &Path) -> Result<File> {
     while file.try_lock().is_err() {
         let mut holder = String::new();
         let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
-        let holder: Option<u32> = holder.trim().parse().ok();
+        // "PID", or "PID releasing" (see `CacheDir::mark_releasing`).
+        let holder: Option<u32> = holder
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok());
         if holder != Some(std::process::id()) || std::time::Instant::now() > deadline {
             return Err(Error::Locked {
                 dir: root.to_path_buf(),

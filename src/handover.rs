@@ -132,6 +132,8 @@ pub(crate) async fn prepare(dir: &Path) -> Result<Opening> {
         tracing::warn!(dir = %dir.display(), "a cache of this directory dropped earlier in this process has not released it (its foyer instance is still closing)");
         return Err(locked());
     }
+    // The same, for a cache dropped in another process that lives on.
+    CacheDir::released_elsewhere(&root, RELEASE_WAIT).await;
     Ok(guard)
 }
 

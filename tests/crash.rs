@@ -247,6 +247,17 @@ async fn child(dir: PathBuf, log: PathBuf, seed: u64, scenario: &str) {
             log.line("R".into());
             std::future::pending::<()>().await;
         }
+        "drop" => {
+            // Spills in flight when the last handle goes: foyer's close,
+            // which the release waits for, has writing to do.
+            for k in 0..KEYS {
+                let v = id();
+                logged_insert(&cache, &mut log, k, v).await;
+            }
+            drop(cache);
+            log.line("D".into());
+            std::future::pending::<()>().await;
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -579,6 +590,31 @@ async fn clear_then_sigkill_then_graceful_restart_keeps_everything_dead() {
     let (_dir, log, cache_dir) = scenario("clear").await;
     for context in ["after the kill", "after a graceful restart"] {
         assert_eq!(check(&cache_dir, &log, context).await, 0, "{context}");
+    }
+}
+
+/// SPEC 4.3, across processes: a cache dropped without `close` in a process
+/// that lives on releases its directory at once. Its lock goes only once its
+/// foyer instance has closed, and an open in another process meanwhile
+/// waits for that instead of failing with `Locked`; what it serves is
+/// never stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_dropped_in_a_process_that_lives_on_can_be_opened_by_another_at_once() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("ops.log");
+        let cache_dir = dir.path().join("cache");
+        let mut child = spawn_until(&cache_dir, &log, 40 + round, "drop", |text| {
+            text.lines().any(|l| l == "D")
+        });
+        check(
+            &cache_dir,
+            &log,
+            &format!("round {round}, the child still running"),
+        )
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
 

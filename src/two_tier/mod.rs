@@ -159,6 +159,11 @@ impl crate::handover::Surrender for Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        // An open in another process waits for the release rather than
+        // fail (see `cache_dir`). None if another open took the directory over.
+        if let Some(dir) = self.dir.get_mut().as_ref() {
+            dir.mark_releasing();
+        }
         // No more writes to a directory another cache may open next.
         self.inner.spiller.disable();
         self.inner.spiller.journal.detach();
