@@ -103,11 +103,10 @@ pub(crate) struct DiskTier {
     /// takes the directory over.
     claim: Mutex<Option<DeviceClaim>>,
     /// Closed, and the directory taken over by another cache: this tier
-    /// writes nothing more. It still
-    /// reads its own records: a record another instance has overwritten
-    /// since fails foyer's checksum or the envelope's key and sequence
-    /// check (the other instance's sequence numbers are all higher), a
-    /// miss, never another version.
+    /// writes nothing more. It still reads its own records: one another
+    /// instance has overwritten since fails foyer's checksum or the
+    /// envelope's key and sequence check (the other instance's sequence
+    /// numbers are all higher), a miss, never another version.
     released: std::sync::atomic::AtomicBool,
     opts: DiskOptions,
     dir: PathBuf,
