@@ -404,6 +404,7 @@ impl TwoTierBuilder {
         // open (see `handover`). Held until this open has ended.
         let _opening = crate::handover::prepare(&dir).await?;
         let mut cache_dir = CacheDir::open(&dir, &meta, d.reset_incompatible)?;
+        crate::handover::settled(cache_dir.canonical());
         let disk_options = DiskOptions {
             dir: cache_dir.foyer_dir(),
             capacity: d.capacity.as_usize(),

@@ -196,11 +196,10 @@ impl CacheDir {
     /// the lock file is only ever read for what it tells a waiting opener.
     pub(crate) fn mark_releasing(&self) {
         use std::os::unix::fs::FileExt;
+        // Over the pid written at the open, which it extends: a reader never
+        // sees the file empty in between.
         let text = format!("{}{RELEASING}", std::process::id());
-        let _ = self
-            ._lock
-            .set_len(0)
-            .and_then(|_| self._lock.write_all_at(text.as_bytes(), 0));
+        let _ = self._lock.write_all_at(text.as_bytes(), 0);
     }
 
     /// Waits (at most `wait`) while another process holds `root`'s lock
@@ -209,11 +208,24 @@ impl CacheDir {
     /// held by this process, or held by an open cache of another process
     /// (whose open then fails, naming it).
     pub(crate) async fn released_elsewhere(root: &Path, wait: std::time::Duration) {
-        use std::os::unix::fs::FileExt;
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        // A directory `CacheDir::open` would refuse is refused there, at
+        // once: nothing here waits on it. Non-blocking, and regular files
+        // only, so a planted FIFO cannot hold the open up either.
+        if private_fs::check_dir(root).is_err() {
+            return;
+        }
         let path = root.join(LOCK_FILE);
-        let Ok(file) = private_fs::options().read(true).open(&path) else {
+        let Ok(file) = private_fs::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        else {
             return;
         };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let me = std::process::id().to_string();
         loop {

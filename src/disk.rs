@@ -103,11 +103,12 @@ pub(crate) struct DiskTier {
     /// takes the directory over.
     claim: Mutex<Option<DeviceClaim>>,
     /// Closed, and the directory taken over by another cache: this tier
-    /// writes nothing more. It still reads its own records: one another
-    /// instance has overwritten since fails foyer's checksum or the
-    /// envelope's key and sequence check (the other instance's sequence
-    /// numbers are all higher), a miss, never another version.
+    /// writes nothing more, and the cache reads nothing from it (the other
+    /// cache may have invalidated what this one wrote).
     released: std::sync::atomic::AtomicBool,
+    /// A failed instance was (or was being) replaced: it may never close,
+    /// so the directory is not given up before this tier drops.
+    failed_once: std::sync::atomic::AtomicBool,
     opts: DiskOptions,
     dir: PathBuf,
     capacity: usize,
@@ -328,6 +329,7 @@ impl DiskTier {
             retired: Mutex::new(Vec::new()),
             claim: Mutex::new(Some(claim)),
             released: std::sync::atomic::AtomicBool::new(false),
+            failed_once: std::sync::atomic::AtomicBool::new(false),
             opts: opts.clone(),
             dir: opts.dir.clone(),
             capacity: opts.capacity,
@@ -344,6 +346,9 @@ impl DiskTier {
         if self.is_released() {
             return Ok(());
         }
+        // Whatever happens next, the failed instance may not close.
+        self.failed_once
+            .store(true, std::sync::atomic::Ordering::Release);
         // A stall on a slow but healthy disk also pauses spilling: let that
         // instance finish (bounded) before another one opens the same file.
         let old = self.cache.read().clone();
@@ -483,8 +488,7 @@ impl DiskTier {
     /// waited for its flushers and block reclaims, it refuses new records
     /// and deletes, and reclaims (which need a flush) cannot start; with
     /// reinsertion off (foyer's default, pinned here) a reclaim never writes
-    /// anyway. The instance and its runtime stay until the tier drops, and
-    /// it still serves reads (see `released`).
+    /// anyway. The instance and its runtime stay until the tier drops.
     pub(crate) fn release_closed(&self) {
         // First, so that nothing writes the device once it may be another
         // instance's.
@@ -493,11 +497,11 @@ impl DiskTier {
         drop(self.claim.lock().take());
     }
 
-    /// Whether [`DiskTier::release_closed`] may be called: not if a failed
-    /// instance was replaced (`retired`), whose close may not have
-    /// succeeded.
+    /// Whether [`DiskTier::release_closed`] may be called: not once a
+    /// failed instance was to be replaced, whose close may not have
+    /// succeeded (foyer's close then returns at once, a reclaim running).
     pub(crate) fn releasable(&self) -> bool {
-        self.retired.lock().is_empty()
+        !self.failed_once.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether [`DiskTier::release_closed`] gave the directory up.

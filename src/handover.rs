@@ -7,9 +7,10 @@
 //! versions are dead, so a later open never serves those. An open of the
 //! same directory in this process need not wait for every handle to drop:
 //! the closed cache gives the directory up to it (journal detached, device
-//! claim and lock released), and from then on writes nothing there.
-//! Another process still waits for the handles to drop, as while the cache
-//! was open: it cannot ask this one to stop journaling. An open that fails
+//! claim and lock released), and from then on writes nothing there and
+//! serves its memory only. Another process is still refused (`Locked`,
+//! naming this one) until the handles drop, as while the cache was open:
+//! it cannot ask this one to stop journaling. An open that fails
 //! after taking the directory over (an incompatible format, say) leaves it
 //! free: the closed cache does not take it back.
 //!
@@ -79,6 +80,13 @@ pub(crate) fn take_over(root: &Path) -> TakeOver {
         Some(_) => TakeOver::Refused,
         None => TakeOver::Dropping,
     }
+}
+
+/// An open now holds `root` (canonical): offers of caches dropped since,
+/// left for a directory that was removed and created again, are void (else
+/// a later open would wait for them to finish dropping).
+pub(crate) fn settled(root: &Path) {
+    lock().retain(|(r, cache)| r != root || cache.strong_count() > 0);
 }
 
 /// An open of a directory under way in this process (canonical; `None`

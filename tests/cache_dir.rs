@@ -60,6 +60,32 @@ async fn a_directory_others_can_write_to_is_refused_naming_it() {
     assert!(err.to_string().contains("write"), "{err}");
 }
 
+/// A FIFO planted as the lock file of a directory others can write to: the
+/// open is refused as for any such directory, rather than blocked opening
+/// the FIFO (the check for another process's release reads that file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_fifo_lock_file_does_not_hold_the_open_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("spillway.lock");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no mkfifo here");
+        return;
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A hang is the failure this guards against: a bound, not a timing.
+    // (An open blocked in the kernel holds the thread this timer runs on
+    // too; the suite's own timeout in `.ci/run` then fails the run.)
+    let opened = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        small(dir.path()).build(),
+    )
+    .await
+    .expect("the open blocked on the planted FIFO");
+    let err = opened.unwrap_err();
+    assert!(matches!(err, Error::UnsafeDir { .. }), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_of_another_user_is_refused() {
     let dir = tempfile::tempdir().unwrap();

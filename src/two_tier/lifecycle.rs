@@ -61,9 +61,9 @@ impl TwoTierCacheBackend {
     /// wrote) but spills nothing more. An open of the same directory in this
     /// process then succeeds at once, even while handles of this cache are
     /// still held: it takes the directory over, and from then on those
-    /// handles write nothing there (a replacing insert into them reaches
-    /// their memory only; a record the new cache has overwritten is a miss
-    /// for them, never another version). Until then a replacing insert
+    /// handles neither write there nor read from it (they serve their
+    /// memory only, and a replacing insert into them reaches nothing
+    /// else). Until then a replacing insert
     /// into a closed cache still keeps older versions from coming back
     /// after a reopen. Another process waits for the last handle to drop
     /// ([`Error::Locked`](crate::Error::Locked) until then), as does an open

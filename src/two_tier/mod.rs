@@ -131,9 +131,10 @@ pub struct TwoTierCacheBackend {
 struct Owner {
     /// Given up to an open that takes the directory over after `close`
     /// (see `handover`), else when the last handle drops. First, so that
-    /// it goes before the cache itself is torn down (fields drop in order,
-    /// after `drop`): an open waiting for it (see `TakeOver::Dropping`)
-    /// does not wait for moka to free its entries.
+    /// it leaves this process's registry of held directories before the
+    /// cache itself is torn down (fields drop in order, after `drop`): an
+    /// open racing this drop (see `TakeOver::Dropping`) then finds it gone
+    /// sooner, and goes on to wait for the device claim as after any drop.
     dir: parking_lot::Mutex<Option<CacheDir>>,
     inner: Arc<Inner>,
 }

@@ -250,6 +250,12 @@ impl TwoTierCacheBackend {
             // read either (a read could wait forever). The slot stays.
             return None;
         }
+        if spiller.disk.is_released() {
+            // Closed, and the directory taken over by another cache, which
+            // may have invalidated or replaced what this one wrote there:
+            // this handle serves its memory only.
+            return None;
+        }
         let disk = &spiller.disk;
         let stored = pack.map_or(hash, PackRef::record_key);
         let bytes = match disk.load(stored).await {
