@@ -248,19 +248,7 @@ impl CacheDir {
     /// Waits (at most `wait`) until no cache of this process holds `root`
     /// (canonical); `false` if one still does.
     pub(crate) async fn released_here(root: &Path, wait: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before the check: a drop between the two still wakes it.
-            let left = LEFT.notified();
-            tokio::pin!(left);
-            left.as_mut().enable();
-            if !Self::held_here(root) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, left).await.is_err() {
-                return !Self::held_here(root);
-            }
-        }
+        crate::notified_wait::wait_until(&LEFT, || !Self::held_here(root), wait).await
     }
 
     /// Whether an open cache of this process holds `root` (canonical): an

@@ -57,10 +57,12 @@ impl DeviceClaim {
             }
             free
         };
-        wait_until(claimed, wait).await.then(|| Self {
-            dir: dir.to_path_buf(),
-            lock: None,
-        })
+        crate::notified_wait::wait_until(&RELEASED, claimed, wait)
+            .await
+            .then(|| Self {
+                dir: dir.to_path_buf(),
+                lock: None,
+            })
     }
 
     /// The claimed directory.
@@ -91,29 +93,11 @@ impl Drop for DeviceClaim {
 /// Waits (at most `wait`) until no claim on `dir` (canonical) is left;
 /// `false` if one still is.
 pub(crate) async fn released(dir: &Path, wait: Duration) -> bool {
-    wait_until(|| !lock().iter().any(|d| d == dir), wait).await
+    crate::notified_wait::wait_until(&RELEASED, || !lock().iter().any(|d| d == dir), wait).await
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     CLAIMS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Until `done` returns true, checked again after each release; `false`
-/// once `wait` has passed without it.
-async fn wait_until(mut done: impl FnMut() -> bool, wait: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        // Registered before the check: a release between the two still wakes it.
-        let notified = RELEASED.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if done() {
-            return true;
-        }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return done();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -114,6 +114,7 @@ mod memory;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+mod notified_wait;
 mod packing;
 mod placement;
 mod prefixes;
