@@ -247,6 +247,18 @@ async fn child(dir: PathBuf, log: PathBuf, seed: u64, scenario: &str) {
             log.line("R".into());
             std::future::pending::<()>().await;
         }
+        "close" => {
+            for k in 0..KEYS {
+                let v = id();
+                logged_insert(&cache, &mut log, k, v).await;
+            }
+            cache.close().await.unwrap();
+            log.line("C".into());
+            // The closed cache's handle lives on: it still journals what a
+            // replacement kills, so the directory stays its own.
+            std::future::pending::<()>().await;
+            drop(cache);
+        }
         "drop" => {
             // Spills in flight when the last handle goes: foyer's close,
             // which the release waits for, has writing to do.
@@ -616,6 +628,29 @@ async fn a_cache_dropped_in_a_process_that_lives_on_can_be_opened_by_another_at_
         child.kill().unwrap();
         child.wait().unwrap();
     }
+}
+
+/// A cache closed in another process whose handle lives on: its directory
+/// stays its own there (only an open in the same process can take it over,
+/// since only there can the closed cache be told to stop journaling), so
+/// this open is refused naming that process; once it is gone, the open
+/// serves what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_closed_in_another_process_keeps_its_directory_while_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ops.log");
+    let cache_dir = dir.path().join("cache");
+    let mut child = spawn_until(&cache_dir, &log, 60, "close", |text| {
+        text.lines().any(|l| l == "C")
+    });
+    match builder(&cache_dir).build().await {
+        Err(spillway::Error::Locked { holder, .. }) => assert_eq!(holder, Some(child.id())),
+        other => panic!("expected Error::Locked, got {:?}", other.err()),
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let served = check(&cache_dir, &log, "after the closed cache's process ended").await;
+    assert_eq!(served, KEYS, "a closed cache's entries are all served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
