@@ -434,6 +434,23 @@ fn spawn_until(
     child
 }
 
+/// A child running `scenario` on a fresh cache directory, still running,
+/// once it has logged `line`: the temporary directory (kept alive by the
+/// caller), the log, the cache directory and the child.
+fn child_until_line(
+    seed: u64,
+    scenario: &str,
+    line: &str,
+) -> (tempfile::TempDir, PathBuf, PathBuf, std::process::Child) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ops.log");
+    let cache_dir = dir.path().join("cache");
+    let child = spawn_until(&cache_dir, &log, seed, scenario, |text| {
+        text.lines().any(|l| l == line)
+    });
+    (dir, log, cache_dir, child)
+}
+
 /// Reopens the directory and checks every key against the log.
 async fn check(dir: &Path, log: &Path, context: &str) -> usize {
     let allowed = Allowed::from_log(&std::fs::read_to_string(log).unwrap());
@@ -613,12 +630,7 @@ async fn clear_then_sigkill_then_graceful_restart_keeps_everything_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_dropped_in_a_process_that_lives_on_can_be_opened_by_another_at_once() {
     for round in 0..5 {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("ops.log");
-        let cache_dir = dir.path().join("cache");
-        let mut child = spawn_until(&cache_dir, &log, 40 + round, "drop", |text| {
-            text.lines().any(|l| l == "D")
-        });
+        let (_dir, log, cache_dir, mut child) = child_until_line(40 + round, "drop", "D");
         check(
             &cache_dir,
             &log,
@@ -637,12 +649,7 @@ async fn a_cache_dropped_in_a_process_that_lives_on_can_be_opened_by_another_at_
 /// serves what was written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_closed_in_another_process_keeps_its_directory_while_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("ops.log");
-    let cache_dir = dir.path().join("cache");
-    let mut child = spawn_until(&cache_dir, &log, 60, "close", |text| {
-        text.lines().any(|l| l == "C")
-    });
+    let (_dir, log, cache_dir, mut child) = child_until_line(60, "close", "C");
     match builder(&cache_dir).build().await {
         Err(spillway::Error::Locked { holder, .. }) => assert_eq!(holder, Some(child.id())),
         other => panic!("expected Error::Locked, got {:?}", other.err()),
@@ -655,12 +662,7 @@ async fn a_cache_closed_in_another_process_keeps_its_directory_while_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_held_by_another_process_is_refused_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("ops.log");
-    let cache_dir = dir.path().join("cache");
-    let mut child = spawn_until(&cache_dir, &log, 9, "clear", |text| {
-        text.lines().any(|l| l == "R")
-    });
+    let (_dir, _log, cache_dir, mut child) = child_until_line(9, "clear", "R");
     let err = builder(&cache_dir).build().await.unwrap_err();
     let holder = match &err {
         spillway::Error::Locked { holder, .. } => *holder,
