@@ -141,7 +141,7 @@ pub use config::{
     ByteSize, Config, DiskConfig, EvictionPolicy, ExpiryConfig, MemoryConfig, Millis,
     DEFAULT_CONFIG_TOML, MIN_MEMORY_CAPACITY,
 };
-pub use disk::IoEngine;
+pub use disk::{IoEngine, RECOVER_CONCURRENCY};
 pub use error::{Error, Result};
 pub use expiry::WallClock;
 pub use inspect::DirReport;

@@ -169,7 +169,10 @@ pub async fn foyer_hybrid(
     let engine = BlockEngineConfig::new(device)
         .with_block_size(d.block_size.as_usize())
         .with_flushers(d.flushers)
-        .with_buffer_pool_size(d.buffer_pool.as_usize());
+        .with_buffer_pool_size(d.buffer_pool.as_usize())
+        // Like for like: spillway's disk tier reads this many blocks at once
+        // when it reopens (foyer's default is 8).
+        .with_recover_concurrency(spillway::RECOVER_CONCURRENCY);
     HybridCacheBuilder::new()
         .with_name("bench-foyer")
         .memory(memory)

@@ -128,6 +128,7 @@ impl TwoTierCacheBackend {
     /// every handle of this cache to drop.
     fn offer_directory(&self) {
         if let Some(owner) = &self.owner {
+            owner.closed.store(true, Ordering::Release);
             if let Some(dir) = owner.dir.lock().as_ref() {
                 let owner: Weak<dyn crate::handover::Surrender> = Arc::downgrade(owner) as _;
                 crate::handover::offer(dir.canonical(), owner);

@@ -13,7 +13,7 @@ mod start;
 mod tests;
 mod write;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,6 +137,10 @@ struct Owner {
     /// sooner, and goes on to wait for the device claim as after any drop.
     dir: parking_lot::Mutex<Option<CacheDir>>,
     inner: Arc<Inner>,
+    /// Set by a successful `close()`: foyer has closed, so the last
+    /// handle's drop gives the device up at once rather than once the
+    /// instance's runtime has ended (see `Drop`).
+    closed: AtomicBool,
 }
 
 /// The next open of a closed cache's directory in this process takes it
@@ -170,6 +174,14 @@ impl Drop for Owner {
         self.inner.spiller.journal.detach();
         for task in self.inner.background.lock().drain(..) {
             task.abort();
+        }
+        // After a successful close nothing writes the device any more, as
+        // when an open takes the directory over (see `handover`): the claim
+        // goes now, and a reopen need not wait for the instance's runtime
+        // threads to end. Otherwise it goes once the instance has closed.
+        let disk = &self.inner.spiller.disk;
+        if self.closed.load(Ordering::Acquire) && disk.releasable() && !disk.is_released() {
+            disk.release_closed();
         }
     }
 }

@@ -205,6 +205,7 @@ impl TwoTierCacheBackend {
         let owner = Arc::new(Owner {
             inner: inner.clone(),
             dir: parking_lot::Mutex::new(Some(parts.cache_dir)),
+            closed: AtomicBool::new(false),
         });
         Self {
             inner,
