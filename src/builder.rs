@@ -433,8 +433,8 @@ impl TwoTierBuilder {
             message: "the replay task panicked or was cancelled".into(),
         })?;
         let mut disk = disk?;
-        let (replay, clock, journal) = match journaled? {
-            Journaled::Opened(opened) => opened,
+        let (replay, clock, journal, placements) = match journaled? {
+            Journaled::Opened(opened) => *opened,
             Journaled::Corrupt => {
                 // Damage, not a crash: kill facts may be lost, so no record
                 // on disk can be trusted. Start empty (counted in
@@ -471,6 +471,7 @@ impl TwoTierBuilder {
             disk,
             journal,
             replay,
+            placements,
             recovery_time: started.elapsed(),
             warm_on_open: d.warm_on_open,
             persist_after: d.persist_after.0,
@@ -492,11 +493,17 @@ impl TwoTierBuilder {
 
 /// The replay, the expiry clock it moved forward, and the journal reopened
 /// for appending after it.
-type Opened = (journal::Replay, std::sync::Arc<ExpiryClock>, Journal);
+type Opened = (
+    journal::Replay,
+    std::sync::Arc<ExpiryClock>,
+    Journal,
+    crate::placement::rebuild::FromJournal,
+);
 
 /// What replaying a cache directory's journal gave.
 enum Journaled {
-    Opened(Opened),
+    /// Boxed: one per open, and the other variant is empty.
+    Opened(Box<Opened>),
     /// The journal is damaged: the directory must be reset.
     Corrupt,
 }
@@ -511,7 +518,7 @@ fn open_journal(
     if replay.corrupt {
         return Ok(Journaled::Corrupt);
     }
-    open_replayed(root, replay, wall_clock, fsync).map(Journaled::Opened)
+    open_replayed(root, replay, wall_clock, fsync).map(|opened| Journaled::Opened(Box::new(opened)))
 }
 
 /// Starts the expiry clock where `replay` left it and reopens the journal.
@@ -524,5 +531,9 @@ fn open_replayed(
     let clock = std::sync::Arc::new(ExpiryClock::new(wall_clock, replay.clock));
     replay.clock = clock.now_ms();
     let journal = Journal::resume(root, &replay, fsync)?;
-    Ok((replay, clock, journal))
+    // The placement table, from the journal alone: on this thread, while
+    // foyer rebuilds its index (see `placement::rebuild`).
+    let live = std::mem::take(&mut replay.live);
+    let placements = crate::placement::rebuild::FromJournal::build(live, &clock);
+    Ok((replay, clock, journal, placements))
 }

@@ -164,6 +164,11 @@ impl InternalCacheKey {
     /// prefixes keep `("ab","c")` and `("a","bc")` apart.
     /// The key's 64-bit hash (xxh3 of its parts): stable across processes,
     /// so it also addresses the key's record on disk.
+    /// The prefix as stored, to share rather than copy.
+    pub(crate) fn shared_prefix(&self) -> &Arc<str> {
+        &self.prefix
+    }
+
     pub(crate) fn disk_hash(&self) -> u64 {
         self.hash
     }

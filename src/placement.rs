@@ -491,5 +491,7 @@ impl Drop for Guard<'_> {
     }
 }
 
+pub(crate) mod rebuild;
+
 #[cfg(test)]
 mod tests;

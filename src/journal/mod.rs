@@ -41,7 +41,7 @@ use crate::{Error, Result};
 use fact::frame_into;
 pub(crate) use fact::{interned, Fact};
 use replay::journal_files;
-pub(crate) use replay::{replay, Identity, Replay};
+pub(crate) use replay::{replay, Identity, Recovered, Replay};
 
 /// Sequence numbers are reserved this many at a time, so that numbers used
 /// before a crash are never handed out again.

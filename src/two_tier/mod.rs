@@ -28,10 +28,10 @@ use crate::builder::TwoTierBuilder;
 use crate::cache_dir::CacheDir;
 use crate::disk::DiskTier;
 use crate::expiry::{ExpiryClock, ResidentExpiry};
-use crate::journal::{Identity, Journal, Replay};
+use crate::journal::{Journal, Replay};
 use crate::key::KeyHashBuilder;
 use crate::key_locks::KeyLocks;
-use crate::placement::{Place, Placements, Resident, Slot};
+use crate::placement::{Place, Resident};
 use crate::single_flight::SingleFlight;
 use crate::spill::{SpillItem, SpillSettings, Spiller};
 use crate::stats::Stats;
@@ -229,6 +229,8 @@ pub(crate) struct Parts {
     pub disk: DiskTier,
     pub journal: Journal,
     pub replay: Replay,
+    /// The placement table as the journal says (see `placement::rebuild`).
+    pub placements: crate::placement::rebuild::FromJournal,
     pub recovery_time: Duration,
     pub warm_on_open: bool,
     pub persist_after: Duration,

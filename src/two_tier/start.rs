@@ -5,76 +5,13 @@
 use super::*;
 
 impl TwoTierCacheBackend {
-    pub(crate) fn start(mut parts: Parts) -> Self {
+    pub(crate) fn start(parts: Parts) -> Self {
         let weigher = ByteWeigher::for_capacity(parts.memory_capacity);
         let hot_capacity = parts
             .memory_capacity
             .saturating_sub(parts.spill_queue_capacity);
-        let placements = Placements::new(64);
-        let mut recovered_bytes = 0;
-        let mut recovered = 0;
-        let mut expired = 0;
-        // Whether foyer holds each pack, asked once per pack rather than
-        // once per member (small entries share a pack several at a time).
-        let mut packs_held: std::collections::HashMap<u64, bool, KeyHashBuilder> =
-            std::collections::HashMap::default();
-        let mut cold = placements.cold_loader(parts.replay.live.len());
-        for (&hash, r) in &parts.replay.live {
-            // Only records foyer still holds: the journal may name some that
-            // its block reclaim evicted since.
-            let held = match r.pack.map(|pack| pack.record_key()) {
-                Some(pack_key) => *packs_held
-                    .entry(pack_key)
-                    .or_insert_with(|| parts.disk.contains(pack_key)),
-                None => parts.disk.contains(hash),
-            };
-            if !held {
-                continue;
-            }
-            if parts.clock.expired(r.expires_at) {
-                // Dead by its deadline: the next snapshot leaves it out (a
-                // packed one stays in its pack, never named again).
-                if r.pack.is_none() {
-                    parts.disk.delete(hash);
-                }
-                expired += 1;
-                continue;
-            }
-            recovered += 1;
-            recovered_bytes += u64::from(r.len);
-            let slot = Slot {
-                seq: r.seq,
-                place: Place::Disk,
-                size: r.size,
-                record_len: r.len,
-                expires_at: r.expires_at,
-                pack: r.pack,
-            };
-            match &r.owner {
-                Identity::Key(key) => {
-                    placements
-                        .lock(hash)
-                        .insert(InternalCacheKey::clone(key), slot);
-                }
-                Identity::Prefix(prefix) => {
-                    // Written by a snapshot from a compact slot: it fits again.
-                    if !cold.add(hash, prefix, &slot) {
-                        recovered -= 1;
-                        recovered_bytes -= u64::from(r.len);
-                    }
-                }
-            }
-        }
-        cold.finish();
-        // A million recovered versions take a large part of a second to
-        // free: done on a blocking thread of the disk runtime, off the
-        // open's path (inline when small, or without that runtime).
-        let live = std::mem::take(&mut parts.replay.live);
-        if live.len() >= 10_000 {
-            if let Ok(disk_runtime) = crate::disk_runtime::handle() {
-                drop(disk_runtime.spawn_blocking(move || drop(live)));
-            }
-        }
+        // The table the journal gave, cut down to what foyer still holds.
+        let (placements, recovered) = parts.placements.settle(&parts.disk);
         let settings = SpillSettings {
             queue_capacity: parts.spill_queue_capacity,
             compressor: parts.compressor,
@@ -90,12 +27,12 @@ impl TwoTierCacheBackend {
             parts.clock.clone(),
         ));
         *spiller.stats.recovery.lock() = crate::RecoveryStats {
-            entries: recovered,
-            bytes: recovered_bytes,
+            entries: recovered.entries,
+            bytes: recovered.bytes,
             millis: parts.recovery_time.as_millis() as u64,
             torn_journal_tails: parts.replay.torn_tails,
             dir_reset: parts.cache_dir.was_reset(),
-            expired,
+            expired: recovered.expired,
             ..Default::default()
         };
         let (spill_tx, spill_rx) = mpsc::unbounded_channel();
