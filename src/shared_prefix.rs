@@ -40,6 +40,11 @@ impl SharedPrefix {
         })
     }
 
+    /// `prefix` as it is, shared (a key's own).
+    pub(crate) fn from_arc(prefix: Arc<str>) -> Self {
+        Self(prefix)
+    }
+
     pub(crate) fn into_arc(self) -> Arc<str> {
         self.0
     }

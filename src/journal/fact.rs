@@ -8,6 +8,7 @@ use std::path::Path;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::key_text::{KeyText, TypeName};
 use super::replay::{Identity, Recovered};
 use super::MAX_FRAME;
 use crate::packing::PackRef;
@@ -17,9 +18,9 @@ use crate::{Error, InternalCacheKey, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Fact {
     Written {
-        prefix: String,
-        key: String,
-        type_name: String,
+        prefix: SharedPrefix,
+        key: KeyText,
+        type_name: TypeName,
         seq: u64,
         size: u64,
         len: u32,
@@ -45,9 +46,9 @@ pub(crate) enum Fact {
     // New variants go last: postcard numbers them by position, and older
     // journals must still read.
     WrittenUntil {
-        prefix: String,
-        key: String,
-        type_name: String,
+        prefix: SharedPrefix,
+        key: KeyText,
+        type_name: TypeName,
         seq: u64,
         size: u64,
         len: u32,
@@ -59,9 +60,9 @@ pub(crate) enum Fact {
     /// `Written` for a version stored inside a pack (see `packing`);
     /// `expires_at` 0: no deadline.
     WrittenPacked {
-        prefix: String,
-        key: String,
-        type_name: String,
+        prefix: SharedPrefix,
+        key: KeyText,
+        type_name: TypeName,
         seq: u64,
         size: u64,
         len: u32,
@@ -93,10 +94,11 @@ impl Fact {
         expires_at: u64,
         pack: Option<PackRef>,
     ) -> Self {
+        // The key's own text, shared rather than copied.
         let (prefix, key, type_name) = (
-            key.prefix().to_string(),
-            key.key().to_string(),
-            key.type_name().to_string(),
+            SharedPrefix::from_arc(key.shared_prefix().clone()),
+            KeyText(key.shared_key().clone()),
+            TypeName(key.type_name()),
         );
         if let Some(pack) = pack {
             Fact::WrittenPacked {
@@ -201,7 +203,7 @@ impl Fact {
             }
             _ => return None,
         };
-        let key = InternalCacheKey::new(prefix, key, intern(&type_name));
+        let key = InternalCacheKey::new(prefix.into_arc(), key.0, type_name.0);
         let hash = key.disk_hash();
         let owner = Identity::Key(Box::new(key));
         Some((hash, Recovered::at(seq, size, len, expires_at, pack, owner)))
@@ -210,7 +212,7 @@ impl Fact {
 
 /// Type names are `&'static str` in keys; names read back from disk are
 /// interned once each (there are few of them) to get one.
-fn intern(name: &str) -> &'static str {
+pub(super) fn intern(name: &str) -> &'static str {
     interned(name, usize::MAX).unwrap_or("")
 }
 

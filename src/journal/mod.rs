@@ -27,6 +27,7 @@
 //! tail after a crash ends the replay of that file, never corrupts it.
 
 mod fact;
+mod key_text;
 mod replay;
 
 use std::fs::File;
