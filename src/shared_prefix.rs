@@ -58,20 +58,28 @@ impl Serialize for SharedPrefix {
 
 impl<'de> Deserialize<'de> for SharedPrefix {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl serde::de::Visitor<'_> for Text {
-            type Value = SharedPrefix;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key prefix")
-            }
-            // Borrowed from the input where the format allows (postcard
-            // does): no `String` in between.
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SharedPrefix, E> {
-                Ok(SharedPrefix::new(text))
-            }
-        }
-        deserializer.deserialize_str(Text)
+        deserialize_text(deserializer, "a key prefix", SharedPrefix::new)
     }
+}
+
+/// Reads a string into what `make` makes of it, borrowing the text from the
+/// input where the format allows (postcard does): no `String` in between.
+pub(crate) fn deserialize_text<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    what: &'static str,
+    make: fn(&str) -> T,
+) -> Result<T, D::Error> {
+    struct Text<T>(&'static str, fn(&str) -> T);
+    impl<T> serde::de::Visitor<'_> for Text<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+            Ok((self.1)(text))
+        }
+    }
+    deserializer.deserialize_str(Text(what, make))
 }
 
 #[cfg(test)]

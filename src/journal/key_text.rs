@@ -8,10 +8,11 @@
 //! and the spill path makes one for every record it writes.
 
 use std::cell::Cell;
-use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::shared_prefix::deserialize_text;
 
 /// The user's key within its prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,35 +36,15 @@ impl Serialize for TypeName {
 
 impl<'de> Deserialize<'de> for KeyText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl serde::de::Visitor<'_> for Text {
-            type Value = KeyText;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
-            }
-            // Borrowed from the input where the format allows (postcard
-            // does).
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<KeyText, E> {
-                Ok(KeyText(text.into()))
-            }
-        }
-        deserializer.deserialize_str(Text)
+        deserialize_text(deserializer, "a key", |text| KeyText(text.into()))
     }
 }
 
 impl<'de> Deserialize<'de> for TypeName {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl serde::de::Visitor<'_> for Name {
-            type Value = TypeName;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a type name")
-            }
-            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<TypeName, E> {
-                Ok(TypeName(interned_here(name)))
-            }
-        }
-        deserializer.deserialize_str(Name)
+        deserialize_text(deserializer, "a type name", |name| {
+            TypeName(interned_here(name))
+        })
     }
 }
 
