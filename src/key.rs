@@ -158,12 +158,6 @@ impl InternalCacheKey {
         std::mem::size_of::<Self>() + self.prefix.len() + self.key.len()
     }
 
-    /// A stable 64-bit identity for the disk tier. xxh3 is specified and
-    /// seed-free, so the same key maps to the same disk slot in every process
-    /// and Rust version (std's `DefaultHasher` promises neither). Length
-    /// prefixes keep `("ab","c")` and `("a","bc")` apart.
-    /// The key's 64-bit hash (xxh3 of its parts): stable across processes,
-    /// so it also addresses the key's record on disk.
     /// The prefix as stored, to share rather than copy.
     pub(crate) fn shared_prefix(&self) -> &Arc<str> {
         &self.prefix
@@ -174,6 +168,12 @@ impl InternalCacheKey {
         &self.key
     }
 
+    /// A stable 64-bit identity for the disk tier. xxh3 is specified and
+    /// seed-free, so the same key maps to the same disk slot in every process
+    /// and Rust version (std's `DefaultHasher` promises neither). Length
+    /// prefixes keep `("ab","c")` and `("a","bc")` apart.
+    /// The key's 64-bit hash (xxh3 of its parts): stable across processes,
+    /// so it also addresses the key's record on disk.
     pub(crate) fn disk_hash(&self) -> u64 {
         self.hash
     }

@@ -44,9 +44,13 @@ impl FakeClock {
 }
 
 async fn open(dir: &std::path::Path, clock: &FakeClock) -> TwoTierCacheBackend {
+    open_on(dir, clock.source()).await
+}
+
+async fn open_on(dir: &std::path::Path, clock: spillway::WallClock) -> TwoTierCacheBackend {
     small(dir)
         .persist_after(Duration::ZERO)
-        .wall_clock(clock.source())
+        .wall_clock(clock)
         .build()
         .await
         .unwrap()
@@ -470,4 +474,45 @@ async fn the_memory_backend_and_the_typed_layer_expire_entries_too() {
     assert!(typed.get(&Session(1)).await.is_some());
     until(after + Duration::from_millis(100)).await;
     assert!(typed.get(&Session(1)).await.is_none());
+}
+
+/// A deadline that passes while a reopen runs (foyer rebuilding its index
+/// can take seconds on a large disk) counts as expired, as one that passed
+/// before it: the record is deleted, not counted as recovered, and never
+/// served. The clock jumps by two hours during the open: the journal's
+/// replay, on a thread of its own, reads it before the jump (half an hour
+/// after the close), the open's own thread after it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_deadline_passing_while_the_reopen_runs_counts_as_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new();
+    let cache = open(dir.path(), &clock).await;
+    ttl_entries_on_disk(&cache, 8).await;
+    cache.close().await.unwrap();
+    drop(cache);
+
+    let open_thread = std::thread::current().id();
+    let base = clock.0.load(Ordering::SeqCst);
+    let jumping: spillway::WallClock = Arc::new(move || {
+        let later = if std::thread::current().id() == open_thread {
+            2 * HOUR
+        } else {
+            HOUR / 2
+        };
+        UNIX_EPOCH + Duration::from_millis(base) + later
+    });
+    let cache = open_on(dir.path(), jumping).await;
+    let s = cache.stats();
+    assert_eq!(
+        (s.recovery.entries, s.recovery.expired),
+        (40, 8),
+        "the 40 plain entries recovered, the 8 past their deadline counted as expired: {s:#?}"
+    );
+    for i in 0..8 {
+        assert!(cache.get(&key("ttl", i)).await.is_none(), "ttl/{i}");
+    }
+    for i in 0..40 {
+        assert!(cache.get(&key("plain", i)).await.is_some(), "plain/{i}");
+    }
+    cache.close().await.unwrap();
 }

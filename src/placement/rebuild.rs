@@ -89,8 +89,9 @@ impl FromJournal {
 
     /// Keeps the slots of records foyer holds (asked once per pack, not
     /// per member) and deletes the records of expired versions; the table
-    /// and what it recovered.
-    pub(crate) fn settle(self, disk: &DiskTier) -> (Placements, Recovery) {
+    /// and what it recovered. Deadlines are checked again here: foyer's
+    /// recovery may have taken long enough for some to pass since `build`.
+    pub(crate) fn settle(self, disk: &DiskTier, clock: &ExpiryClock) -> (Placements, Recovery) {
         let mut packs_held: HashMap<u64, bool, KeyHashBuilder> = HashMap::default();
         let mut held = |record: u64, packed: bool| {
             if packed {
@@ -101,26 +102,37 @@ impl FromJournal {
                 disk.contains(record)
             }
         };
-        let mut recovery = Recovery::default();
-        for (hash, pack) in self.expired {
-            if !held(pack.map_or(hash, PackRef::record_key), pack.is_some()) {
-                continue;
-            }
-            // Dead by its deadline: the next snapshot leaves it out (a
-            // packed one stays in its pack, never named again).
+        let (mut entries, mut bytes, mut expired) = (0, 0, 0);
+        // Dead by its deadline, if foyer holds it: the next snapshot leaves
+        // it out (a packed one stays in its pack, never named again).
+        let mut expire = |hash: u64, pack: Option<PackRef>| {
             if pack.is_none() {
                 disk.delete(hash);
             }
-            recovery.expired += 1;
+            expired += 1;
+        };
+        for (hash, pack) in self.expired {
+            if held(pack.map_or(hash, PackRef::record_key), pack.is_some()) {
+                expire(hash, pack);
+            }
         }
         self.placements.retain(|hash, _, slot| {
-            let kept = held(slot.record_key(hash), slot.pack.is_some());
-            if kept {
-                recovery.entries += 1;
-                recovery.bytes += u64::from(slot.record_len);
+            if !held(slot.record_key(hash), slot.pack.is_some()) {
+                return false;
             }
-            kept
+            if clock.expired(slot.expires_at) {
+                expire(hash, slot.pack);
+                return false;
+            }
+            entries += 1;
+            bytes += u64::from(slot.record_len);
+            true
         });
+        let recovery = Recovery {
+            entries,
+            bytes,
+            expired,
+        };
         (self.placements, recovery)
     }
 }

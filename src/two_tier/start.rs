@@ -11,7 +11,7 @@ impl TwoTierCacheBackend {
             .memory_capacity
             .saturating_sub(parts.spill_queue_capacity);
         // The table the journal gave, cut down to what foyer still holds.
-        let (placements, recovered) = parts.placements.settle(&parts.disk);
+        let (placements, recovered) = parts.placements.settle(&parts.disk, &parts.clock);
         let settings = SpillSettings {
             queue_capacity: parts.spill_queue_capacity,
             compressor: parts.compressor,
