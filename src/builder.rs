@@ -491,8 +491,8 @@ impl TwoTierBuilder {
     }
 }
 
-/// The replay, the expiry clock it moved forward, and the journal reopened
-/// for appending after it.
+/// The replay, the expiry clock it moved forward, the journal reopened for
+/// appending after it, and the placement table built from the replay.
 type Opened = (
     journal::Replay,
     std::sync::Arc<ExpiryClock>,
