@@ -41,7 +41,7 @@ const BLOB_INDEX: usize = 4096;
 /// Each block is scanned blob index by blob index, one 4 KiB read waiting
 /// for the last, so with 8 blocks at a time the disk threads sat idle
 /// between reads: a reopen of 8,192 records of 8 KiB on a 1 GiB disk
-/// (256 blocks) took 10–11 ms at the median with 8 and 8.5–9.6 ms with 32,
+/// (256 blocks) took 10–11 ms at the median with 8 and 8.2–9.6 ms with 32,
 /// 64 or 128 (nine reopens each, alternating). 64 reads of 4 KiB in
 /// flight cost 256 KiB of buffers, and keep a real device's queue busy.
 /// `spillway bench` gives foyer's own HybridCache the same.
