@@ -27,6 +27,9 @@ const LOCK_FILE: &str = "spillway.lock";
 /// What the lock file says after its pid while the cache that holds it is
 /// being released (see [`CacheDir::mark_releasing`]).
 const RELEASING: &str = " releasing";
+/// The lock file's text is padded with spaces to this width ("PID
+/// releasing" with the longest pid), so that each write covers the last.
+const LOCK_TEXT_WIDTH: usize = 10 + RELEASING.len();
 /// foyer's block files, under the cache directory.
 const FOYER_DIR: &str = "foyer";
 const META_FILE: &str = "spillway.toml";
@@ -199,6 +202,7 @@ impl CacheDir {
         // Over the pid written at the open, which it extends: a reader never
         // sees the file empty in between.
         let text = format!("{}{RELEASING}", std::process::id());
+        let text = format!("{text:<LOCK_TEXT_WIDTH$}");
         let _ = self._lock.write_all_at(text.as_bytes(), 0);
     }
 
@@ -236,7 +240,7 @@ impl CacheDir {
             let mut text = [0u8; 64];
             let n = file.read_at(&mut text, 0).unwrap_or(0);
             let text = String::from_utf8_lossy(&text[..n]);
-            let releasing = text.strip_suffix(RELEASING).is_some_and(|pid| pid != me);
+            let releasing = released_by_another(&text, &me);
             if !releasing || tokio::time::Instant::now() >= deadline {
                 return;
             }
@@ -335,7 +339,16 @@ pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<
         .map_err(|e| Error::io("sync cache directory", dir, e))
 }
 
+/// Whether a lock file's `text` says a cache of another process than `me`
+/// (a pid) is being released (see [`CacheDir::mark_releasing`]).
+fn released_by_another(text: &str, me: &str) -> bool {
+    text.trim_end()
+        .strip_suffix(RELEASING)
+        .is_some_and(|pid| pid != me)
+}
+
 fn lock(root: &Path) -> Result<File> {
+    use std::os::unix::fs::FileExt;
     let path = root.join(LOCK_FILE);
     let mut file = private_fs::options()
         .create(true)
@@ -364,10 +377,29 @@ fn lock(root: &Path) -> Result<File> {
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let pid = std::process::id().to_string();
-    file.set_len(0)
-        .and_then(|_| file.rewind())
-        .and_then(|_| file.write_all(pid.as_bytes()))
+    // Written over what is there, padded to the longest text the file ever
+    // holds ("PID releasing"), rather than truncated first: truncating a
+    // file written moments before (the last close's mark) makes ext4 wait
+    // for its writeback, up to a millisecond of every reopen.
+    let pid = format!("{:<LOCK_TEXT_WIDTH$}", std::process::id());
+    file.write_all_at(pid.as_bytes(), 0)
         .map_err(|e| Error::io("write lock file", &path, e))?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_mark_is_read_through_the_padding_and_only_for_another_pid() {
+        let padded = |text: &str| format!("{text:<LOCK_TEXT_WIDTH$}");
+        assert!(released_by_another(&padded("41 releasing"), "7"));
+        assert!(released_by_another("41 releasing", "7"));
+        assert!(!released_by_another(&padded("41 releasing"), "41"));
+        assert!(!released_by_another(&padded("41"), "7"));
+        // The longest pid's mark fits the width: a later write covers it.
+        let longest = format!("{}{RELEASING}", u32::MAX);
+        assert_eq!(longest.len(), LOCK_TEXT_WIDTH);
+    }
 }

@@ -330,3 +330,27 @@ fn inspect_says_what_it_found_and_never_suggests_a_reset() {
         assert!(!err.contains("reset") && !err.contains("wipe"), "{err}");
     }
 }
+
+/// The lock file names its holder, and nothing else: it is written over in
+/// place, not truncated, so a reopen must leave none of the last holder's
+/// release mark behind (else another process would take the open cache
+/// for one being released, and wait for it instead of being refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_directory_s_lock_file_names_its_holder_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock_file = dir.path().join("spillway.lock");
+    let text = || std::fs::read_to_string(&lock_file).unwrap();
+    let me = std::process::id().to_string();
+    for round in 0..3 {
+        let cache = small(dir.path()).build().await.unwrap();
+        assert_eq!(text().trim_end(), me, "round {round}: open");
+        insert(&cache, &key("a", round), blob(round, 1)).await;
+        cache.close().await.unwrap();
+        drop(cache);
+        assert_eq!(
+            text().trim_end(),
+            format!("{me} releasing"),
+            "round {round}: dropped"
+        );
+    }
+}
