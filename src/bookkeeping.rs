@@ -156,21 +156,18 @@ impl Spiller {
                     return;
                 }
             };
-            if slot.place.readable_on_disk() {
-                facts.push(Fact::written(
+            match slot.place {
+                // On disk and resident: one fact says both.
+                Place::Memory { on_disk: true } => facts.push(Fact::persisted(key, slot)),
+                _ if slot.place.readable_on_disk() => facts.push(Fact::written(
                     key,
                     slot.seq,
                     slot.size,
                     slot.record_len,
                     slot.expires_at,
                     slot.pack,
-                ));
-            }
-            if matches!(slot.place, Place::Memory { on_disk: true }) {
-                facts.push(Fact::Resident {
-                    hash,
-                    seq: slot.seq,
-                });
+                )),
+                _ => {}
             }
         });
         facts

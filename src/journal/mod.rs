@@ -9,7 +9,8 @@
 //!   an insert that replaces a version that may be on disk returns);
 //! * `Invalidated` / `Cleared` — versions below `seq` under a prefix / of every key are dead;
 //! * `Reserved` — sequence numbers below `upto` may have been handed out;
-//! * `Resident` — the key was in memory at the last graceful close;
+//! * `Resident` — the key was in memory at the last graceful close (journals
+//!   written before `Persisted` existed);
 //! * `WrittenUntil` — `Written` for a version with a deadline (see `expiry`);
 //! * `WrittenPacked` — `Written` for a version stored inside a pack (see `packing`);
 //! * `Stored` — `Written` for a disk-only version, by its key's hash and
@@ -17,6 +18,9 @@
 //! * `Clock` — the wall clock had reached `at`: expiry's clock never goes
 //!   below it, so a clock set back while the cache was down cannot revive
 //!   an entry that had expired.
+//! * `Persisted` — `WrittenPacked` (pack 0: not packed) and `Resident` in
+//!   one fact: a version on disk whose entry is in memory too (write-behind
+//!   and snapshots write these, one frame per warm entry instead of two).
 //!
 //! The state a journal describes does not depend on the order of its facts: a
 //! written version is alive if no kill fact with a higher sequence covers it.
@@ -354,6 +358,63 @@ mod tests {
         assert!(replay_of(&[stored(&b, 5, 0), Fact::Cleared { seq: 5 }])
             .live
             .is_empty());
+    }
+
+    #[test]
+    fn a_persisted_fact_is_a_version_on_disk_and_a_resident_one_in_one() {
+        let (a, b) = (k("p", "a"), k("p", "b"));
+        let at = PackRef { id: 40, offset: 4 };
+        let persisted = |key: &InternalCacheKey, seq, expires_at, pack| {
+            let slot = crate::placement::Slot {
+                seq,
+                place: crate::placement::Place::Memory { on_disk: true },
+                size: 10,
+                record_len: 100,
+                expires_at,
+                pack,
+            };
+            Fact::persisted(key, &slot)
+        };
+        // Numbered after every older variant: journals written before it
+        // still read.
+        let wire = postcard::to_stdvec(&persisted(&a, 3, 0, None)).unwrap();
+        assert_eq!(wire[0], 10);
+        // `WrittenPacked`, now a variant holding the fields `Persisted` has
+        // too, is the same bytes as when it held them itself.
+        let packed = Fact::written(&a, 3, 10, 100, 7, Some(at));
+        let fields = (8u8, "p", "a", "T", 3u64, 10u64, 100u32, 7u64, 40u64, 4u16);
+        assert_eq!(
+            postcard::to_stdvec(&packed).unwrap(),
+            postcard::to_stdvec(&fields).unwrap()
+        );
+        let r = replay_of(&[persisted(&a, 3, 5_000, None), persisted(&b, 5, 0, Some(at))]);
+        let ra = &r.live[&a.disk_hash()];
+        assert_eq!(
+            (ra.seq, ra.size, ra.len, ra.expires_at),
+            (3, 10, 100, 5_000)
+        );
+        assert_eq!(
+            (ra.pack, &ra.owner),
+            (None, &Identity::Key(Box::new(a.clone())))
+        );
+        assert_eq!(r.live[&b.disk_hash()].pack, Some(at));
+        assert_eq!(r.next_seq, 41, "pack ids count as sequence numbers");
+        assert_eq!(r.resident, vec![b.clone(), a.clone()], "latest first");
+        // Resident only while it is the live version: not once killed, nor
+        // once a newer version is on disk.
+        let tomb = Fact::Tombstone {
+            hash: a.disk_hash(),
+            seq: 4,
+        };
+        let r = replay_of(&[persisted(&a, 3, 0, None), tomb]);
+        assert!(r.live.is_empty() && r.resident.is_empty());
+        let r = replay_of(&[persisted(&a, 3, 0, None), written(&a, 4)]);
+        assert_eq!(r.live[&a.disk_hash()].seq, 4);
+        assert!(r.resident.is_empty());
+        // And, as `Written` then `Resident` always did, resident again
+        // when persisted again.
+        let r = replay_of(&[written(&a, 3), persisted(&a, 3, 0, None)]);
+        assert_eq!(r.resident, vec![a.clone()]);
     }
 
     #[test]

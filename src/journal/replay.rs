@@ -1,6 +1,7 @@
 //! Replay: what the journal files of a directory say is on disk.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -194,7 +195,7 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
     let mut tombstones: HashMap<u64, u64, KeyHashBuilder> = HashMap::default();
     let mut invalidated: HashMap<String, u64> = HashMap::new();
     let mut cleared = 0u64;
-    let mut resident = Vec::new();
+    let mut residents = 0usize;
     let mut max_seq = 0u64;
     let mut versions = 0usize;
     for fact in &facts {
@@ -209,13 +210,23 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             }
             Fact::Cleared { seq } => cleared = cleared.max(*seq),
             Fact::Reserved { upto } => max_seq = max_seq.max(*upto),
-            Fact::Resident { hash, seq } => resident.push((*hash, *seq)),
+            // In the fold below, in order with `Persisted` facts.
+            Fact::Resident { .. } => residents += 1,
             Fact::Written { seq, .. } | Fact::WrittenUntil { seq, .. } => {
                 max_seq = max_seq.max(*seq);
                 versions += 1;
             }
             // Pack ids are sequence numbers too.
-            Fact::WrittenPacked { seq, pack, .. } | Fact::Stored { seq, pack, .. } => {
+            Fact::WrittenPacked(v) => {
+                max_seq = max_seq.max(v.seq).max(v.pack);
+                versions += 1;
+            }
+            Fact::Persisted(v) => {
+                max_seq = max_seq.max(v.seq).max(v.pack);
+                versions += 1;
+                residents += 1;
+            }
+            Fact::Stored { seq, pack, .. } => {
                 max_seq = max_seq.max(*seq).max(*pack);
                 versions += 1;
             }
@@ -225,10 +236,20 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
     // Sized once: grown step by step, a million versions were rehashed
     // about twenty times over.
     replay.live.reserve(versions);
+    // (hash, seq) of the versions recorded as resident, in order.
+    let mut resident = Vec::with_capacity(residents);
     for fact in facts {
+        if let Fact::Resident { hash, seq } = fact {
+            resident.push((hash, seq));
+            continue;
+        }
+        let persisted = matches!(fact, Fact::Persisted(_));
         let Some((hash, mut recovered)) = fact.into_written() else {
             continue;
         };
+        if persisted {
+            resident.push((hash, recovered.seq));
+        }
         let seq = recovered.seq;
         let prefix = recovered.owner.prefix();
         let dead = seq <= cleared
@@ -239,24 +260,33 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
         // For the same version, the later fact wins: a version whose copy
         // foyer evicted can be written again, into another pack. (Keys
         // whose hashes collide: the later version wins.)
-        let earlier = replay.live.get(&hash);
-        if dead || earlier.is_some_and(|r| r.seq > seq) {
+        if dead {
             continue;
         }
-        if let Some(Recovered {
-            seq: same,
-            owner: owner @ Identity::Key(_),
-            ..
-        }) = earlier
-        {
-            // A snapshot's `Stored` names the same version without its key.
-            if *same == seq && matches!(recovered.owner, Identity::Prefix(_)) {
-                recovered.owner = owner.clone();
+        match replay.live.entry(hash) {
+            Entry::Vacant(slot) => {
+                slot.insert(recovered);
+            }
+            Entry::Occupied(mut slot) => {
+                let earlier = slot.get_mut();
+                if earlier.seq > seq {
+                    continue;
+                }
+                // A snapshot's `Stored` names the same version without its
+                // key: the key stays.
+                if earlier.seq == seq
+                    && matches!(earlier.owner, Identity::Key(_))
+                    && matches!(recovered.owner, Identity::Prefix(_))
+                {
+                    std::mem::swap(&mut recovered.owner, &mut earlier.owner);
+                }
+                *earlier = recovered;
             }
         }
-        replay.live.insert(hash, recovered);
     }
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: HashSet<u64, KeyHashBuilder> =
+        HashSet::with_capacity_and_hasher(resident.len(), KeyHashBuilder);
+    replay.resident.reserve(resident.len());
     for (hash, seq) in resident.into_iter().rev() {
         if let Some(Recovered {
             seq: live,

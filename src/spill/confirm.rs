@@ -48,29 +48,18 @@ impl Spiller {
                         // journal (its record names it); one also resident
                         // does, for the warm-up after a restart.
                         facts.push(if persisted {
-                            Fact::written(
-                                &item.key,
-                                item.seq,
-                                slot.size,
-                                slot.record_len,
-                                slot.expires_at,
-                                slot.pack,
-                            )
+                            Fact::persisted(&item.key, slot)
                         } else {
                             Fact::stored(item.hash, item.key.prefix(), slot)
                         });
                         if slot.pack.is_some() {
                             self.stats.packed_written.incr();
                         }
-                        if persisted {
-                            slot.place = Place::Memory { on_disk: true };
-                            facts.push(Fact::Resident {
-                                hash: item.hash,
-                                seq: item.seq,
-                            });
+                        slot.place = if persisted {
+                            Place::Memory { on_disk: true }
                         } else {
-                            slot.place = Place::Disk;
-                        }
+                            Place::Disk
+                        };
                         if persisted {
                             self.stats.persisted.incr();
                             self.stats.persisted_bytes.add(len as u64);
