@@ -516,3 +516,73 @@ async fn a_deadline_passing_while_the_reopen_runs_counts_as_expired() {
     }
     cache.close().await.unwrap();
 }
+
+/// A large table (5,000 slots, packed and not) counts exactly what it
+/// recovered and what expired, and serves accordingly. The deadlines pass
+/// during the open, as above: the replay's thread reads the clock before
+/// the jump, the open's thread after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_reopen_counts_every_entry_once_recovered_or_expired() {
+    const PLAIN: usize = 4000;
+    const TTL: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new();
+    let build = |wall: spillway::WallClock| {
+        small(dir.path())
+            .disk_capacity(64 << 20)
+            .block_size(256 << 10)
+            .persist_after(Duration::ZERO)
+            .wall_clock(wall)
+            .build()
+    };
+    // Every tenth plain value is too large to be packed.
+    let value = |i: usize| {
+        let mut v = vec![7u8; if i.is_multiple_of(10) { 4096 } else { 64 }];
+        v[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        v
+    };
+    let cache = build(clock.source()).await.unwrap();
+    for i in 0..PLAIN {
+        let v = value(i);
+        let len = v.len();
+        cache
+            .insert(&key("plain", i), Arc::new(v) as CacheEntry, len)
+            .await;
+    }
+    for i in 0..TTL {
+        let v = value(i);
+        let len = v.len();
+        cache
+            .insert_with_ttl(&key("ttl", i), Arc::new(v) as CacheEntry, len, HOUR)
+            .await;
+    }
+    cache.close().await.unwrap();
+    drop(cache);
+
+    let open_thread = std::thread::current().id();
+    let base = clock.0.load(Ordering::SeqCst);
+    let jumping: spillway::WallClock = Arc::new(move || {
+        let later = if std::thread::current().id() == open_thread {
+            2 * HOUR
+        } else {
+            HOUR / 2
+        };
+        UNIX_EPOCH + Duration::from_millis(base) + later
+    });
+    let cache = build(jumping).await.unwrap();
+    let s = cache.stats();
+    assert_eq!(
+        (s.recovery.entries, s.recovery.expired),
+        (PLAIN as u64, TTL as u64),
+        "every plain entry recovered once, every one past its deadline counted as expired: {s:#?}"
+    );
+    for i in 0..PLAIN {
+        let hit = cache.get_without_promotion(&key("plain", i)).await;
+        let hit = hit.unwrap_or_else(|| panic!("plain/{i} recovered"));
+        assert_eq!(as_blob(&hit), &value(i), "plain/{i}");
+    }
+    for i in 0..TTL {
+        assert!(cache.get(&key("ttl", i)).await.is_none(), "ttl/{i}");
+    }
+    cache.close().await.unwrap();
+}
