@@ -32,6 +32,7 @@
 
 mod fact;
 mod key_text;
+mod live;
 mod replay;
 
 use std::fs::File;
@@ -45,8 +46,9 @@ use crate::{Error, Result};
 
 use fact::frame_into;
 pub(crate) use fact::{interned, Fact};
+pub(crate) use live::Live;
 use replay::journal_files;
-pub(crate) use replay::{replay, Identity, Recovered, Replay};
+pub(crate) use replay::{replay, Identity, Replay};
 
 /// Sequence numbers are reserved this many at a time, so that numbers used
 /// before a crash are never handed out again.

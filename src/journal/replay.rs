@@ -1,11 +1,11 @@
 //! Replay: what the journal files of a directory say is on disk.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::fact::{read_facts, Ending, Fact};
+use super::live::{Gathered, Live};
 use super::FILE_PREFIX;
 use crate::key::KeyHashBuilder;
 use crate::packing::PackRef;
@@ -78,7 +78,7 @@ impl Recovered {
 pub(crate) struct Replay {
     /// By key hash: one live version per hash (foyer keeps one record per
     /// hash too). Key hashes are already mixed: no second hash over them.
-    pub live: HashMap<u64, Recovered, KeyHashBuilder>,
+    pub live: Live,
     /// Keys recorded as resident (at a close, or by write-behind), most
     /// recently recorded first.
     pub resident: Vec<InternalCacheKey>,
@@ -233,9 +233,9 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             Fact::Clock { at } => replay.clock = replay.clock.max(*at),
         }
     }
-    // Sized once: grown step by step, a million versions were rehashed
+    // Sized once: grown step by step, a million versions were copied
     // about twenty times over.
-    replay.live.reserve(versions);
+    let mut gathered = Gathered::with_capacity(versions);
     // (hash, seq) of the versions recorded as resident, in order.
     let mut resident = Vec::with_capacity(residents);
     for fact in facts {
@@ -244,7 +244,7 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             continue;
         }
         let persisted = matches!(fact, Fact::Persisted(_));
-        let Some((hash, mut recovered)) = fact.into_written() else {
+        let Some((hash, recovered)) = fact.into_written() else {
             continue;
         };
         if persisted {
@@ -257,33 +257,11 @@ pub(crate) fn replay(dir: &Path) -> Result<Replay> {
             || invalidated
                 .iter()
                 .any(|(p, s)| seq < *s && prefix.starts_with(p.as_str()));
-        // For the same version, the later fact wins: a version whose copy
-        // foyer evicted can be written again, into another pack. (Keys
-        // whose hashes collide: the later version wins.)
-        if dead {
-            continue;
-        }
-        match replay.live.entry(hash) {
-            Entry::Vacant(slot) => {
-                slot.insert(recovered);
-            }
-            Entry::Occupied(mut slot) => {
-                let earlier = slot.get_mut();
-                if earlier.seq > seq {
-                    continue;
-                }
-                // A snapshot's `Stored` names the same version without its
-                // key: the key stays.
-                if earlier.seq == seq
-                    && matches!(earlier.owner, Identity::Key(_))
-                    && matches!(recovered.owner, Identity::Prefix(_))
-                {
-                    std::mem::swap(&mut recovered.owner, &mut earlier.owner);
-                }
-                *earlier = recovered;
-            }
+        if !dead {
+            gathered.push(hash, recovered);
         }
     }
+    replay.live = gathered.fold();
     let mut seen: HashSet<u64, KeyHashBuilder> =
         HashSet::with_capacity_and_hasher(resident.len(), KeyHashBuilder);
     replay.resident.reserve(resident.len());

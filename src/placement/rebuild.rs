@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::{Place, Placements, Slot};
 use crate::disk::DiskTier;
 use crate::expiry::ExpiryClock;
-use crate::journal::{Identity, Recovered};
+use crate::journal::{Identity, Live};
 use crate::key::KeyHashBuilder;
 use crate::packing::PackRef;
 
@@ -41,10 +41,7 @@ impl FromJournal {
     /// keys move into the table or are dropped here, off the open's path).
     /// Every version is disk-only now; it is kept in the compact form
     /// (hash and prefix) where it fits, like any disk-only slot.
-    pub(crate) fn build(
-        live: HashMap<u64, Recovered, KeyHashBuilder>,
-        clock: &ExpiryClock,
-    ) -> Self {
+    pub(crate) fn build(live: Live, clock: &ExpiryClock) -> Self {
         let placements = Placements::new(SHARDS);
         let mut expired = Vec::new();
         let mut cold = placements.cold_loader(live.len());
