@@ -319,3 +319,76 @@ fn stdout_child() {
     }
     eprintln!("stdout child done");
 }
+
+const ENV_BIG_WRITES_DIR: &str = "SPILLWAY_ADV_STDOUT_BIG_WRITES_DIR";
+
+/// Another thread writes 128 KiB at a time straight to fd 1 while caches
+/// are built, and stdout is `/dev/null` (a daemon's), so each write is
+/// instant: the pipe fd 1 points into during a build fills at once, and
+/// foyer's own line, printed inside the build, must not wait on it forever.
+/// (A build that drained the pipe only after the device was built hung
+/// here in its first build; found by an adversarial review.) A build that
+/// never ends is reported after a minute rather than hanging the run.
+#[test]
+fn builds_end_while_another_thread_floods_stdout_with_big_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_child_test(
+        "big_writes_child",
+        "exec \"$0\" \"$@\" >/dev/null",
+        &[(ENV_BIG_WRITES_DIR, dir.path().as_os_str())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child failed ({}): {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("big writes child built 20 caches"),
+        "{stderr}"
+    );
+}
+
+/// The child's entry point; a no-op in a normal test run.
+#[test]
+fn big_writes_child() {
+    let Ok(dir) = std::env::var(ENV_BIG_WRITES_DIR) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let built = Arc::new(AtomicUsize::new(0));
+    {
+        let built = built.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            eprintln!("a build never ended: {} built", built.load(SeqCst));
+            std::process::exit(3);
+        });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let chunk = format!("{:>127}\n", "RAW").repeat(1024);
+            let stdout = std::io::stdout();
+            while !stop.load(SeqCst) {
+                let _ = rustix::io::write(std::os::fd::AsFd::as_fd(&stdout), chunk.as_bytes());
+            }
+        })
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for _ in 0..20 {
+            let cache = small(&dir).build().await.unwrap();
+            built.fetch_add(1, SeqCst);
+            cache.close().await.unwrap();
+        }
+    });
+    stop.store(true, SeqCst);
+    writer.join().unwrap();
+    eprintln!("big writes child built {} caches", built.load(SeqCst));
+}
