@@ -354,3 +354,26 @@ async fn a_reopened_directory_s_lock_file_names_its_holder_alone() {
         );
     }
 }
+
+/// A lock file longer than spillway writes (damaged, or left by something
+/// else) that ends in a release mark is cut at the open: it then names the
+/// holder alone, not a cache being released (another process would wait a
+/// minute for that instead of being refused at once). Found by an
+/// adversarial review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_damaged_lock_file_is_cut_to_name_its_holder_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock_file = dir.path().join("spillway.lock");
+    small(dir.path())
+        .build()
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    std::fs::write(&lock_file, "0000000000000000000000000000 releasing").unwrap();
+    let cache = small(dir.path()).build().await.unwrap();
+    let text = std::fs::read_to_string(&lock_file).unwrap();
+    assert_eq!(text.trim_end(), std::process::id().to_string(), "{text:?}");
+    cache.close().await.unwrap();
+}
