@@ -380,16 +380,20 @@ fn lock(root: &Path) -> Result<File> {
     // Written over what is there, padded to the longest text the file ever
     // holds ("PID releasing"), rather than truncated first: truncating a
     // file written moments before (the last close's mark) makes ext4 wait
-    // for its writeback, up to a millisecond of every reopen.
-    // A longer file (damaged, or written by something else) is cut to the
-    // width, or what is left after the pid could read as a release mark;
-    // a file spillway wrote is never longer, so never cut.
+    // for its writeback, up to a millisecond of every reopen. A longer
+    // file (damaged, or written by something else) is cut to the width,
+    // or what is left after the pid could read as a release mark; a file
+    // spillway wrote is never longer, so never cut.
+    let width = LOCK_TEXT_WIDTH as u64;
     let pid = format!("{:<LOCK_TEXT_WIDTH$}", std::process::id());
     file.write_all_at(pid.as_bytes(), 0)
         .and_then(|_| file.metadata())
-        .and_then(|meta| match meta.len() > LOCK_TEXT_WIDTH as u64 {
-            true => file.set_len(LOCK_TEXT_WIDTH as u64),
-            false => Ok(()),
+        .and_then(|meta| {
+            if meta.len() > width {
+                file.set_len(width)
+            } else {
+                Ok(())
+            }
         })
         .map_err(|e| Error::io("write lock file", &path, e))?;
     Ok(file)
