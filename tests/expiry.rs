@@ -41,6 +41,21 @@ impl FakeClock {
         let ms = self.0.clone();
         Arc::new(move || UNIX_EPOCH + Duration::from_millis(ms.load(Ordering::SeqCst)))
     }
+    /// A wall clock for a deadline that passes while a reopen runs: on the
+    /// calling thread (the open's own) it reads this clock's time plus two
+    /// hours, on every other (the journal's replay) plus half an hour.
+    fn jumping_on_this_thread(&self) -> spillway::WallClock {
+        let open_thread = std::thread::current().id();
+        let base = self.0.load(Ordering::SeqCst);
+        Arc::new(move || {
+            let later = if std::thread::current().id() == open_thread {
+                2 * HOUR
+            } else {
+                HOUR / 2
+            };
+            UNIX_EPOCH + Duration::from_millis(base) + later
+        })
+    }
 }
 
 async fn open(dir: &std::path::Path, clock: &FakeClock) -> TwoTierCacheBackend {
@@ -491,16 +506,7 @@ async fn a_deadline_passing_while_the_reopen_runs_counts_as_expired() {
     cache.close().await.unwrap();
     drop(cache);
 
-    let open_thread = std::thread::current().id();
-    let base = clock.0.load(Ordering::SeqCst);
-    let jumping: spillway::WallClock = Arc::new(move || {
-        let later = if std::thread::current().id() == open_thread {
-            2 * HOUR
-        } else {
-            HOUR / 2
-        };
-        UNIX_EPOCH + Duration::from_millis(base) + later
-    });
+    let jumping = clock.jumping_on_this_thread();
     let cache = open_on(dir.path(), jumping).await;
     let s = cache.stats();
     assert_eq!(
@@ -559,16 +565,7 @@ async fn a_large_reopen_counts_every_entry_once_recovered_or_expired() {
     cache.close().await.unwrap();
     drop(cache);
 
-    let open_thread = std::thread::current().id();
-    let base = clock.0.load(Ordering::SeqCst);
-    let jumping: spillway::WallClock = Arc::new(move || {
-        let later = if std::thread::current().id() == open_thread {
-            2 * HOUR
-        } else {
-            HOUR / 2
-        };
-        UNIX_EPOCH + Duration::from_millis(base) + later
-    });
+    let jumping = clock.jumping_on_this_thread();
     let cache = build(jumping).await.unwrap();
     let s = cache.stats();
     assert_eq!(
