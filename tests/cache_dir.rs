@@ -364,13 +364,7 @@ async fn a_reopened_directory_s_lock_file_names_its_holder_alone() {
 async fn a_long_damaged_lock_file_is_cut_to_name_its_holder_alone() {
     let dir = tempfile::tempdir().unwrap();
     let lock_file = dir.path().join("spillway.lock");
-    small(dir.path())
-        .build()
-        .await
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
+    fill_and_close(small(dir.path()), "a", 1).await;
     std::fs::write(&lock_file, "0000000000000000000000000000 releasing").unwrap();
     let cache = small(dir.path()).build().await.unwrap();
     let text = std::fs::read_to_string(&lock_file).unwrap();
