@@ -48,6 +48,7 @@ pub(super) async fn run_system(
 
     let mut restart_hit_ratio = None;
     let mut reopens = Vec::new();
+    let mut reopen_entries = Vec::new();
     let mut warms = Vec::new();
     let mut pre_restart_hit_ratio = None;
     if name != "moka" {
@@ -64,11 +65,17 @@ pub(super) async fn run_system(
         // times: one reopen on a 2-core machine is too noisy a sample.
         // Each close leaves what the reopen found, so every reopen sees the
         // same state.
-        let mut reopened = reopen(name, config, dir, &mut reopens, &mut warms).await?;
+        let mut measured = Reopens {
+            times: &mut reopens,
+            entries: &mut reopen_entries,
+            warms: &mut warms,
+            keys: bench.keys,
+        };
+        let mut reopened = reopen(name, config, dir, &mut measured).await?;
         for _ in 1..REOPENS {
             reopened.close().await;
             drop(reopened);
-            reopened = reopen(name, config, dir, &mut reopens, &mut warms).await?;
+            reopened = reopen(name, config, dir, &mut measured).await?;
         }
         let replay = phase(&reopened, &picker, bench, bench.seed + 1, &loading, None).await;
         restart_hit_ratio = Some(replay.hit_ratio());
@@ -114,23 +121,43 @@ pub(super) async fn run_system(
         kill_hit_ratio: None,
         reopen_ms: reopen_spread.as_ref().map(|s| s.median),
         reopen_ms_spread: reopen_spread,
+        reopen_entries: median(reopen_entries),
         warm: median_warm_up(warms),
         stats: after,
     })
 }
 
-/// Opens `name` on `dir` again, adding how long the open took to `reopens`
-/// and, for spillway, its warm-up (ms, entries, bytes) to `warms`.
+/// What each reopen of one run measured.
+struct Reopens<'a> {
+    /// How long each open took, ms.
+    times: &'a mut Vec<f64>,
+    /// The entries on disk right after each open.
+    entries: &'a mut Vec<u64>,
+    /// spillway's warm-ups: ms, entries, bytes.
+    warms: &'a mut Vec<(u64, u64, u64)>,
+    /// The workload's keys, `0..keys`: foyer's entries on disk are counted
+    /// by asking its index for each of them.
+    keys: usize,
+}
+
+/// Opens `name` on `dir` again, adding what it measured to `measured`.
 async fn reopen(
     name: &str,
     config: &Config,
     dir: &Path,
-    reopens: &mut Vec<f64>,
-    warms: &mut Vec<(u64, u64, u64)>,
+    measured: &mut Reopens<'_>,
 ) -> spillway::Result<Arc<System>> {
     let started = Instant::now();
     let opened = Arc::new(open(name, config, dir).await?);
-    reopens.push(started.elapsed().as_secs_f64() * 1e3);
+    measured.times.push(started.elapsed().as_secs_f64() * 1e3);
+    // Counted after the clock stopped, and before anything is read or
+    // written: the index the open rebuilt, nothing since (spillway's count
+    // is fixed at the open; it is read below, once the warm-up is done).
+    if let System::Foyer(c) = opened.as_ref() {
+        let keys = 0..measured.keys;
+        let on_disk = keys.filter(|&id| c.storage().may_contains(&super::systems::foyer_key(id)));
+        measured.entries.push(on_disk.count() as u64);
+    }
     if let System::Spillway(c) = opened.as_ref() {
         // The warm-up is part of a restart: let it finish before replaying.
         // A signal, not a poll of `stats()`, which walks every entry and
@@ -139,9 +166,17 @@ async fn reopen(
         // The memory tier was empty at the open: what it holds now is
         // what the warm-up read back.
         let s = c.stats();
-        warms.push((s.recovery.warm_millis, s.recovery.warmed, s.memory.bytes));
+        let warm = (s.recovery.warm_millis, s.recovery.warmed, s.memory.bytes);
+        measured.warms.push(warm);
+        measured.entries.push(s.recovery.entries);
     }
     Ok(opened)
+}
+
+/// The median of `values`; `None` if there are none.
+fn median(mut values: Vec<u64>) -> Option<u64> {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied()
 }
 
 /// The median of the warm-ups (by time), with the fastest and slowest.

@@ -100,6 +100,10 @@ pub struct RunReport {
     /// Median of the reopens (see `REOPENS`).
     pub reopen_ms: Option<f64>,
     pub reopen_ms_spread: Option<Spread>,
+    /// Entries on disk right after a reopen (the median of the reopens'
+    /// counts): what the reopen rebuilt an index of. Each system's
+    /// `close()` leaves a different amount there (see `targets`).
+    pub reopen_entries: Option<u64>,
     /// spillway's warm-up after a reopen: the median one.
     pub warm: Option<WarmUp>,
     /// spillway's own statistics at the end of the steady phase.
@@ -472,6 +476,11 @@ pub(crate) fn sample() -> Report {
                 kill_hit_ratio: (system == "spillway" && fraction == 0.5).then_some(1.0),
                 reopen_ms: (system != "moka").then_some(120.0),
                 reopen_ms_spread: (system != "moka").then(|| Spread::of(vec![110.0, 120.0, 150.0])),
+                reopen_entries: (system != "moka").then_some(if system == "spillway" {
+                    8000
+                } else {
+                    3000
+                }),
                 warm: (system == "spillway").then_some(WarmUp {
                     entries: 100,
                     bytes: 40 << 20,
