@@ -110,7 +110,6 @@ mod key_locks;
 #[cfg(feature = "lance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lance")))]
 pub mod lance;
-mod maintenance_requests;
 mod memory;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]

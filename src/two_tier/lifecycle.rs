@@ -244,31 +244,13 @@ pub(super) enum Compaction {
 pub(super) const MAX_UNFOLDED_JOURNAL_FILES: usize = 16;
 
 /// Drives moka's maintenance so that an idle cache still evicts, and
-/// therefore still spills (moka only evicts while maintenance runs), and
-/// runs it whenever readers ask (see `maintenance_requests`); every
-/// `every`, it also probes a paused disk and drops the slots of records
-/// foyer has evicted. Holds the cache only while it works: `requests` is
-/// shared with it, so the wait keeps nothing alive.
-pub(super) async fn maintain(
-    inner: Weak<Inner>,
-    requests: Arc<crate::maintenance_requests::MaintenanceRequests>,
-    every: Duration,
-) {
-    // The first run one interval after the open, not at once: nothing is
-    // due then, and a run only a reader asked for is then one (see
-    // `tests/maintenance_requests.rs`).
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+/// therefore still spills (moka only evicts while maintenance runs); probes
+/// a paused disk; and drops the slots of records foyer has evicted.
+pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let requested = tokio::select! {
-            _ = tick.tick() => false,
-            () = requests.requested() => true,
-        };
-        if requested {
-            let Some(inner) = inner.upgrade() else { return };
-            TwoTierCacheBackend::internal(inner).maintain().await;
-            continue;
-        }
+        tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let spiller = &inner.spiller;
         if spiller.health.probe_if_due() {

@@ -31,7 +31,6 @@ use crate::expiry::{ExpiryClock, ResidentExpiry};
 use crate::journal::{Journal, Replay};
 use crate::key::KeyHashBuilder;
 use crate::key_locks::KeyLocks;
-use crate::maintenance_requests::MaintenanceRequests;
 use crate::placement::{Place, Resident};
 use crate::single_flight::SingleFlight;
 use crate::spill::{SpillItem, SpillSettings, Spiller};
@@ -199,11 +198,8 @@ struct Inner {
     flights: SingleFlight,
     /// Orders the changes made to one key (see `key_locks`).
     key_locks: KeyLocks,
-    /// When this many reserved bytes await maintenance, the writer asks
-    /// for it (see `maintenance_requests`).
+    /// When this many reserved bytes await maintenance, the writer runs it.
     maintain_every: u64,
-    /// Asks the maintenance task to run moka's pending work.
-    maintenance: Arc<MaintenanceRequests>,
     /// Time to live of entries inserted without one (`expiry.time_to_live`).
     default_ttl: Option<Duration>,
     closed: AtomicBool,

@@ -98,7 +98,6 @@ impl TwoTierCacheBackend {
     ) -> Option<(CacheEntry, CacheTier)> {
         match self.inner.memory.get(key).await {
             Some(res) if self.alive(&res) => {
-                self.inner.maintenance.memory_hit();
                 self.stats_ref().memory_hits.incr();
                 return Some((res.entry.clone(), CacheTier::Resident));
             }

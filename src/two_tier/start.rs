@@ -82,7 +82,6 @@ impl TwoTierCacheBackend {
             flights: SingleFlight::default(),
             key_locks: KeyLocks::default(),
             maintain_every: (parts.spill_queue_capacity / 4).max(1),
-            maintenance: Arc::new(MaintenanceRequests::default()),
             default_ttl: parts.default_ttl,
             closed: AtomicBool::new(false),
             background: Mutex::new(Vec::new()),
@@ -126,11 +125,8 @@ impl TwoTierCacheBackend {
             let task = tokio::spawn(persist(Arc::downgrade(&inner)));
             inner.background.lock().push(task);
         }
-        let maintenance = tokio::spawn(maintain(
-            Arc::downgrade(&inner),
-            inner.maintenance.clone(),
-            parts.maintenance_interval,
-        ));
+        let maintenance =
+            tokio::spawn(maintain(Arc::downgrade(&inner), parts.maintenance_interval));
         inner.background.lock().push(maintenance);
         let warm_keys = if parts.warm_on_open {
             parts.replay.resident
