@@ -7,53 +7,51 @@ use super::report::{Report, RunReport, Target, WarmUp};
 use super::REOPENS;
 
 /// The reopen of `ours` against foyer's HybridCache's at the same memory
-/// budget. The spec asks for "≤ 2× foyer's build time on the same data",
-/// but each system's `close()` leaves a different amount on disk from the
-/// same workload: spillway writes its whole memory tier, while foyer's
-/// flush on close drops, silently, what its flush buffer cannot take (at
-/// 100% memory it came back with 1,448 entries on disk to spillway's
-/// 7,991 on this machine; at 5% and 50% both held 7,991). So the verdict
-/// compares time per entry on disk after the reopen, as the Index phase's
-/// reopen does; the raw times and their ratio are shown beside it. Where
-/// the counts differ this flatters the system with more entries, as part
-/// of each reopen is a fixed cost (runtime, device, directory), spread
-/// over fewer entries on the other side: the rows with equal counts are
-/// the like-for-like ones. Without both counts, the raw ratio.
+/// budget, judged in raw time. Each system's `close()` leaves a different
+/// amount on disk from the same workload (spillway writes its whole
+/// memory tier; foyer's flush on close drops, silently, what its flush
+/// buffer cannot take), so the row also shows the entries on disk after
+/// the reopen and the time per entry, and says when the two are not the
+/// same data (counts more than a tenth apart): there the spec's goal ("on
+/// the same data") is not what the row measures. Per entry is not the
+/// verdict, as part of a reopen is a fixed cost (foyer's recovery reads
+/// every block of the device, whatever it holds): divided by few entries
+/// it makes the system with more of them look faster than it is.
 fn reopen_target(ours: &RunReport, foyer: &RunReport) -> Option<Target> {
     let (ours_ms, theirs_ms) = (ours.reopen_ms?, foyer.reopen_ms?);
-    let raw = ours_ms / theirs_ms.max(1e-3);
+    let ratio = ours_ms / theirs_ms.max(1e-3);
     let range =
         |s: Option<&Spread>| s.map_or(String::new(), |s| format!(" ({:.1}–{:.1})", s.min, s.max));
-    let times = format!(
+    let mut measured = format!(
         "median {ours_ms:.1} ms{} vs {theirs_ms:.1} ms{} over {REOPENS} reopens each, the same workload on a {:.1} GiB disk budget",
         range(ours.reopen_ms_spread.as_ref()),
         range(foyer.reopen_ms_spread.as_ref()),
         ours.disk_bytes as f64 / (1u64 << 30) as f64
     );
-    let name = format!(
-        "reopen vs foyer HybridCache at {:.0}% memory",
-        ours.memory_fraction * 100.0
-    );
-    let counted = ours.reopen_entries.zip(foyer.reopen_entries);
-    let (ratio, measured, goal) = match counted {
-        Some((mine, theirs)) if mine > 0 && theirs > 0 => {
+    if let Some((mine, theirs)) = ours.reopen_entries.zip(foyer.reopen_entries) {
+        measured.push_str(&format!(
+            "; {mine} vs {theirs} entries on disk after the reopen"
+        ));
+        if mine > 0 && theirs > 0 {
             let per_entry = |ms: f64, entries: u64| ms * 1e3 / entries as f64;
-            let (mine_us, theirs_us) = (per_entry(ours_ms, mine), per_entry(theirs_ms, theirs));
-            (
-                mine_us / theirs_us.max(1e-6),
-                format!(
-                    "{mine_us:.2} vs {theirs_us:.2} µs per entry on disk ({mine} vs {theirs} entries after the reopen); {times}: {raw:.2}× in raw time"
-                ),
-                "≤ 2× per entry on disk",
-            )
+            measured.push_str(&format!(
+                " ({:.2} vs {:.2} µs per entry)",
+                per_entry(ours_ms, mine),
+                per_entry(theirs_ms, theirs)
+            ));
         }
-        _ => (raw, times, "≤ 2×"),
-    };
+        if mine.abs_diff(theirs) * 10 > mine.max(theirs) {
+            measured.push_str(": not the same data");
+        }
+    }
     Some(Target {
-        name,
+        name: format!(
+            "reopen vs foyer HybridCache at {:.0}% memory",
+            ours.memory_fraction * 100.0
+        ),
         measured,
         ratio,
-        goal: goal.into(),
+        goal: "≤ 2×".into(),
         meets: ratio <= 2.0,
     })
 }
@@ -276,33 +274,54 @@ mod tests {
     }
 
     #[test]
-    fn the_reopen_is_judged_per_entry_on_disk_else_in_raw_time() {
+    fn the_reopen_is_judged_in_raw_time_and_says_when_the_data_differ() {
         let run = |system: &str, ms: f64, entries: Option<u64>| {
             let mut r = sample().runs[0].clone();
             r.system = system.into();
             r.reopen_ms = Some(ms);
+            r.reopen_ms_spread = None;
             r.reopen_entries = entries;
             r
         };
-        // 7 ms for 7,000 entries against 3 ms for 2,000: 2.33x in raw time,
-        // 1 µs against 1.5 µs per entry.
+        // 7 ms for 7,000 entries against 3 ms for 2,000: 1 µs against 1.5
+        // µs per entry, but the verdict is the raw 2.33x.
         let ours = run("spillway", 7.0, Some(7000));
-        let per_entry = reopen_target(&ours, &run("foyer-hybrid", 3.0, Some(2000))).unwrap();
-        assert!((per_entry.ratio - 1.0 / 1.5).abs() < 1e-9, "{per_entry:?}");
-        assert!(per_entry.meets && per_entry.goal.contains("per entry"));
-        assert!(per_entry.measured.contains("7000 vs 2000 entries"));
+        let fewer = reopen_target(&ours, &run("foyer-hybrid", 3.0, Some(2000))).unwrap();
         assert!(
-            per_entry.measured.contains("2.33× in raw time"),
-            "{per_entry:?}"
+            (fewer.ratio - 7.0 / 3.0).abs() < 1e-9 && !fewer.meets,
+            "{fewer:?}"
         );
-        // As many entries on both sides: per entry is the raw ratio.
-        let same = reopen_target(&ours, &run("foyer-hybrid", 3.0, Some(7000))).unwrap();
-        assert!((same.ratio - 7.0 / 3.0).abs() < 1e-9 && !same.meets);
-        // A count missing or empty: the raw ratio.
-        for theirs in [None, Some(0)] {
-            let raw = reopen_target(&ours, &run("foyer-hybrid", 3.0, theirs)).unwrap();
-            assert!((raw.ratio - 7.0 / 3.0).abs() < 1e-9 && !raw.meets);
-            assert_eq!(raw.goal, "≤ 2×");
+        assert_eq!(fewer.goal, "≤ 2×");
+        assert!(fewer
+            .measured
+            .contains("7000 vs 2000 entries on disk after the reopen"));
+        assert!(
+            fewer.measured.contains("(1.00 vs 1.50 µs per entry)"),
+            "{fewer:?}"
+        );
+        assert!(fewer.measured.ends_with(": not the same data"), "{fewer:?}");
+        // Counts within a tenth of each other: the same data, and a raw
+        // ratio within the goal meets it.
+        let close = reopen_target(&ours, &run("foyer-hybrid", 4.0, Some(6400))).unwrap();
+        assert!(
+            (close.ratio - 1.75).abs() < 1e-9 && close.meets,
+            "{close:?}"
+        );
+        assert!(!close.measured.contains("not the same data"), "{close:?}");
+        let apart = reopen_target(&ours, &run("foyer-hybrid", 4.0, Some(6299))).unwrap();
+        assert!(apart.measured.contains("not the same data"), "{apart:?}");
+        // A count missing or empty: no per-entry figure, the same verdict.
+        for (mine, theirs) in [
+            (Some(7000), None),
+            (None, Some(7000)),
+            (Some(7000), Some(0)),
+            (Some(0), Some(7000)),
+        ] {
+            let mut ours = ours.clone();
+            ours.reopen_entries = mine;
+            let target = reopen_target(&ours, &run("foyer-hybrid", 4.0, theirs)).unwrap();
+            assert!((target.ratio - 1.75).abs() < 1e-9 && target.meets);
+            assert!(!target.measured.contains("per entry"), "{target:?}");
         }
         let mut unopened = run("foyer-hybrid", 3.0, Some(2000));
         unopened.reopen_ms = None;
