@@ -9,7 +9,7 @@ use std::time::Instant;
 use spillway::Config;
 
 use super::report::{self, Latency, RunReport};
-use super::systems::{Loading, System};
+use super::systems::{foyer_key, Loading, System};
 use super::workload::KeyPicker;
 use super::{compression, open, phase, BenchConfig, REOPENS, STEADY_REPETITIONS};
 
@@ -155,7 +155,7 @@ async fn reopen(
     // is fixed at the open; it is read below, once the warm-up is done).
     if let System::Foyer(c) = opened.as_ref() {
         let keys = 0..measured.keys;
-        let on_disk = keys.filter(|&id| c.storage().may_contains(&super::systems::foyer_key(id)));
+        let on_disk = keys.filter(|&id| c.storage().may_contains(&foyer_key(id)));
         measured.entries.push(on_disk.count() as u64);
     }
     if let System::Spillway(c) = opened.as_ref() {
