@@ -42,6 +42,7 @@ mod micro;
 mod packing;
 mod phase;
 mod quiet;
+mod read_kinds;
 mod report;
 mod scaling;
 mod storm;

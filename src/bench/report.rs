@@ -351,6 +351,8 @@ impl Report {
             + &super::fleet::markdown(&self.fleet)
             + "\n"
             + &super::versus::markdown(&self.versus)
+            + "\n"
+            + &super::read_kinds::markdown(&self.versus)
     }
 }
 

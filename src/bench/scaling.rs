@@ -163,7 +163,7 @@ pub fn markdown(scaling: &Scaling) -> String {
             );
         }
     }
-    s
+    s + "\n" + &super::read_kinds::markdown(&scaling.runs)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::Serialize;
 use spillway::{ByteSize, Config};
 
 use super::compression::Spread;
+use super::read_kinds::{self, KindLatency};
 use super::report::{si, Target};
 use super::systems::Loading;
 use super::workload::{KeyPicker, SizeDistribution};
@@ -59,6 +60,8 @@ pub struct Side {
     pub hit_ratio: f64,
     /// p99 of every read (memory hits, disk hits and misses together).
     pub p99_us: f64,
+    /// The same reads by where each was served ([`read_kinds::KINDS`]).
+    pub by_kind: [KindLatency; 3],
 }
 
 /// One cell: both systems over the repetitions.
@@ -215,14 +218,11 @@ async fn run_one(
     system.close().await;
     let mut all: Vec<f64> = measured.latency.iter().flatten().copied().collect();
     all.sort_by(f64::total_cmp);
-    let p99 = all
-        .get((all.len() * 99 / 100).min(all.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0.0);
     Ok(Side {
         ops_per_sec: measured.ops as f64 / measured.secs.max(1e-9),
         hit_ratio: measured.hit_ratio(),
-        p99_us: p99,
+        p99_us: read_kinds::percentile(&all, 99),
+        by_kind: read_kinds::of(&measured),
     })
 }
 
@@ -311,11 +311,18 @@ pub fn markdown(runs: &[CellRun]) -> String {
 /// A cell with made-up figures, for the report's tests.
 #[cfg(test)]
 pub fn sample() -> CellRun {
-    let side = |ops_per_sec, p99_us| Side {
+    let kind = |share, p50_us, p99_us| KindLatency {
+        share,
+        p50_us,
+        p99_us,
+    };
+    let side = |ops_per_sec, p99_us, disk: KindLatency| Side {
         ops_per_sec,
         hit_ratio: 0.9,
         p99_us,
+        by_kind: [kind(0.6, 1.0, 2.0), disk, kind(0.1, 55.0, 60.0)],
     };
+    let (ours, theirs) = (|p99| kind(0.3, 40.0, p99), kind(0.25, 45.0, 150.0));
     CellRun {
         cell: Cell {
             value_size: 64 << 10,
@@ -325,11 +332,15 @@ pub fn sample() -> CellRun {
         memory_bytes: 32 << 20,
         keys: 5120,
         ops: 8000,
-        spillway: vec![side(1000.0, 90.0), side(1100.0, 80.0), side(900.0, 100.0)],
+        spillway: vec![
+            side(1000.0, 90.0, ours(300.0)),
+            side(1100.0, 80.0, ours(100.0)),
+            side(900.0, 100.0, ours(200.0)),
+        ],
         foyer: vec![
-            side(1000.0, 100.0),
-            side(1000.0, 100.0),
-            side(1000.0, 100.0),
+            side(1000.0, 100.0, theirs),
+            side(1000.0, 100.0, theirs),
+            side(1000.0, 100.0, theirs),
         ],
         throughput_ratio: Spread::of(vec![1.0, 1.1, 0.9]),
         p99_ratio: Spread::of(vec![0.9, 0.8, 1.0]),
