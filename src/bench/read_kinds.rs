@@ -1,19 +1,25 @@
 //! Where the head-to-head reads' time goes: memory hits, disk hits and
 //! misses apart, for each system.
 //!
-//! One p99 over every read hides which reads are slow. The two systems
-//! differ in how their reads wait: foyer's HybridCache hands every memory
-//! miss (a disk hit or a miss alike) to a task of its own and waits for
-//! it, so under a busy runtime each such read waits for that task and then
-//! for its caller to be polled again; spillway looks its disk tier up
-//! inline, and only a disk hit's `pread` leaves the caller's thread. This
-//! table shows what each read kind costs on each side, both ways.
+//! One p99 over every read hides which reads are slow, and the two
+//! systems' reads wait in different places. foyer's HybridCache looks up
+//! every memory miss (a disk hit or a miss alike) through a fetch task
+//! that it waits for (one per key in flight; a concurrent reader of that
+//! key waits on the same one), so under a busy runtime such a read waits
+//! for that task's turn and then its own. spillway looks its disk tier up
+//! inline and leaves the caller's thread for a disk hit's `pread`; a
+//! spillway miss (the loader and the insert are timed with it) waits for
+//! spill-queue room when the disk writer is behind, where foyer's insert
+//! never waits and drops what its flush buffer cannot take. spillway's
+//! disk hits include reads served from its spill queue (entries on their
+//! way to disk), which the cache reports as its disk tier's.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
 use super::phase::Phase;
+use super::report::MISSING;
 use super::versus::{median, CellRun, Side};
 
 /// The read kinds, in the order of [`Phase::latency`].
@@ -24,9 +30,10 @@ pub const KINDS: [&str; 3] = ["memory hits", "disk hits", "misses (loader)"];
 pub struct KindLatency {
     /// Of all reads, the fraction served this way.
     pub share: f64,
-    /// Latency of the sampled reads of this kind, µs (0 when none).
-    pub p50_us: f64,
-    pub p99_us: f64,
+    /// Latency of the sampled reads of this kind, µs; `None` when none
+    /// was sampled.
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
 }
 
 /// The `per_cent` percentile of `sorted` (ascending): the sample at rank
@@ -46,12 +53,20 @@ pub fn of(measured: &Phase) -> [KindLatency; 3] {
     std::array::from_fn(|kind| {
         let mut sorted = measured.latency[kind].clone();
         sorted.sort_by(f64::total_cmp);
+        let sampled = !sorted.is_empty();
         KindLatency {
             share: counts[kind] as f64 / reads,
-            p50_us: percentile(&sorted, 50),
-            p99_us: percentile(&sorted, 99),
+            p50_us: sampled.then(|| percentile(&sorted, 50)),
+            p99_us: sampled.then(|| percentile(&sorted, 99)),
         }
     })
+}
+
+/// The median over `sides` of what `f` takes from `kind`, over the
+/// repetitions that measured it; `None` if none did.
+fn median_of(sides: &[Side], kind: usize, f: fn(&KindLatency) -> Option<f64>) -> Option<f64> {
+    let measured: Vec<f64> = sides.iter().filter_map(|x| f(&x.by_kind[kind])).collect();
+    (!measured.is_empty()).then(|| median(measured.into_iter()))
 }
 
 /// The section of report.md: per cell and kind, each system's share of
@@ -61,33 +76,28 @@ pub fn markdown(runs: &[CellRun]) -> String {
         return String::new();
     }
     let mut s = String::from(
-        "### Where the reads' time goes\n\nThe same reads by where each was served: its share of the reads, and its latency (p50 / p99 in µs), medians of the repetitions. foyer's HybridCache runs every read its memory misses (disk hits and misses alike) as a task of its own and waits for it; spillway looks its disk tier up inline and leaves the caller's thread only for a disk hit's `pread`. Under a busy runtime each of those waits for a turn.\n\n| workload | read | share (spillway / foyer) | spillway p50 / p99 µs | foyer p50 / p99 µs |\n|---|---|---|---|---|\n",
+        "### Where the reads' time goes\n\nThe same reads by where each was served: its share of the reads, and its latency (p50 / p99 in µs), each a median of the repetitions (so a row's shares need not add up to 1). One read in four is timed, so a p99 of a small share rests on a few hundred reads. foyer's HybridCache looks up every memory miss (disk hits and misses alike) through a fetch task it waits for; spillway looks its disk tier up inline and leaves the caller's thread for a disk hit's `pread`. A miss includes the insert, and spillway's insert waits for spill-queue room when its disk writer is behind, where foyer's drops what its flush buffer cannot take. spillway's disk hits include reads served from its spill queue. `-`: no read of that kind was timed.\n\n| workload | read | share (spillway / foyer) | spillway p50 / p99 µs | foyer p50 / p99 µs |\n|---|---|---|---|---|\n",
     );
-    let pair = |sides: &[Side], kind: usize| {
-        let med = |f: fn(&KindLatency) -> f64| median(sides.iter().map(|x| f(&x.by_kind[kind])));
-        (med(|k| k.share), med(|k| k.p50_us), med(|k| k.p99_us))
-    };
     // A memory hit takes about a microsecond: keep its tenths.
-    let us = |v: f64| {
-        if v < 10.0 {
-            format!("{v:.1}")
-        } else {
-            format!("{v:.0}")
-        }
+    let us = |v: Option<f64>| match v {
+        None => MISSING.to_string(),
+        Some(v) if v < 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.0}"),
     };
     for r in runs {
         for (kind, name) in KINDS.iter().enumerate() {
-            let (ours, theirs) = (pair(&r.spillway, kind), pair(&r.foyer, kind));
+            let share = |sides: &[Side]| median(sides.iter().map(|x| x.by_kind[kind].share));
+            let (p50, p99) = (|k: &KindLatency| k.p50_us, |k: &KindLatency| k.p99_us);
             let _ = writeln!(
                 s,
                 "| {} | {name} | {:.3} / {:.3} | {} / {} | {} / {} |",
                 r.cell.label(),
-                ours.0,
-                theirs.0,
-                us(ours.1),
-                us(ours.2),
-                us(theirs.1),
-                us(theirs.2),
+                share(&r.spillway),
+                share(&r.foyer),
+                us(median_of(&r.spillway, kind, p50)),
+                us(median_of(&r.spillway, kind, p99)),
+                us(median_of(&r.foyer, kind, p50)),
+                us(median_of(&r.foyer, kind, p99)),
             );
         }
     }
@@ -124,47 +134,68 @@ mod tests {
             ..Phase::default()
         };
         let kinds = of(&measured);
-        assert_eq!(
-            kinds[0],
-            KindLatency {
-                share: 0.6,
-                p50_us: 1.0,
-                p99_us: 2.0
-            }
-        );
-        assert_eq!(
-            kinds[1],
-            KindLatency {
-                share: 0.3,
-                p50_us: 300.0,
-                p99_us: 900.0
-            }
-        );
-        // Counted, never sampled: its share, no latency.
-        assert_eq!(
-            kinds[2],
-            KindLatency {
-                share: 0.1,
-                p50_us: 0.0,
-                p99_us: 0.0
-            }
-        );
+        let kind = |share, p50: Option<f64>, p99: Option<f64>| KindLatency {
+            share,
+            p50_us: p50,
+            p99_us: p99,
+        };
+        assert_eq!(kinds[0], kind(0.6, Some(1.0), Some(2.0)));
+        assert_eq!(kinds[1], kind(0.3, Some(300.0), Some(900.0)));
+        // Counted, never sampled: its share, no latency (not a zero one).
+        assert_eq!(kinds[2], kind(0.1, None, None));
         // No reads at all: nothing divides by zero.
-        assert_eq!(of(&Phase::default()), [KindLatency::default(); 3]);
+        assert_eq!(of(&Phase::default()), [kind(0.0, None, None); 3]);
     }
 
     #[test]
     fn the_table_gives_each_kind_of_each_cell_both_systems_medians() {
-        let run = crate::bench::versus::sample();
+        let mut run = crate::bench::versus::sample();
+        let kind = |share, p50: Option<f64>, p99: Option<f64>| KindLatency {
+            share,
+            p50_us: p50,
+            p99_us: p99,
+        };
+        // spillway's disk hits over three repetitions: the median is the
+        // middle repetition's, which is neither the first, the last nor the
+        // mean (shares 0.5 / 0.3 / 0.2, p50 90 / 40 / 30, p99 100 / 300 /
+        // 900: medians 0.3, 40 and 300).
+        for (side, (share, p50, p99)) in run.spillway.iter_mut().zip([
+            (0.5, 90.0, 100.0),
+            (0.3, 40.0, 300.0),
+            (0.2, 30.0, 900.0),
+        ]) {
+            side.by_kind[1] = kind(share, Some(p50), Some(p99));
+        }
+        // foyer's misses timed in one repetition only: its figures alone;
+        // spillway's in none: no figure, not a zero.
+        for (i, side) in run.foyer.iter_mut().enumerate() {
+            side.by_kind[2] = if i == 1 {
+                kind(0.1, Some(55.0), Some(70.0))
+            } else {
+                kind(0.1, None, None)
+            };
+        }
+        for side in &mut run.spillway {
+            side.by_kind[2] = kind(0.1, None, None);
+        }
         let table = markdown(std::slice::from_ref(&run));
-        // The sample's disk hits: spillway 100 / 200 / 300 µs at p99 over
-        // the repetitions, foyer 150 each; shares 0.3 and 0.25.
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(&format!("| 64 KiB, 16 tasks, 50 µs loader | {name} |")))
+                .unwrap_or_default()
+                .to_string()
+        };
         assert!(
-            table.contains("| 64 KiB, 16 tasks, 50 µs loader | disk hits | 0.300 / 0.250 | 40 / 200 | 45 / 150 |"),
+            row("disk hits").ends_with("| 0.300 / 0.300 | 40 / 300 | 40 / 150 |"),
             "{table}"
         );
         assert!(
-            table.contains("| memory hits | 0.600 / 0.600 | 1.0 / 2.0 | 1.0 / 2.0 |"),
+            row("memory hits").ends_with("| 0.600 / 0.600 | 1.0 / 2.0 | 1.0 / 2.0 |"),
+            "{table}"
+        );
+        assert!(
+            row("misses (loader)").ends_with("| 0.100 / 0.100 | - / - | 55 / 70 |"),
             "{table}"
         );
         assert_eq!(table.matches("64 KiB, 16 tasks").count(), 3, "{table}");

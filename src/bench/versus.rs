@@ -313,16 +313,19 @@ pub fn markdown(runs: &[CellRun]) -> String {
 pub fn sample() -> CellRun {
     let kind = |share, p50_us, p99_us| KindLatency {
         share,
-        p50_us,
-        p99_us,
+        p50_us: Some(p50_us),
+        p99_us: Some(p99_us),
     };
-    let side = |ops_per_sec, p99_us, disk: KindLatency| Side {
+    let side = |ops_per_sec, p99_us| Side {
         ops_per_sec,
         hit_ratio: 0.9,
         p99_us,
-        by_kind: [kind(0.6, 1.0, 2.0), disk, kind(0.1, 55.0, 60.0)],
+        by_kind: [
+            kind(0.6, 1.0, 2.0),
+            kind(0.3, 40.0, 150.0),
+            kind(0.1, 55.0, 60.0),
+        ],
     };
-    let (ours, theirs) = (|p99| kind(0.3, 40.0, p99), kind(0.25, 45.0, 150.0));
     CellRun {
         cell: Cell {
             value_size: 64 << 10,
@@ -332,15 +335,11 @@ pub fn sample() -> CellRun {
         memory_bytes: 32 << 20,
         keys: 5120,
         ops: 8000,
-        spillway: vec![
-            side(1000.0, 90.0, ours(300.0)),
-            side(1100.0, 80.0, ours(100.0)),
-            side(900.0, 100.0, ours(200.0)),
-        ],
+        spillway: vec![side(1000.0, 90.0), side(1100.0, 80.0), side(900.0, 100.0)],
         foyer: vec![
-            side(1000.0, 100.0, theirs),
-            side(1000.0, 100.0, theirs),
-            side(1000.0, 100.0, theirs),
+            side(1000.0, 100.0),
+            side(1000.0, 100.0),
+            side(1000.0, 100.0),
         ],
         throughput_ratio: Spread::of(vec![1.0, 1.1, 0.9]),
         p99_ratio: Spread::of(vec![0.9, 0.8, 1.0]),
