@@ -43,6 +43,10 @@ pub(crate) struct FlowControl {
     room: Notify,
     /// Writers waiting for the spill worker to make room.
     waiting: AtomicU64,
+    /// Writers that have waited for room, and the time their waits took
+    /// in all (ns): what never dropping a spill costs them, for the stats.
+    stalls: AtomicU64,
+    stalled_nanos: AtomicU64,
     /// Tells the spill worker a writer started waiting: whatever it holds
     /// back to coalesce writes must go out now.
     writer_waits: Notify,
@@ -129,6 +133,8 @@ impl FlowControl {
             queued: AtomicU64::new(0),
             room: Notify::new(),
             waiting: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            stalled_nanos: AtomicU64::new(0),
             writer_waits: Notify::new(),
             maintenance: tokio::sync::Mutex::new(()),
         }
@@ -147,6 +153,15 @@ impl FlowControl {
     /// Whether a writer is waiting for the spill worker to make room.
     pub(crate) fn writers_waiting(&self) -> bool {
         self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// How many writers have waited for the spill worker to make room (a
+    /// wait under way included), and the time the waits that ended took.
+    pub(crate) fn stalls(&self) -> (u64, std::time::Duration) {
+        (
+            self.stalls.load(Ordering::Relaxed),
+            std::time::Duration::from_nanos(self.stalled_nanos.load(Ordering::Relaxed)),
+        )
     }
 
     /// Resolves once a writer starts waiting for room (or has started since
@@ -211,6 +226,9 @@ impl FlowControl {
         Fut: std::future::Future<Output = ()>,
     {
         let ticket = self.is_oversized(bytes).then(|| self.oversized_ticket());
+        // From the first time this writer found the queue full: a stall
+        // counts once, maintenance runs between its waits included.
+        let mut stalled_since: Option<tokio::time::Instant> = None;
         loop {
             // Registered before the check, so room made between the check
             // and the wait still wakes this writer.
@@ -218,9 +236,19 @@ impl FlowControl {
             tokio::pin!(room);
             room.as_mut().enable();
             match self.try_reserve(bytes, ticket.as_ref()) {
-                Ok(reservation) => return reservation,
+                Ok(reservation) => {
+                    if let Some(since) = stalled_since {
+                        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        self.stalled_nanos.fetch_add(nanos, Ordering::Relaxed);
+                    }
+                    return reservation;
+                }
                 Err(Blocked::Maintain) => self.maintained(maintain()).await,
                 Err(Blocked::Wait) => {
+                    if stalled_since.is_none() {
+                        stalled_since = Some(tokio::time::Instant::now());
+                        self.stalls.fetch_add(1, Ordering::Relaxed);
+                    }
                     let _waiting = Waiting::new(self);
                     room.await
                 }
@@ -280,6 +308,41 @@ impl FlowControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer that finds the queue full is counted once, however often it
+    /// wakes before there is room, and its wait is timed until it gets in;
+    /// a writer that finds room, or only needs maintenance, is not counted.
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_that_waits_for_room_is_counted_and_timed() {
+        let flow = std::sync::Arc::new(FlowControl::new(100));
+        // Room, and room after maintenance: no stall.
+        drop(flow.reserve(60, || async {}).await);
+        drop(flow.reserve(60, || async {}).await);
+        assert_eq!(flow.stalls(), (0, std::time::Duration::ZERO));
+        // A full queue: the writer waits for the spill worker.
+        flow.maintained(async {}).await;
+        flow.enqueued(100);
+        let writer = {
+            let flow = flow.clone();
+            tokio::spawn(async move { drop(flow.reserve(10, || async {}).await) })
+        };
+        while !flow.writers_waiting() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(flow.stalls().0, 1, "counted once it waits");
+        tokio::time::advance(std::time::Duration::from_millis(3)).await;
+        // Some room, not enough: it wakes, finds none, and waits on.
+        flow.dequeued(5);
+        tokio::time::advance(std::time::Duration::from_millis(4)).await;
+        assert!(!writer.is_finished());
+        flow.dequeued(95);
+        writer.await.expect("the writer got in");
+        assert_eq!(
+            flow.stalls(),
+            (1, std::time::Duration::from_millis(7)),
+            "one stall, timed from its first wait to its room"
+        );
+    }
 
     #[test]
     fn admission_is_a_reservation_not_a_check() {

@@ -70,6 +70,15 @@ pub fn describe() {
         "Bytes write-behind wrote"
     );
     describe_counter!(
+        "spillway_writer_stalls_total",
+        "Inserts that found the spill queue full and waited for room"
+    );
+    describe_counter!(
+        "spillway_writer_stall_microseconds_total",
+        Unit::Microseconds,
+        "Time inserts waited for room in the spill queue"
+    );
+    describe_counter!(
         "spillway_packed_total",
         "Entries written inside shared pack records"
     );
@@ -159,6 +168,12 @@ pub fn record(stats: &StatsSnapshot, name: &str) {
     }
     total("spillway_persisted_total", &[], s.persisted);
     total("spillway_persisted_bytes_total", &[], s.persisted_bytes);
+    total("spillway_writer_stalls_total", &[], s.writer_stalls);
+    total(
+        "spillway_writer_stall_microseconds_total",
+        &[],
+        s.writer_stall_micros,
+    );
     total("spillway_packed_total", &[], s.packed);
     total("spillway_packs_total", &[], s.packs);
     let dm = &stats.decode_misses;

@@ -293,6 +293,30 @@ async fn entries_far_larger_than_an_explicit_queue_spill() {
     cache.close().await.unwrap();
 }
 
+/// `spill.writer_stalls` counts inserts that waited for queue room: with a
+/// queue that holds every eviction of the run, none may wait, though plenty
+/// spill (the unit test in `flow.rs` counts and times real waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_that_holds_every_eviction_stalls_no_writer() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 1 MiB of moka and a 3 MiB queue; 2 MB inserted in all.
+    let cache = roomy(dir.path(), 4 * MIB, MIB)
+        .spill_queue_capacity(3 * MIB as u64)
+        .build()
+        .await
+        .unwrap();
+    fill_and_check(&cache, "roomy", 100, 20 * KIB).await;
+    let s = cache.stats();
+    assert!(s.memory.evictions > 0, "nothing spilled\n{s:#?}");
+    assert_eq!(
+        (s.spill.writer_stalls, s.spill.writer_stall_micros),
+        (0, 0),
+        "{s:#?}"
+    );
+    cache.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn entries_of_hundreds_of_kilobytes_against_a_few_mebibytes_spill() {
     let _serial = SERIAL.lock().await;

@@ -47,6 +47,14 @@ async fn the_metrics_carry_the_statistics_under_prometheus_names() {
         value(r#"spillway_spills_not_written_total{cache="t",reason="disk_dropped"}"#),
         0
     );
+    assert_eq!(
+        value(r#"spillway_writer_stalls_total{cache="t"}"#),
+        stats.spill.writer_stalls
+    );
+    assert_eq!(
+        value(r#"spillway_writer_stall_microseconds_total{cache="t"}"#),
+        stats.spill.writer_stall_micros
+    );
     // Conventions: every counter ends in `_total`, byte figures in `_bytes`.
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let mut parts = line.split(' ').skip(2);

@@ -101,12 +101,66 @@ pub fn markdown(runs: &[CellRun]) -> String {
             );
         }
     }
+    s + &stalls_markdown(runs)
+}
+
+/// The cost of never dropping a spill, per cell: spillway's inserts that
+/// waited for spill-queue room in the measured phase, and how long in all
+/// (medians of the repetitions). foyer's inserts never wait; what its
+/// flush buffer cannot take it drops.
+fn stalls_markdown(runs: &[CellRun]) -> String {
+    let mut s = String::from(
+        "\nspillway's inserts that found the spill queue full and waited for room (`spill.writer_stalls`, `spill.writer_stall_micros`; the measured phase, medians of the repetitions). foyer's HybridCache never waits there; it drops what its flush buffer cannot take.\n\n| workload | inserts that waited | time waited, ms |\n|---|---|---|\n",
+    );
+    for r in runs {
+        let waited: Vec<f64> = r
+            .spillway
+            .iter()
+            .filter_map(|x| x.writer_stalls.map(|n| n as f64))
+            .collect();
+        let ms: Vec<f64> = r
+            .spillway
+            .iter()
+            .filter_map(|x| x.writer_stall_ms)
+            .collect();
+        let show = |v: Vec<f64>, f: fn(f64) -> String| {
+            if v.is_empty() {
+                MISSING.to_string()
+            } else {
+                f(median(v.into_iter()))
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            r.cell.label(),
+            show(waited, |v| format!("{v:.0}")),
+            show(ms, |v| format!("{v:.1}")),
+        );
+    }
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stalls_are_spillways_medians_over_the_repetitions() {
+        let mut run = crate::bench::versus::sample();
+        for (side, (n, ms)) in run
+            .spillway
+            .iter_mut()
+            .zip([(7, 1.5), (40, 12.25), (3, 0.5)])
+        {
+            side.writer_stalls = Some(n);
+            side.writer_stall_ms = Some(ms);
+        }
+        assert!(
+            stalls_markdown(&[run]).contains("| 64 KiB, 16 tasks, 50 µs loader | 7 | 1.5 |"),
+            "median of 7 / 40 / 3 stalls and of 1.5 / 12.25 / 0.5 ms"
+        );
+    }
 
     #[test]
     fn percentiles_take_the_rank_and_stay_in_range() {
@@ -198,7 +252,12 @@ mod tests {
             row("misses (loader)").ends_with("| 0.100 / 0.100 | - / - | 55 / 70 |"),
             "{table}"
         );
-        assert_eq!(table.matches("64 KiB, 16 tasks").count(), 3, "{table}");
+        assert_eq!(table.matches("64 KiB, 16 tasks").count(), 4, "{table}");
+        // The sample measured no stalls: no figure.
+        assert!(
+            table.contains("| 64 KiB, 16 tasks, 50 µs loader | - | - |"),
+            "{table}"
+        );
         assert!(markdown(&[]).is_empty());
     }
 }

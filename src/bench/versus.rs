@@ -62,6 +62,10 @@ pub struct Side {
     pub p99_us: f64,
     /// The same reads by where each was served ([`read_kinds::KINDS`]).
     pub by_kind: [KindLatency; 3],
+    /// spillway only: inserts of the measured phase that waited for room
+    /// in the spill queue, and the time they waited in all (ms).
+    pub writer_stalls: Option<u64>,
+    pub writer_stall_ms: Option<f64>,
 }
 
 /// One cell: both systems over the repetitions.
@@ -214,7 +218,19 @@ async fn run_one(
     let seed = bench.seed + 100 * (rep + 1);
     let loading = Arc::new(Loading::new(bench.keys));
     phase(&system, picker, bench, seed, &loading, None).await;
+    let stalls = || match system.as_ref() {
+        super::systems::System::Spillway(c) => {
+            let spill = c.stats().spill;
+            Some((spill.writer_stalls, spill.writer_stall_micros))
+        }
+        _ => None,
+    };
+    let before = stalls();
     let measured = phase(&system, picker, bench, seed + 1, &loading, None).await;
+    // Counted over the measured phase alone, like everything else here.
+    let stalled = stalls()
+        .zip(before)
+        .map(|((n, us), (n0, us0))| (n.saturating_sub(n0), us.saturating_sub(us0) as f64 / 1e3));
     system.close().await;
     let mut all: Vec<f64> = measured.latency.iter().flatten().copied().collect();
     all.sort_by(f64::total_cmp);
@@ -223,6 +239,8 @@ async fn run_one(
         hit_ratio: measured.hit_ratio(),
         p99_us: read_kinds::percentile(&all, 99),
         by_kind: read_kinds::of(&measured),
+        writer_stalls: stalled.map(|(n, _)| n),
+        writer_stall_ms: stalled.map(|(_, ms)| ms),
     })
 }
 
@@ -325,6 +343,8 @@ pub fn sample() -> CellRun {
             kind(0.3, 40.0, 150.0),
             kind(0.1, 55.0, 60.0),
         ],
+        writer_stalls: None,
+        writer_stall_ms: None,
     };
     CellRun {
         cell: Cell {

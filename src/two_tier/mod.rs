@@ -340,6 +340,9 @@ impl TwoTierCacheBackend {
         s.disk.capacity = self.inner.spiller.disk.capacity() as u64;
         s.spill.queue_bytes = self.inner.spiller.flow.queued();
         s.spill.paused = self.inner.spiller.health.is_failing();
+        let (stalls, stalled) = self.inner.spiller.flow.stalls();
+        s.spill.writer_stalls = stalls;
+        s.spill.writer_stall_micros = u64::try_from(stalled.as_micros()).unwrap_or(u64::MAX);
         s.remote = self.inner.spiller.remote.stats();
         let spiller = &self.inner.spiller;
         let (mut on_disk, mut bytes) = (0, 0);
