@@ -322,10 +322,11 @@ pub struct SpillStats {
     pub packs: u64,
     /// Whether spilling is paused now because the disk is failing or full.
     pub paused: bool,
-    /// Inserts that found the spill queue full and waited for the spill
-    /// worker to make room: what never dropping a spill costs writers
-    /// (promotions never wait; they are deferred instead). A wait under
-    /// way is counted.
+    /// Writes that found the spill queue full and waited for the spill
+    /// worker to make room (inserts, loaders' results, and the warm-up's
+    /// reads into memory): what never dropping a spill costs writers. A
+    /// disk hit's promotion never waits; it is deferred instead. A wait
+    /// under way is counted, once however often the writer wakes.
     pub writer_stalls: u64,
     /// The time those waits took in all, in µs (waits that ended).
     pub writer_stall_micros: u64,
