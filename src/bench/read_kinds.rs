@@ -19,7 +19,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::phase::Phase;
-use super::report::MISSING;
+use super::report::opt;
 use super::versus::{median, CellRun, Side};
 
 /// The read kinds, in the order of [`Phase::latency`].
@@ -62,11 +62,16 @@ pub fn of(measured: &Phase) -> [KindLatency; 3] {
     })
 }
 
+/// The median of the figures that were measured; `None` if none was.
+fn median_measured(figures: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let measured: Vec<f64> = figures.flatten().collect();
+    (!measured.is_empty()).then(|| median(measured.into_iter()))
+}
+
 /// The median over `sides` of what `f` takes from `kind`, over the
 /// repetitions that measured it; `None` if none did.
 fn median_of(sides: &[Side], kind: usize, f: fn(&KindLatency) -> Option<f64>) -> Option<f64> {
-    let measured: Vec<f64> = sides.iter().filter_map(|x| f(&x.by_kind[kind])).collect();
-    (!measured.is_empty()).then(|| median(measured.into_iter()))
+    median_measured(sides.iter().map(|x| f(&x.by_kind[kind])))
 }
 
 /// The section of report.md: per cell and kind, each system's share of
@@ -79,10 +84,14 @@ pub fn markdown(runs: &[CellRun]) -> String {
         "### Where the reads' time goes\n\nThe same reads by where each was served: its share of the reads, and its latency (p50 / p99 in µs), each a median of the repetitions (so a row's shares need not add up to 1). One read in four is timed, so a p99 of a small share rests on a few hundred reads. foyer's HybridCache looks up every memory miss (disk hits and misses alike) through a fetch task it waits for; spillway looks its disk tier up inline and leaves the caller's thread for a disk hit's `pread`. A miss includes the insert, and spillway's insert waits for spill-queue room when its disk writer is behind, where foyer's drops what its flush buffer cannot take. spillway's disk hits include reads served from its spill queue. `-`: no read of that kind was timed.\n\n| workload | read | share (spillway / foyer) | spillway p50 / p99 µs | foyer p50 / p99 µs |\n|---|---|---|---|---|\n",
     );
     // A memory hit takes about a microsecond: keep its tenths.
-    let us = |v: Option<f64>| match v {
-        None => MISSING.to_string(),
-        Some(v) if v < 10.0 => format!("{v:.1}"),
-        Some(v) => format!("{v:.0}"),
+    let us = |v: Option<f64>| {
+        opt(v, |v| {
+            if v < 10.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.0}")
+            }
+        })
     };
     for r in runs {
         for (kind, name) in KINDS.iter().enumerate() {
@@ -113,29 +122,15 @@ fn stalls_markdown(runs: &[CellRun]) -> String {
         "\nspillway's inserts that found the spill queue full and waited for room (`spill.writer_stalls`, `spill.writer_stall_micros`; the measured phase, medians of the repetitions). foyer's HybridCache never waits there; it drops what its flush buffer cannot take.\n\n| workload | inserts that waited | time waited, ms |\n|---|---|---|\n",
     );
     for r in runs {
-        let waited: Vec<f64> = r
-            .spillway
-            .iter()
-            .filter_map(|x| x.writer_stalls.map(|n| n as f64))
-            .collect();
-        let ms: Vec<f64> = r
-            .spillway
-            .iter()
-            .filter_map(|x| x.writer_stall_ms)
-            .collect();
-        let show = |v: Vec<f64>, f: fn(f64) -> String| {
-            if v.is_empty() {
-                MISSING.to_string()
-            } else {
-                f(median(v.into_iter()))
-            }
-        };
+        let sides = || r.spillway.iter();
+        let waited = median_measured(sides().map(|x| x.writer_stalls.map(|n| n as f64)));
+        let ms = median_measured(sides().map(|x| x.writer_stall_ms));
         let _ = writeln!(
             s,
             "| {} | {} | {} |",
             r.cell.label(),
-            show(waited, |v| format!("{v:.0}")),
-            show(ms, |v| format!("{v:.1}")),
+            opt(waited, |v| format!("{v:.0}")),
+            opt(ms, |v| format!("{v:.1}")),
         );
     }
     s
