@@ -114,6 +114,7 @@ mod memory;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+mod miss_yield;
 mod notified_wait;
 mod packing;
 mod placement;

@@ -105,6 +105,7 @@ impl TwoTierCacheBackend {
             Some(res) => {
                 self.remove_expired(key, &res).await;
                 self.stats_ref().misses.incr();
+                crate::miss_yield::yield_if_runtime_saturated().await;
                 return None;
             }
             None => {}
@@ -116,6 +117,8 @@ impl TwoTierCacheBackend {
             return Some((entry, CacheTier::Remote));
         }
         self.stats_ref().misses.incr();
+        // The caller's loader usually comes next (see `miss_yield`).
+        crate::miss_yield::yield_if_runtime_saturated().await;
         None
     }
 
