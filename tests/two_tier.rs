@@ -702,46 +702,65 @@ fn queued_task() -> (
     (ran, task)
 }
 
+/// Through the cache: `miss_yield`'s own tests cover when a runtime counts
+/// as busy (tokio counts parked workers only with 64-bit atomics).
+#[cfg(target_has_atomic = "64")]
 #[tokio::test(flavor = "current_thread")]
 async fn a_miss_on_a_busy_runtime_lets_queued_tasks_run_before_the_loader() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
-    let cache = small(dir.path()).build().await.unwrap();
-    insert(&cache, &key("here", 0), blob(0, 1)).await;
-
-    // A memory hit answers within the caller's poll: nothing else runs.
-    let (ran, task) = queued_task();
-    assert!(cache.get(&key("here", 0)).await.is_some());
-    assert!(!ran.load(SeqCst), "a memory hit gave up its turn");
-    task.await.unwrap();
-
-    // A miss in every tier gives the queued task its turn first.
-    let (ran, task) = queued_task();
-    assert!(cache.get(&key("absent", 0)).await.is_none());
-    assert!(
-        ran.load(SeqCst),
-        "a miss kept the worker from the queued task"
-    );
-    task.await.unwrap();
-
-    // So does `get_or_insert`'s miss, before its loader runs.
-    let (ran, task) = queued_task();
-    let seen_by_loader = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let loader: spillway::Loader<'static> = Box::pin({
-        let (ran, seen) = (ran.clone(), seen_by_loader.clone());
+    let cache = Arc::new(small(dir.path()).build().await.unwrap());
+    insert(cache.as_ref(), &key("here", 0), blob(0, 1)).await;
+    // In a task: the test's own future is not one, and holds no worker.
+    let reads = tokio::spawn({
+        let cache = cache.clone();
         async move {
-            seen.store(ran.load(SeqCst), SeqCst);
-            Ok((Arc::new(blob(1, 1)) as CacheEntry, VALUE))
+            // A memory hit answers within the caller's poll: nothing else runs.
+            let (ran, task) = queued_task();
+            assert!(cache.get(&key("here", 0)).await.is_some());
+            assert!(!ran.load(SeqCst), "a memory hit gave up its turn");
+            task.await.unwrap();
+
+            // A miss in every tier gives the queued task its turn first.
+            let (ran, task) = queued_task();
+            assert!(cache.get(&key("absent", 0)).await.is_none());
+            assert!(
+                ran.load(SeqCst),
+                "a miss kept the worker from the queued task"
+            );
+            task.await.unwrap();
+
+            // A probe that does not promote is followed by no loader: no turn.
+            let (ran, task) = queued_task();
+            assert!(cache
+                .get_with_codec(&key("absent", 0), None, false)
+                .await
+                .is_none());
+            assert!(!ran.load(SeqCst), "a probe gave up its turn");
+            task.await.unwrap();
+
+            // `get_or_insert`'s miss gives the turn before its loader runs.
+            let (ran, task) = queued_task();
+            let seen_by_loader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let loader: spillway::Loader<'static> = Box::pin({
+                let (ran, seen) = (ran.clone(), seen_by_loader.clone());
+                async move {
+                    seen.store(ran.load(SeqCst), SeqCst);
+                    Ok((Arc::new(blob(1, 1)) as CacheEntry, VALUE))
+                }
+            });
+            let (_, cached) = cache
+                .get_or_insert(&key("absent", 1), loader)
+                .await
+                .unwrap();
+            assert!(!cached);
+            assert!(
+                seen_by_loader.load(SeqCst),
+                "the loader ran before the queued task"
+            );
+            task.await.unwrap();
         }
     });
-    let (_, cached) = cache
-        .get_or_insert(&key("absent", 1), loader)
-        .await
-        .unwrap();
-    assert!(!cached);
-    assert!(
-        seen_by_loader.load(SeqCst),
-        "the loader ran before the queued task"
-    );
-    task.await.unwrap();
+    reads.await.unwrap();
+    cache.close().await.unwrap();
 }

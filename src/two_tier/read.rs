@@ -105,7 +105,9 @@ impl TwoTierCacheBackend {
             Some(res) => {
                 self.remove_expired(key, &res).await;
                 self.stats_ref().misses.incr();
-                crate::miss_yield::yield_if_runtime_saturated().await;
+                if promote {
+                    crate::miss_yield::yield_if_runtime_saturated().await;
+                }
                 return None;
             }
             None => {}
@@ -117,8 +119,11 @@ impl TwoTierCacheBackend {
             return Some((entry, CacheTier::Remote));
         }
         self.stats_ref().misses.incr();
-        // The caller's loader usually comes next (see `miss_yield`).
-        crate::miss_yield::yield_if_runtime_saturated().await;
+        // The caller's loader usually comes next; a probe's does not (see
+        // `miss_yield`).
+        if promote {
+            crate::miss_yield::yield_if_runtime_saturated().await;
+        }
         None
     }
 
