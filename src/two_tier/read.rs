@@ -104,10 +104,7 @@ impl TwoTierCacheBackend {
             // Expired, not yet removed: no tier holds a newer version.
             Some(res) => {
                 self.remove_expired(key, &res).await;
-                self.stats_ref().misses.incr();
-                if promote {
-                    crate::miss_yield::yield_if_runtime_saturated().await;
-                }
+                self.missed(promote).await;
                 return None;
             }
             None => {}
@@ -118,13 +115,18 @@ impl TwoTierCacheBackend {
         if let Some(entry) = self.read_remote(key, codec).await {
             return Some((entry, CacheTier::Remote));
         }
+        self.missed(promote).await;
+        None
+    }
+
+    /// Counts a miss. A read that promotes then gives a busy runtime a
+    /// turn, as its caller's loader usually comes next; a probe's does not
+    /// (see `miss_yield`).
+    async fn missed(&self, promote: bool) {
         self.stats_ref().misses.incr();
-        // The caller's loader usually comes next; a probe's does not (see
-        // `miss_yield`).
         if promote {
             crate::miss_yield::yield_if_runtime_saturated().await;
         }
-        None
     }
 
     /// The memory tier's live version of `key`, if any.
