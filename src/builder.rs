@@ -214,6 +214,19 @@ impl TwoTierBuilder {
         self
     }
 
+    /// How long a disk read's caller waits for it awake before parking,
+    /// when its runtime has an idle worker (`disk.read_spin`; `0`: never).
+    ///
+    /// ```
+    /// let b = spillway::TwoTierCacheBackend::builder()
+    ///     .read_spin(std::time::Duration::ZERO);
+    /// # let _ = b;
+    /// ```
+    pub fn read_spin(mut self, budget: Duration) -> Self {
+        self.config.disk.read_spin = crate::Millis(budget);
+        self
+    }
+
     /// foyer's flush buffer pool in bytes (`disk.buffer_pool`).
     ///
     /// ```
@@ -414,6 +427,7 @@ impl TwoTierBuilder {
             io_engine: d.io_engine,
             io_threads: crate::disk_runtime::io_threads(d.io_threads, d.direct_io),
             direct_io: d.direct_io,
+            read_spin: d.read_spin.0,
         };
         // The journal's replay, and foyer's rebuild of its index, read
         // different files: they run at once, so a reopen takes about the

@@ -101,6 +101,8 @@ pub(crate) struct DiskOptions {
     /// The instance runtime's blocking threads (resolved: never 0).
     pub io_threads: usize,
     pub direct_io: bool,
+    /// How long a read's caller waits for it awake (see `read_spin`).
+    pub read_spin: std::time::Duration,
 }
 
 pub(crate) struct DiskTier {
@@ -426,9 +428,14 @@ impl DiskTier {
     /// Reads a record; `Ok(None)` when foyer has nothing under `hash`.
     pub(crate) async fn load(&self, hash: u64) -> Result<Option<Bytes>> {
         let cache = self.cache.read().clone();
-        let loaded = bounded(&self.dir, "load record", async move {
-            cache.storage().load(&hash).await
-        })
+        let loaded = bounded(
+            &self.dir,
+            "load record",
+            crate::read_spin::wait_for(
+                async move { cache.storage().load(&hash).await },
+                self.opts.read_spin,
+            ),
+        )
         .await?;
         match loaded {
             Ok(Load::Entry { value, .. }) => Ok(Some(value)),

@@ -121,7 +121,9 @@ mod placement;
 mod prefixes;
 mod private_fs;
 mod quiet_stdout;
+mod read_spin;
 mod remote;
+mod runtime_load;
 mod shared_prefix;
 mod single_flight;
 mod spill;
@@ -148,6 +150,7 @@ pub use expiry::WallClock;
 pub use inspect::DirReport;
 pub use key::{CacheEntry, InternalCacheKey};
 pub use memory::MokaCacheBackend;
+pub use read_spin::{DEFAULT_READ_SPIN, MAX_READ_SPIN};
 pub use remote::{RemoteConfig, RemoteNotSent, RemoteStats, RemoteUrl, WritePolicy};
 pub use stats::{
     DecodeMisses, DiskStats, MemoryStats, NotWritten, RecoveryStats, SpillStats, StatsSnapshot,

@@ -53,38 +53,9 @@ use std::task::Poll;
 /// all of the runtime's worker threads are busy; returns at once
 /// otherwise, and outside a tokio runtime.
 pub(crate) async fn yield_if_runtime_saturated() {
-    if runtime_saturated() {
+    if crate::runtime_load::current() == crate::runtime_load::RuntimeLoad::Saturated {
         yield_once().await;
     }
-}
-
-/// Whether the caller is a tokio task on a runtime with no parked worker.
-fn runtime_saturated() -> bool {
-    if tokio::task::try_id().is_none() {
-        return false;
-    }
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return false;
-    };
-    let metrics = handle.metrics();
-    // tokio counts parks only where it has 64-bit atomics; elsewhere assume
-    // idle capacity: no yield, as before this existed.
-    #[cfg(target_has_atomic = "64")]
-    {
-        none_parked((0..metrics.num_workers()).map(|w| metrics.worker_park_unpark_count(w)))
-    }
-    #[cfg(not(target_has_atomic = "64"))]
-    {
-        let _ = metrics;
-        false
-    }
-}
-
-/// Whether no worker is parked, from each worker's park/unpark count (odd:
-/// parked, tokio's documented meaning). Stops at the first parked one.
-#[cfg(any(target_has_atomic = "64", test))]
-fn none_parked(mut park_unpark_counts: impl Iterator<Item = u64>) -> bool {
-    park_unpark_counts.all(|count| count % 2 == 0)
 }
 
 /// Returns `Pending` once, having woken itself: the task is queued behind

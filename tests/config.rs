@@ -108,6 +108,44 @@ fn out_of_range_values_name_field_and_value() {
 }
 
 #[test]
+fn read_spin_takes_a_duration_up_to_ten_milliseconds() {
+    use std::time::Duration;
+    let c = Config::from_toml_str("[disk]\nread_spin = \"80us\"").unwrap();
+    assert_eq!(c.disk.read_spin.0, Duration::from_micros(80));
+    let c = Config::from_toml_str("[disk]\nread_spin = 0").unwrap();
+    assert!(c.disk.read_spin.0.is_zero(), "0 turns the spin off");
+    let c = Config::from_toml_str("[disk]\nread_spin = \"10ms\"").unwrap();
+    assert_eq!(c.disk.read_spin.0, spillway::MAX_READ_SPIN);
+    // A bare number is milliseconds, as for every duration.
+    let c = Config::from_toml_str("[disk]\nread_spin = 2").unwrap();
+    assert_eq!(c.disk.read_spin.0, Duration::from_millis(2));
+    assert_eq!(
+        Config::default().disk.read_spin.0,
+        spillway::DEFAULT_READ_SPIN
+    );
+    assert_eq!(
+        field_and_value("[disk]\nread_spin = \"2s\""),
+        ("disk.read_spin".into(), "2s".into())
+    );
+    assert_eq!(
+        field_and_value("[disk]\nread_spin = 11"),
+        ("disk.read_spin".into(), "11ms".into())
+    );
+    assert_eq!(
+        field_and_value("[disk]\nread_spin = \"10ms 1us\""),
+        ("disk.read_spin".into(), "10ms 1us".into())
+    );
+    assert_eq!(
+        field_and_value("[disk]\nread_spin = \"soon\""),
+        ("disk.read_spin".into(), "\"soon\"".into())
+    );
+    assert_eq!(
+        field_and_value("[disk]\nread_spin = -1"),
+        ("disk.read_spin".into(), "-1".into())
+    );
+}
+
+#[test]
 fn a_missing_file_names_the_path() {
     let err = Config::from_file("/definitely/not/here.toml").unwrap_err();
     assert!(err.to_string().contains("/definitely/not/here.toml"));

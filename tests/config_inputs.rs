@@ -219,6 +219,7 @@ fn negative_sizes_and_durations_say_they_cannot_be_negative() {
         ("disk", "block_size"),
         ("disk", "buffer_pool"),
         ("disk", "persist_after"),
+        ("disk", "read_spin"),
     ];
     let values = [
         "-1",

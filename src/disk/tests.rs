@@ -14,6 +14,7 @@ fn options(dir: &Path, buffer_pool: usize) -> DiskOptions {
         io_engine: IoEngine::Psync,
         io_threads: 2,
         direct_io: false,
+        read_spin: crate::read_spin::DEFAULT_READ_SPIN,
     }
 }
 
