@@ -426,9 +426,14 @@ impl DiskTier {
     }
 
     /// Reads a record; `Ok(None)` when foyer has nothing under `hash`.
-    pub(crate) async fn load(&self, hash: u64) -> Result<Option<Bytes>> {
+    /// `on_spin` learns of a spin of the caller's (see `read_spin`).
+    pub(crate) async fn load(
+        &self,
+        hash: u64,
+        on_spin: impl FnOnce(crate::read_spin::Spun),
+    ) -> Result<Option<Bytes>> {
         let cache = self.cache.read().clone();
-        let loaded = bounded(
+        let (loaded, spun) = bounded(
             &self.dir,
             "load record",
             crate::read_spin::wait_for(
@@ -437,6 +442,9 @@ impl DiskTier {
             ),
         )
         .await?;
+        if let Some(spun) = spun {
+            on_spin(spun);
+        }
         match loaded {
             Ok(Load::Entry { value, .. }) => Ok(Some(value)),
             Ok(Load::Piece { piece, .. }) => Ok(Some(piece.value().clone())),

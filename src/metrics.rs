@@ -96,6 +96,15 @@ pub fn describe() {
     );
     describe_counter!("spillway_disk_lost_total", "Records a failing disk lost");
     describe_counter!(
+        "spillway_disk_read_spins_total",
+        "Disk reads whose caller waited for them awake, by whether the read was done within the spin"
+    );
+    describe_counter!(
+        "spillway_disk_read_spin_microseconds_total",
+        Unit::Microseconds,
+        "Time callers spent spinning for disk reads"
+    );
+    describe_counter!(
         "spillway_device_written_bytes_total",
         Unit::Bytes,
         "Bytes the disk tier wrote to its device"
@@ -188,6 +197,20 @@ pub fn record(stats: &StatsSnapshot, name: &str) {
     }
     total("spillway_disk_vanished_total", &[], d.vanished);
     total("spillway_disk_lost_total", &[], d.lost);
+    for (outcome, n) in [
+        ("answered", d.read_spins_answered),
+        (
+            "gave_up",
+            d.read_spins.saturating_sub(d.read_spins_answered),
+        ),
+    ] {
+        total("spillway_disk_read_spins_total", &[("outcome", outcome)], n);
+    }
+    total(
+        "spillway_disk_read_spin_microseconds_total",
+        &[],
+        d.read_spin_micros,
+    );
     total("spillway_device_written_bytes_total", &[], d.bytes_written);
     total("spillway_journal_errors_total", &[], stats.journal_errors);
     for (tier, n) in [

@@ -80,19 +80,38 @@ pub const DEFAULT_READ_SPIN: Duration = Duration::from_micros(100);
 /// ```
 pub const MAX_READ_SPIN: Duration = Duration::from_millis(10);
 
+/// A spin that ran: whether the read was done within it, and how long the
+/// caller spun.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Spun {
+    pub(crate) answered: bool,
+    pub(crate) spent: Duration,
+}
+
 /// Awaits `read`, first spinning for it up to `budget` if the caller's
-/// runtime has an idle worker (see the module's notes).
-pub(crate) async fn wait_for<F: Future>(read: F, budget: Duration) -> F::Output {
+/// runtime has an idle worker (see the module's notes); says whether it
+/// spun, and how that went.
+pub(crate) async fn wait_for<F: Future>(read: F, budget: Duration) -> (F::Output, Option<Spun>) {
     let mut read = pin!(read);
     // A task whose cooperative budget is spent gets nothing ready from
     // tokio until it has yielded: its wake is deferred to the end of the
     // poll, and a spin would only burn its budget.
     if !budget.is_zero() && tokio::task::coop::has_budget_remaining() && idle_worker_remains() {
-        if let Some(output) = spin_until_ready(read.as_mut(), budget, idle_worker_remains) {
-            return output;
-        }
+        let start = Instant::now();
+        let output = spin_until_ready(read.as_mut(), budget, idle_worker_remains);
+        let spun = |answered| Spun {
+            answered,
+            spent: start.elapsed(),
+        };
+        return match output {
+            Some(output) => (output, Some(spun(true))),
+            None => {
+                let spun = spun(false);
+                (read.await, Some(spun))
+            }
+        };
     }
-    read.await
+    (read.await, None)
 }
 
 fn idle_worker_remains() -> bool {

@@ -117,6 +117,9 @@ pub(crate) struct Stats {
     pub(crate) not_written: [Counter; 4],
     pub(crate) decode_misses: [Counter; 5],
     pub(crate) disk_vanished: Counter,
+    pub(crate) read_spins: Counter,
+    pub(crate) read_spins_answered: Counter,
+    pub(crate) read_spin_micros: Counter,
     pub(crate) disk_lost: Counter,
     pub(crate) loader_runs: Counter,
     pub(crate) loader_waiters: Gauge,
@@ -267,6 +270,14 @@ pub struct DiskStats {
     /// Disk entries dropped because their time to live ran out (found by a
     /// read or by a sweep); their records are deleted.
     pub expired: u64,
+    /// Disk reads whose caller waited for them awake (`disk.read_spin`:
+    /// its runtime had an idle worker).
+    pub read_spins: u64,
+    /// Of those, the reads done within the spin (no wake-up needed).
+    pub read_spins_answered: u64,
+    /// Time callers spent spinning for disk reads, in all: the CPU the
+    /// spin cost.
+    pub read_spin_micros: u64,
 }
 
 /// The spill path's share of a [`StatsSnapshot`].
@@ -437,6 +448,17 @@ impl StatsSnapshot {
 }
 
 impl Stats {
+    /// A disk read whose caller spun for `spent`, `answered` if the read
+    /// was done within the spin.
+    pub(crate) fn record_read_spin(&self, answered: bool, spent: std::time::Duration) {
+        self.read_spins.incr();
+        if answered {
+            self.read_spins_answered.incr();
+        }
+        self.read_spin_micros
+            .add(u64::try_from(spent.as_micros()).unwrap_or(u64::MAX));
+    }
+
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let nw = |r: NotWrittenReason| self.not_written[r as usize].get();
         let dm = |r: DecodeMiss| self.decode_misses[r as usize].get();
@@ -456,6 +478,9 @@ impl Stats {
                 vanished: self.disk_vanished.get(),
                 lost: self.disk_lost.get(),
                 expired: self.disk_expired.get(),
+                read_spins: self.read_spins.get(),
+                read_spins_answered: self.read_spins_answered.get(),
+                read_spin_micros: self.read_spin_micros.get(),
                 ..Default::default()
             },
             spill: SpillStats {

@@ -55,6 +55,18 @@ async fn the_metrics_carry_the_statistics_under_prometheus_names() {
         value(r#"spillway_writer_stall_microseconds_total{cache="t"}"#),
         stats.spill.writer_stall_micros
     );
+    assert_eq!(
+        value(r#"spillway_disk_read_spins_total{cache="t",outcome="answered"}"#),
+        stats.disk.read_spins_answered
+    );
+    assert_eq!(
+        value(r#"spillway_disk_read_spins_total{cache="t",outcome="gave_up"}"#),
+        stats.disk.read_spins - stats.disk.read_spins_answered
+    );
+    assert_eq!(
+        value(r#"spillway_disk_read_spin_microseconds_total{cache="t"}"#),
+        stats.disk.read_spin_micros
+    );
     // Conventions: every counter ends in `_total`, byte figures in `_bytes`.
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let mut parts = line.split(' ').skip(2);

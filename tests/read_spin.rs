@@ -82,7 +82,15 @@ fn a_disk_hit_on_a_runtime_with_an_idle_worker_completes_within_its_poll() {
                         std::thread::yield_now();
                         continue;
                     }
-                    let disk_hits = cache.stats().disk.hits;
+                    let disk = cache.stats().disk;
+                    let (disk_hits, spins) = (
+                        disk.hits,
+                        (
+                            disk.read_spins,
+                            disk.read_spins_answered,
+                            disk.read_spin_micros,
+                        ),
+                    );
                     let task = Arc::new(CountingWaker::default());
                     let waker = Waker::from(task.clone());
                     let k = key("k", *id);
@@ -102,7 +110,11 @@ fn a_disk_hit_on_a_runtime_with_an_idle_worker_completes_within_its_poll() {
                         panic!("a disk hit with a worker idle did not complete within its poll")
                     };
                     assert_eq!(as_blob(&entry), &blob(*id, 1));
-                    assert_eq!(cache.stats().disk.hits, disk_hits + 1, "not a disk hit");
+                    let after = cache.stats().disk;
+                    assert_eq!(after.hits, disk_hits + 1, "not a disk hit");
+                    assert_eq!(after.read_spins, spins.0 + 1, "the spin is counted");
+                    assert_eq!(after.read_spins_answered, spins.1 + 1);
+                    assert!(after.read_spin_micros >= spins.2);
                     assert_eq!(task.0.load(SeqCst), 0, "the task was woken");
                     assert_eq!(cache.peek_tier(&k).await, CacheTier::Local);
                     return;

@@ -110,7 +110,7 @@ pub fn markdown(runs: &[CellRun]) -> String {
             );
         }
     }
-    s + &stalls_markdown(runs)
+    s + &stalls_markdown(runs) + &spins_markdown(runs)
 }
 
 /// The cost of never dropping a spill, per cell: spillway's inserts that
@@ -136,9 +136,62 @@ fn stalls_markdown(runs: &[CellRun]) -> String {
     s
 }
 
+/// What spillway's disk reads cost in CPU, per cell: those whose caller
+/// waited for them awake in the measured phase (`disk.read_spin`), the
+/// share of them done within the spin, and the time spent spinning as a
+/// share of the phase's (medians of the repetitions).
+fn spins_markdown(runs: &[CellRun]) -> String {
+    let mut s = String::from(
+        "\nspillway's disk reads whose caller waited for them awake (`disk.read_spin`: the caller's runtime had an idle worker; `disk.read_spins`, `disk.read_spins_answered`, `disk.read_spin_micros`; the measured phase, medians of the repetitions): how many, the share done within the spin, and the time spent spinning over the phase's wall time (one core busy all phase long: 100%).\n\n| workload | disk reads that spun | done within the spin | spinning, % of the phase |\n|---|---|---|---|\n",
+    );
+    for r in runs {
+        let sides = || r.spillway.iter();
+        let spun = median_measured(sides().map(|x| x.read_spins.map(|n| n as f64)));
+        let answered = median_measured(sides().map(|x| {
+            let (n, done) = (x.read_spins?, x.read_spins_answered?);
+            (n > 0).then(|| done as f64 / n as f64)
+        }));
+        let share = median_measured(sides().map(|x| x.read_spin_share));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            r.cell.label(),
+            opt(spun, |v| format!("{v:.0}")),
+            opt(answered, |v| format!("{:.0}%", v * 100.0)),
+            opt(share, |v| format!("{:.1}%", v * 100.0)),
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spins_are_spillways_medians_over_the_repetitions() {
+        let mut run = crate::bench::versus::sample();
+        for (side, (n, done, share)) in
+            run.spillway
+                .iter_mut()
+                .zip([(100, 90, 0.05), (400, 100, 0.2), (10, 10, 0.01)])
+        {
+            side.read_spins = Some(n);
+            side.read_spins_answered = Some(done);
+            side.read_spin_share = Some(share);
+        }
+        assert!(
+            spins_markdown(&[run])
+                .contains("| 64 KiB, 16 tasks, 50 µs loader | 100 | 90% | 5.0% |"),
+            "medians of 100 / 400 / 10 spins, of 90% / 25% / 100% done and of 5% / 20% / 1%"
+        );
+    }
+
+    #[test]
+    fn no_spin_figures_give_dashes() {
+        let run = crate::bench::versus::sample();
+        assert!(spins_markdown(&[run]).contains("| 64 KiB, 16 tasks, 50 µs loader | - | - | - |"));
+    }
 
     #[test]
     fn the_stalls_are_spillways_medians_over_the_repetitions() {
@@ -247,7 +300,8 @@ mod tests {
             row("misses (loader)").ends_with("| 0.100 / 0.100 | - / - | 55 / 70 |"),
             "{table}"
         );
-        assert_eq!(table.matches("64 KiB, 16 tasks").count(), 4, "{table}");
+        // Three kinds, the stalls and the spins.
+        assert_eq!(table.matches("64 KiB, 16 tasks").count(), 5, "{table}");
         // The sample measured no stalls: no figure.
         assert!(
             table.contains("| 64 KiB, 16 tasks, 50 µs loader | - | - |"),

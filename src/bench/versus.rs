@@ -66,6 +66,12 @@ pub struct Side {
     /// in the spill queue, and the time they waited in all (ms).
     pub writer_stalls: Option<u64>,
     pub writer_stall_ms: Option<f64>,
+    /// spillway only: disk reads of the measured phase whose caller waited
+    /// for them awake (`disk.read_spin`), those done within the spin, and
+    /// the time spent spinning as a share of the phase's.
+    pub read_spins: Option<u64>,
+    pub read_spins_answered: Option<u64>,
+    pub read_spin_share: Option<f64>,
 }
 
 /// One cell: both systems over the repetitions.
@@ -218,19 +224,26 @@ async fn run_one(
     let seed = bench.seed + 100 * (rep + 1);
     let loading = Arc::new(Loading::new(bench.keys));
     phase(&system, picker, bench, seed, &loading, None).await;
-    let stalls = || match system.as_ref() {
+    let counts = || match system.as_ref() {
         super::systems::System::Spillway(c) => {
-            let spill = c.stats().spill;
-            Some((spill.writer_stalls, spill.writer_stall_micros))
+            let stats = c.stats();
+            Some([
+                stats.spill.writer_stalls,
+                stats.spill.writer_stall_micros,
+                stats.disk.read_spins,
+                stats.disk.read_spins_answered,
+                stats.disk.read_spin_micros,
+            ])
         }
         _ => None,
     };
-    let before = stalls();
+    let before = counts();
     let measured = phase(&system, picker, bench, seed + 1, &loading, None).await;
     // Counted over the measured phase alone, like everything else here.
-    let stalled = stalls()
-        .zip(before)
-        .map(|((n, us), (n0, us0))| (n.saturating_sub(n0), us.saturating_sub(us0) as f64 / 1e3));
+    let during = counts().zip(before).map(|(after, before)| {
+        std::array::from_fn::<u64, 5, _>(|i| after[i].saturating_sub(before[i]))
+    });
+    let phase_micros = measured.secs.max(1e-9) * 1e6;
     system.close().await;
     let mut all: Vec<f64> = measured.latency.iter().flatten().copied().collect();
     all.sort_by(f64::total_cmp);
@@ -239,8 +252,11 @@ async fn run_one(
         hit_ratio: measured.hit_ratio(),
         p99_us: read_kinds::percentile(&all, 99),
         by_kind: read_kinds::of(&measured),
-        writer_stalls: stalled.map(|(n, _)| n),
-        writer_stall_ms: stalled.map(|(_, ms)| ms),
+        writer_stalls: during.map(|d| d[0]),
+        writer_stall_ms: during.map(|d| d[1] as f64 / 1e3),
+        read_spins: during.map(|d| d[2]),
+        read_spins_answered: during.map(|d| d[3]),
+        read_spin_share: during.map(|d| d[4] as f64 / phase_micros),
     })
 }
 
@@ -345,6 +361,9 @@ pub fn sample() -> CellRun {
         ],
         writer_stalls: None,
         writer_stall_ms: None,
+        read_spins: None,
+        read_spins_answered: None,
+        read_spin_share: None,
     };
     CellRun {
         cell: Cell {

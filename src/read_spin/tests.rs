@@ -177,9 +177,14 @@ fn a_blocking_read_that_outlasts_the_spin_wakes_its_task() {
                 let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
                 let spun = stayed_parked(&before);
                 assert!(first.is_pending(), "the read outlasts the spin");
-                let out = tokio::time::timeout(BOUND, read).await;
-                assert_eq!(out.expect("the task was woken").unwrap(), 5);
+                let (out, how) = tokio::time::timeout(BOUND, read)
+                    .await
+                    .expect("the task was woken");
+                assert_eq!(out.unwrap(), 5);
                 if spun {
+                    let how = how.expect("it spun");
+                    assert!(!how.answered, "the read was not done within the spin");
+                    assert!(how.spent >= Duration::from_millis(1));
                     return;
                 }
                 assert!(
@@ -230,6 +235,10 @@ fn a_task_whose_runtime_has_a_parked_worker_waits_for_its_read_within_one_poll()
         sender.join().unwrap();
         (first_poll, task.0.load(SeqCst))
     });
-    assert_eq!(first_poll, Poll::Ready(Ok(3)));
+    let Poll::Ready((out, Some(how))) = first_poll else {
+        panic!("not done within a spin: {first_poll:?}")
+    };
+    assert_eq!(out, Ok(3));
+    assert!(how.answered);
     assert_eq!(task_wakes, 0, "the spin, not the task, was woken");
 }

@@ -268,7 +268,8 @@ impl TwoTierCacheBackend {
         }
         let disk = &spiller.disk;
         let stored = pack.map_or(hash, PackRef::record_key);
-        let bytes = match disk.load(stored).await {
+        let spun = |spun: crate::read_spin::Spun| stats.record_read_spin(spun.answered, spun.spent);
+        let bytes = match disk.load(stored, spun).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 stats.disk_vanished.incr();
