@@ -77,4 +77,41 @@ fn bench_metrics_carry_each_runs_statistics() {
         checked += 1;
     }
     assert!(checked >= 2, "spillway and spillway-no-wb runs: {checked}");
+
+    // The reopen's verdict is foyer's HybridCache opened on spillway's own
+    // device file: measured, and named in the row.
+    let spillway = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["system"] == "spillway")
+        .expect("a spillway run");
+    let same = &spillway["foyer_same_data_reopen_ms"];
+    assert!(
+        same["min"].as_f64().unwrap() > 0.0
+            && same["median"].as_f64().unwrap() >= same["min"].as_f64().unwrap(),
+        "{same}"
+    );
+    let name = format!(
+        "reopen vs foyer HybridCache at {:.0}% memory",
+        spillway["memory_fraction"].as_f64().unwrap() * 100.0
+    );
+    let row = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("no {name} row"));
+    assert!(
+        row["measured"]
+            .as_str()
+            .unwrap()
+            .contains("for foyer HybridCache opening spillway's own device file (the same data)"),
+        "{row}"
+    );
+    let ratio = spillway["reopen_ms"].as_f64().unwrap() / same["median"].as_f64().unwrap();
+    assert!(
+        (row["ratio"].as_f64().unwrap() - ratio).abs() < 1e-9,
+        "{row}"
+    );
 }

@@ -51,6 +51,7 @@ pub(super) async fn run_system(
     let mut reopen_entries = Vec::new();
     let mut warms = Vec::new();
     let mut pre_restart_hit_ratio = None;
+    let mut same_data_reopens = None;
     if name != "moka" {
         // The same operations once more before the restart and once after it:
         // both see a cache that has already met every key of the phase.
@@ -80,6 +81,10 @@ pub(super) async fn run_system(
         let replay = phase(&reopened, &picker, bench, bench.seed + 1, &loading, None).await;
         restart_hit_ratio = Some(replay.hit_ratio());
         reopened.close().await;
+        drop(reopened);
+        if name == "spillway" {
+            same_data_reopens = Some(foyer_reopens_of_spillway(config, dir).await?);
+        }
     }
 
     let spilled = after.as_ref().zip(before.as_ref()).map(|(a, b)| {
@@ -122,6 +127,7 @@ pub(super) async fn run_system(
         reopen_ms: reopen_spread.as_ref().map(|s| s.median),
         reopen_ms_spread: reopen_spread,
         reopen_entries: median(reopen_entries),
+        foyer_same_data_reopen_ms: same_data_reopens,
         warm: median_warm_up(warms),
         stats: after,
     })
@@ -171,6 +177,26 @@ async fn reopen(
         measured.entries.push(s.recovery.entries);
     }
     Ok(opened)
+}
+
+/// foyer's HybridCache opened `REOPENS` times on the device spillway's
+/// reopens recovered (see `systems::foyer_reopen_of_spillway`), in ms.
+async fn foyer_reopens_of_spillway(
+    config: &Config,
+    dir: &Path,
+) -> spillway::Result<compression::Spread> {
+    let mut times = Vec::new();
+    for _ in 0..REOPENS {
+        let took = super::systems::foyer_reopen_of_spillway(config, dir)
+            .await
+            .map_err(|message| spillway::Error::Disk {
+                dir: dir.to_path_buf(),
+                op: "open foyer HybridCache on spillway's device",
+                message,
+            })?;
+        times.push(took.as_secs_f64() * 1e3);
+    }
+    Ok(compression::Spread::of(times))
 }
 
 /// The median of `values`; `None` if there are none.

@@ -104,6 +104,9 @@ pub struct RunReport {
     /// counts): what the reopen rebuilt an index of. Each system's
     /// `close()` leaves a different amount there (see `targets`).
     pub reopen_entries: Option<u64>,
+    /// spillway's runs: foyer's HybridCache reopened (`REOPENS` times) on
+    /// the device spillway's reopens recovered, the same bytes; ms.
+    pub foyer_same_data_reopen_ms: Option<Spread>,
     /// spillway's warm-up after a reopen: the median one.
     pub warm: Option<WarmUp>,
     /// spillway's own statistics at the end of the steady phase.
@@ -483,6 +486,8 @@ pub(crate) fn sample() -> Report {
                 } else {
                     3000
                 }),
+                foyer_same_data_reopen_ms: (system == "spillway")
+                    .then(|| Spread::of(vec![90.0, 100.0, 130.0])),
                 warm: (system == "spillway").then_some(WarmUp {
                     entries: 100,
                     bytes: 40 << 20,

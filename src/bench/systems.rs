@@ -164,6 +164,16 @@ pub async fn foyer_hybrid(
     memory: usize,
     dir: &Path,
 ) -> Result<HybridCache<String, Bytes>, String> {
+    foyer_hybrid_keyed(config, memory, dir, |k: &String| k.len()).await
+}
+
+/// [`foyer_hybrid`] with keys of type `K`, weighed by `key_len`.
+async fn foyer_hybrid_keyed<K: foyer::StorageKey>(
+    config: &Config,
+    memory: usize,
+    dir: &Path,
+    key_len: fn(&K) -> usize,
+) -> Result<HybridCache<K, Bytes>, String> {
     let d = &config.disk;
     let (device, io_engine) = foyer_device(config, dir)?;
     let engine = BlockEngineConfig::new(device)
@@ -176,13 +186,36 @@ pub async fn foyer_hybrid(
     HybridCacheBuilder::new()
         .with_name("bench-foyer")
         .memory(memory)
-        .with_weighter(|k: &String, v: &Bytes| k.len() + v.len())
+        .with_weighter(move |k: &K, v: &Bytes| key_len(k) + v.len())
         .storage()
         .with_io_engine_config(io_engine)
         .with_engine_config(engine)
         .build()
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Opens foyer's HybridCache, as [`foyer_hybrid`] does, on the device of a
+/// closed spillway cache in `spillway_dir`, closes it, and returns how long
+/// the open took. spillway's disk tier is foyer's block engine, and its
+/// records are foyer entries (keyed by a `u64` hash), so foyer rebuilds its
+/// index from exactly the bytes spillway's own reopen recovers: the same
+/// data, which foyer's reopen of its own run is not (see `targets`).
+pub async fn foyer_reopen_of_spillway(
+    config: &Config,
+    spillway_dir: &Path,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let foyer = foyer_hybrid_keyed(
+        config,
+        config.memory.capacity.as_usize(),
+        &spillway_dir.join("foyer"),
+        |_: &u64| std::mem::size_of::<u64>(),
+    )
+    .await?;
+    let took = started.elapsed();
+    foyer.close().await.map_err(|e| e.to_string())?;
+    Ok(took)
 }
 
 /// A loader of configurable cost: it burns `cost` of CPU time, as a real
