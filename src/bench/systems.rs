@@ -205,11 +205,17 @@ pub async fn foyer_reopen_of_spillway(
     config: &Config,
     spillway_dir: &Path,
 ) -> Result<Duration, String> {
+    // spillway's layout (`cache_dir`): were it to move, foyer would build
+    // an empty device here and time that instead.
+    let device_dir = spillway_dir.join("foyer");
+    if !device_dir.join("blocks").is_file() {
+        return Err(format!("no device file in {}", device_dir.display()));
+    }
     let started = Instant::now();
     let foyer = foyer_hybrid_keyed(
         config,
         config.memory.capacity.as_usize(),
-        &spillway_dir.join("foyer"),
+        &device_dir,
         |_: &u64| std::mem::size_of::<u64>(),
     )
     .await?;
