@@ -78,6 +78,26 @@ fn bench_metrics_carry_each_runs_statistics() {
     }
     assert!(checked >= 2, "spillway and spillway-no-wb runs: {checked}");
 
+    // Every system's throughput comes from both passes: 3 steady runs each.
+    for run in report["runs"].as_array().unwrap() {
+        let mut runs: Vec<f64> = run["ops_per_sec_runs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no ops_per_sec_runs in {run}"))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(runs.len(), 6, "{}", run["system"]);
+        runs.sort_by(f64::total_cmp);
+        assert_eq!(
+            run["ops_per_sec"].as_f64(),
+            Some(runs[3]),
+            "{}",
+            run["system"]
+        );
+        assert_eq!(run["ops_per_sec_spread"]["min"].as_f64(), Some(runs[0]));
+        assert_eq!(run["ops_per_sec_spread"]["max"].as_f64(), Some(runs[5]));
+    }
+
     // The reopen's verdict is foyer's HybridCache opened on spillway's own
     // device file: measured, and named in the row.
     let spillway = report["runs"]

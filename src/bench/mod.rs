@@ -205,7 +205,7 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
     }
     // "spillway-no-wb": write-behind off, to show what it costs in the same run.
     let systems = ["spillway", "spillway-no-wb", "moka", "foyer-hybrid"];
-    let steps = (bench.memory_fractions.len() * systems.len()) as u64 + 9;
+    let steps = 2 * (bench.memory_fractions.len() * systems.len()) as u64 + 9;
     let progress = ProgressBar::new(steps);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -237,6 +237,25 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
             ))??;
             runs.push(run);
             let _ = std::fs::remove_dir_all(&dir);
+            progress.inc(1);
+        }
+    }
+
+    // The second pass, for the throughput alone (see `steady_again`).
+    for &fraction in &bench.memory_fractions {
+        for name in systems.iter().rev() {
+            progress.set_message(format!("{name} at {:.0}% memory, again", fraction * 100.0));
+            let config = budgets(&opts.config, working_set, fraction);
+            let dir = scratch.path().join(format!("{name}-{fraction}-again"));
+            device::settle_writeback(scratch.path());
+            let rates = on_own_runtime(main_table::steady_again(name, &config, &dir, &bench))??;
+            let _ = std::fs::remove_dir_all(&dir);
+            if let Some(run) = runs
+                .iter_mut()
+                .find(|r| r.system == *name && r.memory_fraction == fraction)
+            {
+                main_table::add_rates(run, rates);
+            }
             progress.inc(1);
         }
     }

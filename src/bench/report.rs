@@ -73,8 +73,12 @@ pub struct RunReport {
     pub disk_bytes: u64,
     /// The median of the steady phase's runs (see `ops_per_sec_spread`).
     pub ops_per_sec: f64,
-    /// Throughput of each of the steady phase's runs on the same cache.
+    /// Throughput of the steady phase's runs: min / median / max of
+    /// `ops_per_sec_runs`.
     pub ops_per_sec_spread: super::compression::Spread,
+    /// Every run of the steady phase, ops/s: the first pass's on one cache,
+    /// then the second pass's on another (`main_table::steady_again`).
+    pub ops_per_sec_runs: Vec<f64>,
     pub hit_ratio: f64,
     pub memory_hit_ratio: f64,
     pub disk_hit_ratio: f64,
@@ -315,7 +319,7 @@ impl Report {
 
     fn markdown(&self) -> String {
         format!(
-            "# spillway bench\n\n{}Machine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write of {} MiB: {:.0} MiB/s ({}), {:.0} MiB/s buffered (`write` + `fdatasync`); 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}); sequential read {:.0} MiB/s (1 MiB reads, {}).\n\n## Results\n\n{}\nops/s: the steady phase run {} times on the same cache (min / median / max; the Head to head section repeats whole runs); every other column is from its first run. `-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\n## Targets\n\n{}\n{}\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
+            "# spillway bench\n\n{}Machine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write of {} MiB: {:.0} MiB/s ({}), {:.0} MiB/s buffered (`write` + `fdatasync`); 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}); sequential read {:.0} MiB/s (1 MiB reads, {}).\n\n## Results\n\n{}\nops/s: the steady phase run {} times on the same cache, in each of two passes over the systems, the second on a fresh cache and in the reverse order of systems, so that a slow spell of the machine does not fall on one system's figure alone (min / median / max of both passes' runs; the Head to head section repeats whole runs); every other column is from the first pass's first run. `-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\n## Targets\n\n{}\n{}\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
             if self.quick {
                 "**`--quick`: a quarter of the work and two memory budgets. Not representative: do not quote these figures.**\n\n"
             } else {
@@ -462,6 +466,11 @@ pub(crate) fn sample() -> Report {
                     46_893.0 * (i + 1) as f64 * 10.0,
                     48_000.0 * (i + 1) as f64 * 10.0,
                 ]),
+                ops_per_sec_runs: vec![
+                    46_000.0 * (i + 1) as f64 * 10.0,
+                    46_893.0 * (i + 1) as f64 * 10.0,
+                    48_000.0 * (i + 1) as f64 * 10.0,
+                ],
                 hit_ratio: 0.97,
                 memory_hit_ratio: 0.45 + fraction / 2.0,
                 disk_hit_ratio: if disk { 0.5 - fraction / 2.0 } else { 0.0 },
