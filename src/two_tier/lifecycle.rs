@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Inner, TwoTierCacheBackend};
 use crate::placement::Place;
-use crate::{InternalCacheKey, Result};
+use crate::Result;
 
 impl TwoTierCacheBackend {
     /// Waits until the warm-up that began at open has loaded what it will
@@ -134,99 +134,6 @@ impl TwoTierCacheBackend {
                 crate::handover::offer(dir.canonical(), owner);
             }
         }
-    }
-}
-
-/// Reads the warm-up keeps in flight at once: disk reads wait on the
-/// device (or a blocking thread), so one at a time leaves the device idle
-/// between them; a window of them keeps it busy while each read is decoded
-/// and promoted.
-const WARM_WINDOW: usize = 32;
-
-/// Loads the entries resident at the last close (or persisted as resident
-/// by write-behind) back into memory, most recent first, until the memory
-/// tier's budget is used, up to [`WARM_WINDOW`] reads in flight. Runs in
-/// the background; reads meanwhile are served as usual (a warming read is
-/// an ordinary promotion, under the same flow control as an insert).
-pub(super) async fn warm(
-    inner: Weak<Inner>,
-    keys: Vec<InternalCacheKey>,
-    budget: u64,
-    compaction: Compaction,
-) {
-    let started = std::time::Instant::now();
-    // The task is aborted when the last user handle drops or the cache
-    // closes, so holding the cache for the whole warm-up keeps nothing
-    // alive past its owner.
-    let Some(strong) = inner.upgrade() else {
-        return;
-    };
-    let cache = TwoTierCacheBackend::internal(strong);
-    // Bytes of the entries warmed so far, and of those in flight: a read
-    // starts only if it fits with every read in flight.
-    let (mut used, mut in_flight) = (0u64, 0u64);
-    // Each read is a task of its own, so that decoding and promoting the
-    // entries read spreads over the runtime's threads (one task would do
-    // all of it on one core, and one slow decode would hold up the rest).
-    let mut reads = tokio::task::JoinSet::new();
-    let mut sizes = std::collections::HashMap::new();
-    let mut keys = keys.into_iter().peekable();
-    loop {
-        // Refills the window, each read sliding in as another ends rather
-        // than in batches that wait for their slowest read.
-        while reads.len() < WARM_WINDOW {
-            let Some(key) = keys.peek() else { break };
-            if cache.inner.memory.contains_key(key) {
-                keys.next();
-                continue;
-            }
-            let size = {
-                let mut shard = cache.inner.spiller.placements.lock(key.disk_hash());
-                shard
-                    .get(key)
-                    .map_or(0, |s| s.size + key.footprint() as u64)
-            };
-            if used + in_flight + size > budget {
-                // It may still fit once the reads in flight are in, if some
-                // turn out unreadable; alone, it does not.
-                break;
-            }
-            let Some(key) = keys.next() else { break };
-            in_flight += size;
-            let cache = cache.clone();
-            let read = reads.spawn(async move { cache.lower_tiers(&key, None, true, true).await });
-            sizes.insert(read.id(), size);
-        }
-        let Some(joined) = reads.join_next_with_id().await else {
-            // Nothing in flight: every key is read, or the next does not fit.
-            break;
-        };
-        let (id, warmed) = match joined {
-            Ok((id, entry)) => (id, entry.is_some()),
-            Err(e) => (e.id(), false),
-        };
-        let size = sizes.remove(&id).unwrap_or(0);
-        in_flight -= size;
-        if warmed {
-            used += size;
-            cache.stats_ref().warmed.incr();
-        }
-    }
-    let stats = cache.stats_ref();
-    stats.warm_millis.add(started.elapsed().as_millis() as u64);
-    stats.warm_done.store(true, Ordering::Release);
-    stats.warm_ended.notify_waiters();
-    if compaction == Compaction::AfterWarmUp {
-        // On the disk runtime, like the spill worker's compactions. A close
-        // meanwhile compacts by itself, and a drop detaches the journal:
-        // either way this one then does nothing.
-        let inner = Arc::downgrade(&cache.inner);
-        crate::disk_runtime::spawn(async move {
-            let Some(inner) = inner.upgrade() else { return };
-            if !inner.closed.load(Ordering::Acquire) {
-                inner.spiller.compact().await;
-            }
-        });
     }
 }
 

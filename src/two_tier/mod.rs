@@ -11,6 +11,7 @@ mod remote;
 mod start;
 #[cfg(test)]
 mod tests;
+mod warm_up;
 mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +42,8 @@ use crate::{
     CacheBackend, CacheEntry, CacheTier, Codec, CodecRegistry, Config, InternalCacheKey, Result,
     StatsSnapshot,
 };
-use lifecycle::{maintain, persist, warm, Compaction, MAX_UNFOLDED_JOURNAL_FILES};
+use lifecycle::{maintain, persist, Compaction, MAX_UNFOLDED_JOURNAL_FILES};
+use warm_up::warm;
 
 /// A cache whose memory tier (moka) spills capacity evictions to a disk tier
 /// (foyer) and promotes disk hits back into memory.
