@@ -426,10 +426,14 @@ impl DiskTier {
     }
 
     /// Reads a record; `Ok(None)` when foyer has nothing under `hash`.
-    /// `on_spin` learns of a spin of the caller's (see `read_spin`).
+    /// `on_spin` learns of a spin of the caller's (see `read_spin`);
+    /// without `awake` the caller never spins (a background reader, which
+    /// has other reads to overlap with this one: a spin would only take
+    /// a core from them).
     pub(crate) async fn load(
         &self,
         hash: u64,
+        awake: bool,
         on_spin: impl FnOnce(crate::read_spin::Spun),
     ) -> Result<Option<Bytes>> {
         let cache = self.cache.read().clone();
@@ -438,7 +442,11 @@ impl DiskTier {
             "load record",
             crate::read_spin::wait_for(
                 async move { cache.storage().load(&hash).await },
-                self.opts.read_spin,
+                if awake {
+                    self.opts.read_spin
+                } else {
+                    std::time::Duration::ZERO
+                },
             ),
         )
         .await?;

@@ -92,7 +92,10 @@ async fn a_full_pack_takes_exactly_one_page() {
     for hash in 0..120u64 {
         assert!(disk.contains(hash), "record {hash} was evicted");
     }
-    assert_eq!(disk.load(7, |_| {}).await.unwrap().unwrap().len(), len);
+    assert_eq!(
+        disk.load(7, true, |_| {}).await.unwrap().unwrap().len(),
+        len
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +115,7 @@ async fn records_within_the_batch_budget_are_all_written() {
     for round in 0..20u64 {
         for i in 0..per_batch as u64 {
             let bytes = disk
-                .load(round * 100 + i, |_| {})
+                .load(round * 100 + i, true, |_| {})
                 .await
                 .unwrap()
                 .expect("written");

@@ -269,7 +269,8 @@ impl TwoTierCacheBackend {
         let disk = &spiller.disk;
         let stored = pack.map_or(hash, PackRef::record_key);
         let spun = |spun: crate::read_spin::Spun| stats.record_read_spin(spun.answered, spun.spent);
-        let bytes = match disk.load(stored, spun).await {
+        // The warm-up's reads overlap one another: none waits awake.
+        let bytes = match disk.load(stored, !warming, spun).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 stats.disk_vanished.incr();
