@@ -235,7 +235,9 @@ async fn build(opts: &DiskOptions) -> Result<(HybridCache<u64, Bytes>, InstanceR
     // Until the build has succeeded, a failed or cancelled build ends it:
     // nothing has been written then, so no reclaim can be running.
     let runtime = crate::disk_runtime::Unbuilt::new(
-        InstanceRuntime::start(opts.io_threads).map_err(runtime_err)?,
+        // A direct device's threads wait on it rather than copy: their
+        // wake-ups are reads ending (see `batch_scheduling`).
+        InstanceRuntime::start(opts.io_threads, !opts.direct_io).map_err(runtime_err)?,
     );
     let spawner = runtime
         .spawner()

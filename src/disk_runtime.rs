@@ -68,7 +68,16 @@ fn workers() -> usize {
 /// process. (tokio's default of 512 had been worse again.)
 ///
 /// With `direct_io` every read waits on the device, so threads are queue
-/// depth: four per core, at least 8, as before. A buffered disk tier much
+/// depth: 32 per core, at least 64. tokio starts blocking threads only as
+/// reads need them (and ends them after 10 s idle), so the cap costs
+/// nothing until that many reads are in flight; foyer's HybridCache, on
+/// the application's runtime, gets tokio's 512. On 2 cores, in the
+/// head-to-head cells run with `direct_io` (one run of 3 repetitions
+/// each), 8 threads against 64 held spillway's 4 KiB 16-task free-loader
+/// cell at 0.60-0.68x foyer against 0.89-1.04x (16: 0.76-0.87x, 32:
+/// 0.73-0.97x), the 64 KiB one at 0.76-0.83x against 0.91-0.94x, and a
+/// 55 MiB warm-up of 8 KiB entries at 143-156 ms against 120 (16 or 32
+/// threads); the one-task cells did not move. A buffered disk tier much
 /// larger than RAM waits on the device too, and so does a restart with a
 /// cold page cache (foyer's recovery and the warm-up read the device);
 /// and on 2 cores the flushers' block writes can hold both threads while
@@ -80,7 +89,7 @@ pub(crate) fn io_threads(configured: usize, direct_io: bool) -> usize {
     }
     let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
     if direct_io {
-        (4 * cores).max(8)
+        (32 * cores).max(64)
     } else {
         cores.max(2)
     }
@@ -93,13 +102,20 @@ const SHARED_BLOCKING_THREADS: usize = 8;
 
 /// A disk runtime: [`workers`] threads named `name`, `blocking_threads`
 /// in its blocking pool.
-fn disk_runtime(name: &str, blocking_threads: usize) -> Result<tokio::runtime::Runtime, String> {
+/// `batch`: its threads are made batch threads (see `batch_scheduling`).
+fn disk_runtime(
+    name: &str,
+    blocking_threads: usize,
+    batch: bool,
+) -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers())
         .thread_name(name)
         // Background work: yield to the application's threads at wake-up.
-        .on_thread_start(|| {
-            crate::batch_scheduling::current_thread();
+        .on_thread_start(move || {
+            if batch {
+                crate::batch_scheduling::current_thread();
+            }
         })
         // tokio panics on 0; `io_threads` never resolves to it.
         .max_blocking_threads(blocking_threads.max(1))
@@ -115,9 +131,11 @@ fn disk_runtime(name: &str, blocking_threads: usize) -> Result<tokio::runtime::R
 pub(crate) struct InstanceRuntime(Option<tokio::runtime::Runtime>);
 
 impl InstanceRuntime {
-    /// With `io_threads` blocking threads (see [`io_threads`]).
-    pub(crate) fn start(io_threads: usize) -> Result<Self, String> {
-        disk_runtime("spillway-foyer", io_threads).map(|runtime| Self(Some(runtime)))
+    /// With `io_threads` blocking threads (see [`io_threads`]); `batch`:
+    /// its threads are batch threads, as they are for a buffered device
+    /// and not with `direct_io` (see `batch_scheduling`).
+    pub(crate) fn start(io_threads: usize, batch: bool) -> Result<Self, String> {
+        disk_runtime("spillway-foyer", io_threads, batch).map(|runtime| Self(Some(runtime)))
     }
 
     /// A handle for spawning beside this instance's tasks.
@@ -245,7 +263,8 @@ where
 /// The shared disk runtime's handle.
 pub(crate) fn handle() -> Result<tokio::runtime::Handle, String> {
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| disk_runtime("spillway-disk", SHARED_BLOCKING_THREADS));
+    let runtime =
+        RUNTIME.get_or_init(|| disk_runtime("spillway-disk", SHARED_BLOCKING_THREADS, true));
     match runtime {
         Ok(runtime) => Ok(runtime.handle().clone()),
         Err(e) => Err(e.clone()),
@@ -262,7 +281,37 @@ mod tests {
         assert_eq!(io_threads(5, true), 5);
         let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
         assert_eq!(io_threads(0, false), cores.max(2));
-        assert_eq!(io_threads(0, true), (4 * cores).max(8));
+        assert_eq!(io_threads(0, true), (32 * cores).max(64));
+    }
+
+    /// The policy of an instance runtime's worker (where foyer's flushers
+    /// and the spill worker run) and of a blocking thread (`pread`,
+    /// `pwrite`), and of the thread that started them.
+    #[cfg(target_os = "linux")]
+    fn policies_of_a_runtime(batch: bool) -> [Option<thread_priority::ThreadSchedulePolicy>; 3] {
+        let policy = || thread_priority::thread_schedule_policy().ok();
+        let runtime = InstanceRuntime::start(2, batch).expect("start a runtime");
+        let handle = runtime.handle().expect("a running runtime");
+        let on_worker = handle.block_on(async move {
+            tokio::spawn(async move { policy() })
+                .await
+                .expect("the task ran")
+        });
+        let on_blocking = handle
+            .block_on(handle.spawn_blocking(policy))
+            .expect("the blocking task ran");
+        runtime.end();
+        [on_worker, on_blocking, policy()]
+    }
+
+    /// A runtime started without `batch` (a `direct_io` disk tier's) leaves
+    /// both kinds of thread at the policy they inherit from their creator.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_runtime_without_batch_leaves_its_threads_as_their_creator() {
+        let [on_worker, on_blocking, creator] = policies_of_a_runtime(false);
+        assert_eq!(on_worker, creator);
+        assert_eq!(on_blocking, creator);
     }
 
     /// Both kinds of thread an instance runtime has, its workers (foyer's
@@ -273,27 +322,16 @@ mod tests {
     fn an_instance_runtimes_threads_are_batch_threads() {
         use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
         let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
-        let policy = || thread_priority::thread_schedule_policy().ok();
-        let runtime = InstanceRuntime::start(2).expect("start a runtime");
-        let handle = runtime.handle().expect("a running runtime");
-        let on_worker = handle.block_on(async move {
-            tokio::spawn(async move { policy() })
-                .await
-                .expect("the task ran")
-        });
-        let on_blocking = handle
-            .block_on(handle.spawn_blocking(policy))
-            .expect("the blocking task ran");
+        let [on_worker, on_blocking, creator] = policies_of_a_runtime(true);
         // Both were started from this thread, whose policy they inherit:
         // batch unless the tests run under a priority of their own choosing
         // or may not change it.
         let expected = if crate::batch_scheduling::batch_permitted() {
             Some(batch)
         } else {
-            policy()
+            creator
         };
         assert_eq!(on_worker, expected);
         assert_eq!(on_blocking, expected);
-        runtime.end();
     }
 }

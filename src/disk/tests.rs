@@ -37,7 +37,7 @@ async fn an_open_waits_for_the_release_of_the_last_instance_on_its_directory() {
     first.hold_directory_lock(lock);
     let lockable = || std::fs::File::open(&lock_path).unwrap().try_lock().is_ok();
     let (gate, gated) = tokio::sync::oneshot::channel::<()>();
-    let blocker = InstanceRuntime::start(1).unwrap();
+    let blocker = InstanceRuntime::start(1, true).unwrap();
     blocker.abandon(async move { gated.await.is_ok() }, None);
     drop(first);
     let device = opts.dir.canonicalize().unwrap();

@@ -3,6 +3,8 @@
 
 pub mod peer;
 pub mod redis_server;
+#[cfg(target_os = "linux")]
+pub mod threads;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
