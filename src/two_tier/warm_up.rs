@@ -102,7 +102,9 @@ pub(super) async fn warm(
     // The task is aborted when the last user handle drops or the cache
     // closes, and its readers with it (dropping the set aborts them), so
     // holding the cache for the whole warm-up keeps nothing alive past its
-    // owner.
+    // owner. A reader in the middle of a poll finishes that poll first,
+    // and may still promote the entry it read (as a per-key task could):
+    // an ordinary promotion, under the key's lock and its slot's check.
     let Some(strong) = inner.upgrade() else {
         return;
     };
@@ -145,6 +147,11 @@ async fn read_keys(
     read_ended: Arc<Notify>,
 ) {
     loop {
+        // A read that needs no I/O (a key gone, expired, without a codec,
+        // or a paused disk) completes without suspending: without this a
+        // reader could run through the whole list holding a runtime
+        // worker (the per-key tasks yielded through their join).
+        tokio::task::coop::consume_budget().await;
         // Registered before the look, so a read ending in between still
         // wakes this reader.
         let ended = read_ended.notified();
