@@ -147,6 +147,11 @@ impl Spiller {
         mut persists: mpsc::UnboundedReceiver<SpillItem>,
     ) {
         let budget = batch_bytes(self.disk.batch_budget(), self.flow.capacity());
+        // A record above foyer's own budget must share its buffer with
+        // nothing; one between the batch size and that goes as a batch of
+        // its own (the unconfirmed bytes then stay within a batch plus
+        // foyer's budget, one flusher's buffer).
+        let alone_above = self.disk.batch_budget();
         // At most half the queue, so that writers rarely wait for it.
         let coalesce = COALESCE.min(budget).min(self.flow.capacity() as usize / 2);
         let mut packer: Packer<SpillItem> = Packer::new(self.pack_threshold);
@@ -219,7 +224,7 @@ impl Spiller {
             let Some(first) = ready.pop_front() else {
                 continue;
             };
-            if first.footprint() > budget {
+            if first.footprint() > alone_above {
                 // Larger than half a buffer: it must share foyer's buffer
                 // with nothing, so what is in flight lands first, and
                 // this one lands before anything else is submitted.
