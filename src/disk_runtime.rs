@@ -52,6 +52,10 @@ fn workers() -> usize {
     }
 }
 
+/// The most disk threads `io_threads` picks for a direct device: tokio's
+/// own default for a blocking pool, what foyer's HybridCache gets.
+const MAX_DIRECT_IO_THREADS: usize = 512;
+
 /// The blocking threads of each instance runtime for `disk.io_threads`
 /// = `configured` (`0`: pick). A foyer instance's psync engine runs every
 /// `pread` and `pwrite` there, one `spawn_blocking` each.
@@ -68,7 +72,7 @@ fn workers() -> usize {
 /// process. (tokio's default of 512 had been worse again.)
 ///
 /// With `direct_io` every read waits on the device, so threads are queue
-/// depth: 32 per core, at least 64. tokio starts blocking threads only as
+/// depth: 32 per core, at least 64, at most 512. tokio starts blocking threads only as
 /// reads need them (and ends them after 10 s idle), so the cap costs
 /// nothing until that many reads are in flight; foyer's HybridCache, on
 /// the application's runtime, gets tokio's 512. On 2 cores, in the
@@ -89,7 +93,7 @@ pub(crate) fn io_threads(configured: usize, direct_io: bool) -> usize {
     }
     let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
     if direct_io {
-        (32 * cores).max(64)
+        (32 * cores).clamp(64, MAX_DIRECT_IO_THREADS)
     } else {
         cores.max(2)
     }
@@ -281,7 +285,7 @@ mod tests {
         assert_eq!(io_threads(5, true), 5);
         let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
         assert_eq!(io_threads(0, false), cores.max(2));
-        assert_eq!(io_threads(0, true), (32 * cores).max(64));
+        assert_eq!(io_threads(0, true), (32 * cores).clamp(64, 512));
     }
 
     /// The policy of an instance runtime's worker (where foyer's flushers

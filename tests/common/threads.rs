@@ -34,6 +34,11 @@ pub fn threads() -> Vec<(String, i64)> {
     out
 }
 
+/// The calling thread's scheduling policy (field 41).
+pub fn this_threads_policy() -> Option<i64> {
+    stat_field(&std::fs::read_to_string("/proc/thread-self/stat").ok()?, 41)
+}
+
 /// The calling thread's nice value (field 19).
 fn nice_of_this_thread() -> Option<i64> {
     stat_field(&std::fs::read_to_string("/proc/thread-self/stat").ok()?, 19)
