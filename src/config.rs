@@ -217,9 +217,9 @@ pub struct DiskConfig {
     /// disk tier. `0` picks: one per core (at least 2) for a buffered
     /// device, whose reads the page cache mostly serves as CPU work; 32
     /// per core (64 to 512) with `direct_io`, whose reads wait on the
-    /// device (threads start only as reads need them). Raise it for a buffered disk tier much larger than RAM, or
-    /// fast restarts with a cold page cache, where reads wait on the device
-    /// too. No effect with `io_engine = "io_uring"`.
+    /// device (threads start only as reads need them). Raise it for a
+    /// buffered disk tier much larger than RAM, or fast restarts with a
+    /// cold page cache, where reads wait on the device too. No effect with `io_engine = "io_uring"`.
     pub io_threads: usize,
     /// Open the device with `O_DIRECT`, bypassing the page cache.
     pub direct_io: bool,

@@ -30,6 +30,13 @@ async fn close_then_reopen_serves_every_entry_without_the_loader_and_warms_memor
     let s = cache.stats();
     assert!(s.recovery.warm_done, "{s:#?}");
     assert!(s.recovery.warmed > 5, "{s:#?}");
+    // Its time, in µs and in whole ms of the same measurement.
+    assert!(s.recovery.warm_micros > 0, "{s:#?}");
+    assert_eq!(
+        s.recovery.warm_millis,
+        s.recovery.warm_micros / 1000,
+        "{s:#?}"
+    );
     // The warmed entries are memory hits now.
     let mut resident = Vec::new();
     for i in 0..n {

@@ -176,7 +176,7 @@ struct Reopens<'a> {
     times: &'a mut Vec<f64>,
     /// The entries on disk right after each open.
     entries: &'a mut Vec<u64>,
-    /// spillway's warm-ups: ms, entries, bytes.
+    /// spillway's warm-ups: µs, entries, bytes.
     warms: &'a mut Vec<(u64, u64, u64)>,
     /// The workload's keys, `0..keys`: foyer's entries on disk are counted
     /// by asking its index for each of them.
@@ -209,7 +209,7 @@ async fn reopen(
         // The memory tier was empty at the open: what it holds now is
         // what the warm-up read back.
         let s = c.stats();
-        let warm = (s.recovery.warm_millis, s.recovery.warmed, s.memory.bytes);
+        let warm = (s.recovery.warm_micros, s.recovery.warmed, s.memory.bytes);
         measured.warms.push(warm);
         measured.entries.push(s.recovery.entries);
     }
@@ -245,13 +245,14 @@ fn median(mut values: Vec<u64>) -> Option<u64> {
 /// The median of the warm-ups (by time), with the fastest and slowest.
 fn median_warm_up(mut warms: Vec<(u64, u64, u64)>) -> Option<report::WarmUp> {
     warms.sort_unstable();
-    let &(ms, entries, bytes) = warms.get(warms.len() / 2)?;
+    let &(us, entries, bytes) = warms.get(warms.len() / 2)?;
+    let ms = |us: u64| us as f64 / 1e3;
     Some(report::WarmUp {
         entries,
         bytes,
-        ms,
-        ms_min: warms.first().map_or(ms, |w| w.0),
-        ms_max: warms.last().map_or(ms, |w| w.0),
+        ms: ms(us),
+        ms_min: ms(warms.first().map_or(us, |w| w.0)),
+        ms_max: ms(warms.last().map_or(us, |w| w.0)),
     })
 }
 

@@ -118,15 +118,15 @@ pub struct RunReport {
 }
 
 /// What a reopened spillway cache read back into memory, and how long it
-/// took (`recovery.warm_millis`).
+/// took (`recovery.warm_micros`, in ms).
 #[derive(Clone, Debug, Serialize)]
 pub struct WarmUp {
     pub entries: u64,
     pub bytes: u64,
     /// The median warm-up of the reopens; the fastest and slowest next to it.
-    pub ms: u64,
-    pub ms_min: u64,
-    pub ms_max: u64,
+    pub ms: f64,
+    pub ms_min: f64,
+    pub ms_max: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -500,9 +500,9 @@ pub(crate) fn sample() -> Report {
                 warm: (system == "spillway").then_some(WarmUp {
                     entries: 100,
                     bytes: 40 << 20,
-                    ms: 150,
-                    ms_min: 140,
-                    ms_max: 170,
+                    ms: 150.0,
+                    ms_min: 140.0,
+                    ms_max: 170.0,
                 }),
                 stats: None,
             });

@@ -80,12 +80,11 @@ impl WarmUp {
         }
         let mib = self.bytes as f64 / (1 << 20) as f64;
         let sequential_ms = mib / device.seq_read_mib_s * 1e3;
-        // warm_millis counts whole milliseconds: at least one.
-        let ratio = self.ms.max(1) as f64 / sequential_ms.max(1e-3);
+        let ratio = self.ms / sequential_ms.max(1e-3);
         Some(Target {
             name: format!("warm-up at {:.0}% memory", fraction * 100.0),
             measured: format!(
-                "{} entries, {mib:.1} MiB in {} ms (median; {}–{}) vs {sequential_ms:.1} ms reading them sequentially from the device ({:.0} MiB/s, {})",
+                "{} entries, {mib:.1} MiB in {:.1} ms (median; {:.1}–{:.1}) vs {sequential_ms:.1} ms reading them sequentially from the device ({:.0} MiB/s, {})",
                 self.entries,
                 self.ms,
                 self.ms_min,
@@ -265,17 +264,17 @@ mod tests {
             ms_min: ms,
             ms_max: ms,
         };
-        let met = warm(150).target(0.5, &device).unwrap();
+        let met = warm(150.0).target(0.5, &device).unwrap();
         assert!((met.ratio - 1.5).abs() < 1e-9, "{met:?}");
         assert!(met.meets && met.name.contains("50%"));
-        let short = warm(250).target(0.5, &device).unwrap();
+        let short = warm(250.0).target(0.5, &device).unwrap();
         assert!((short.ratio - 2.5).abs() < 1e-9 && !short.meets);
         let none = WarmUp {
             entries: 0,
             bytes: 0,
-            ms: 0,
-            ms_min: 0,
-            ms_max: 0,
+            ms: 0.0,
+            ms_min: 0.0,
+            ms_max: 0.0,
         };
         assert!(
             none.target(0.5, &device).is_none(),

@@ -123,7 +123,9 @@ pub(super) async fn warm(
     }
     while readers.join_next().await.is_some() {}
     let stats = cache.stats_ref();
-    stats.warm_millis.add(started.elapsed().as_millis() as u64);
+    let took = started.elapsed();
+    stats.warm_millis.add(took.as_millis() as u64);
+    stats.warm_micros.add(took.as_micros() as u64);
     stats.warm_done.store(true, Ordering::Release);
     stats.warm_ended.notify_waiters();
     if compaction == Compaction::AfterWarmUp {
