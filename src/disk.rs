@@ -412,6 +412,23 @@ impl DiskTier {
         &self.dir
     }
 
+    /// foyer's hash of a record key: what its blob indexes and entry
+    /// headers hold (see `record_scan`).
+    pub(crate) fn foyer_hash(&self, key: u64) -> u64 {
+        self.cache.read().memory().hash(&key)
+    }
+
+    /// Where the records lie, for reading many at once (see
+    /// `record_scan`); `None` with `direct_io` (a buffered read beside it
+    /// would fill the page cache it keeps clean), or once released.
+    pub(crate) fn bulk_layout(&self) -> Option<crate::record_scan::Layout> {
+        (!self.opts.direct_io && !self.is_released()).then(|| crate::record_scan::Layout {
+            path: self.dir.join("blocks"),
+            capacity: self.capacity as u64,
+            block_size: self.opts.block_size as u64,
+        })
+    }
+
     /// Hands a record to foyer's write queue. Synchronous: foyer orders it by
     /// sequence against later `delete`s of the same hash.
     pub(crate) fn enqueue(&self, hash: u64, record: Bytes) {

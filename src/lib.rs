@@ -122,6 +122,7 @@ mod prefixes;
 mod private_fs;
 mod quiet_stdout;
 mod read_spin;
+mod record_scan;
 mod remote;
 mod runtime_load;
 mod shared_prefix;

@@ -125,6 +125,7 @@ pub(crate) struct Stats {
     pub(crate) loader_waiters: Gauge,
     pub(crate) journal_errors: Counter,
     pub(crate) warmed: Counter,
+    pub(crate) warmed_in_bulk: Counter,
     pub(crate) warm_millis: Gauge,
     pub(crate) warm_micros: Gauge,
     pub(crate) warm_done: std::sync::atomic::AtomicBool,
@@ -375,6 +376,9 @@ pub struct RecoveryStats {
     pub dir_reset: bool,
     /// Entries loaded back into memory because they were resident at close.
     pub warmed: u64,
+    /// Of those, entries whose records were read in bulk (several
+    /// neighbouring records with one read) rather than one by one.
+    pub warmed_in_bulk: u64,
     /// Time the warm-up took, in whole milliseconds (0 until it is done).
     pub warm_millis: u64,
     /// The same in microseconds: a warm-up of a few megabytes takes a few
@@ -522,6 +526,7 @@ impl Stats {
             journal_errors: self.journal_errors.get(),
             recovery: RecoveryStats {
                 warmed: self.warmed.get(),
+                warmed_in_bulk: self.warmed_in_bulk.get(),
                 warm_millis: self.warm_millis.get(),
                 warm_micros: self.warm_micros.get(),
                 warm_done: self.warm_done.load(Relaxed),

@@ -11,6 +11,7 @@ mod remote;
 mod start;
 #[cfg(test)]
 mod tests;
+mod warm_bulk;
 mod warm_up;
 mod write;
 

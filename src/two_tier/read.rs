@@ -285,45 +285,7 @@ impl TwoTierCacheBackend {
                 return None;
             }
         };
-        // A packed version is one member of its pack's page.
-        let record = match pack {
-            // A pack under this key's hash (a pack id's key collided with
-            // it): another record, not this key's to delete.
-            None if crate::packing::is_pack(&bytes) => Err(DecodeMiss::KeyMismatch),
-            None => Ok(&bytes[..]),
-            Some(at) => {
-                crate::packing::member(&bytes, at.offset, record_len).ok_or(DecodeMiss::Corrupt)
-            }
-        };
-        let decoded = record.and_then(envelope::open).and_then(|record| {
-            if !record.is_for(key) || record.seq != seq {
-                return Err(DecodeMiss::KeyMismatch);
-            }
-
-            // A codec that panics is a decode failure, not the reader's panic.
-            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                codec.decode(record.type_version, &record.payload)
-            }))
-            .unwrap_or_else(|_| Err(CodecError::Failed("the codec panicked".into())));
-            let entry = decoded.map_err(|e| match e {
-                CodecError::Version { .. } | CodecError::Incompatible(_) => {
-                    DecodeMiss::Incompatible
-                }
-                CodecError::Failed(_) => DecodeMiss::Codec,
-            })?;
-            Ok(Resident {
-                entry,
-                size: record.size_bytes as usize,
-                seq,
-                codec: Some(codec),
-                // The same version: both say the same, or the slot came
-                // from a journal that lost nothing the record says.
-                expires_at: expires_at.max(record.expires_at),
-                // Already sent to the shared tier when it was first spilled.
-                stamp: 0,
-                fetched: false,
-            })
-        });
+        let decoded = open_record(key, codec, &bytes, pack, record_len, seq, expires_at);
         let res = match decoded {
             Ok(res) => res,
             Err(reason) => {
@@ -362,6 +324,40 @@ impl TwoTierCacheBackend {
             }
         }
         Some(entry)
+    }
+
+    /// The entry a disk read found for `key`, if it is `key`'s version
+    /// `seq`, whose slot says the rest: promoted (as the warm-up's reads
+    /// are: waiting for spill-queue room) unless the key changed meanwhile.
+    /// `bytes` is what foyer holds under the version's record key (its
+    /// pack's, if packed). Nothing is forgotten or deleted if it is not:
+    /// a read in bulk may find older copies of a record.
+    pub(super) async fn warm_from(&self, key: &InternalCacheKey, bytes: &[u8]) -> bool {
+        let hash = key.disk_hash();
+        let clock = &self.inner.spiller.clock;
+        let (seq, expires_at, pack, record_len) = {
+            let mut shard = self.inner.spiller.placements.lock(hash);
+            match shard.get(key) {
+                Some(slot) if matches!(slot.place, Place::Disk) => {
+                    (slot.seq, slot.expires_at, slot.pack, slot.record_len)
+                }
+                _ => return false,
+            }
+        };
+        let Some(codec) = self.codec_for(key, None) else {
+            return false;
+        };
+        let Ok(res) = open_record(key, codec, bytes, pack, record_len, seq, expires_at) else {
+            return false;
+        };
+        if clock.expired(res.expires_at) {
+            return false;
+        }
+        let room = self.reserve(queue_weight(key, res.size)).await;
+        self.promote(key, hash, res).await;
+        drop(room);
+        self.maintain_if_due().await;
+        true
     }
 
     /// Drops the slot of a disk version that turned out unreadable.
@@ -453,4 +449,51 @@ impl TwoTierCacheBackend {
             }
         }
     }
+}
+
+/// Opens `bytes`, what foyer holds under a version's record key, as `key`'s
+/// version `seq`: a packed version is one member of its pack's page
+/// (`pack`, `record_len`); the envelope must be intact and name this key
+/// and version, and `codec` must decode its payload.
+fn open_record(
+    key: &InternalCacheKey,
+    codec: Arc<dyn Codec>,
+    bytes: &[u8],
+    pack: Option<PackRef>,
+    record_len: u32,
+    seq: u64,
+    expires_at: u64,
+) -> Result<Resident, DecodeMiss> {
+    let record = match pack {
+        // A pack under this key's hash (a pack id's key collided with
+        // it): another record, not this key's to delete.
+        None if crate::packing::is_pack(bytes) => Err(DecodeMiss::KeyMismatch),
+        None => Ok(bytes),
+        Some(at) => crate::packing::member(bytes, at.offset, record_len).ok_or(DecodeMiss::Corrupt),
+    };
+    let record = envelope::open(record?)?;
+    if !record.is_for(key) || record.seq != seq {
+        return Err(DecodeMiss::KeyMismatch);
+    }
+    // A codec that panics is a decode failure, not the reader's panic.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        codec.decode(record.type_version, &record.payload)
+    }))
+    .unwrap_or_else(|_| Err(CodecError::Failed("the codec panicked".into())));
+    let entry = decoded.map_err(|e| match e {
+        CodecError::Version { .. } | CodecError::Incompatible(_) => DecodeMiss::Incompatible,
+        CodecError::Failed(_) => DecodeMiss::Codec,
+    })?;
+    Ok(Resident {
+        entry,
+        size: record.size_bytes as usize,
+        seq,
+        codec: Some(codec),
+        // The same version: both say the same, or the slot came
+        // from a journal that lost nothing the record says.
+        expires_at: expires_at.max(record.expires_at),
+        // Already sent to the shared tier when it was first spilled.
+        stamp: 0,
+        fetched: false,
+    })
 }

@@ -109,10 +109,13 @@ pub(super) async fn warm(
         return;
     };
     let cache = TwoTierCacheBackend::internal(strong);
+    // What the readers would read, read in bulk where it can be; they read
+    // the rest, from the bytes warmed here.
+    let bulk = super::warm_bulk::warm_in_bulk(&cache, &keys, budget).await;
     let readers_wanted = WARM_WINDOW.min(keys.len());
     let feeder = Arc::new(Mutex::new(Feeder {
         keys: keys.into(),
-        used: 0,
+        used: bulk,
         in_flight: 0,
         budget,
     }));
