@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 
@@ -79,6 +80,9 @@ pub(crate) struct Layout {
 pub(crate) struct Located {
     pub key: u64,
     pub foyer_hash: u64,
+    /// foyer's sequence number of the write: the latest copy of a record
+    /// key has the highest.
+    pub sequence: u64,
     pub at: u64,
     pub len: u32,
 }
@@ -103,8 +107,9 @@ fn u64_le(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// An entry of a blob index: foyer's hash, offset from the blob, length.
-type IndexEntry = (u64, u64, u32);
+/// An entry of a blob index: foyer's hash, foyer's sequence number of the
+/// write, offset from the blob, length.
+type IndexEntry = (u64, u64, u64, u32);
 
 /// The entries of one blob index and the offset of the next blob from
 /// this one; `None` if `index` is not a blob index (then the block's chain
@@ -118,8 +123,9 @@ fn parse_index(index: &[u8], room: u64) -> Option<(Vec<IndexEntry>, u64)> {
     let mut next = 0;
     for i in 0..count {
         let at = INDEX_HEADER + i * INDEX_ENTRY;
-        let (hash, offset, len) = (
+        let (hash, sequence, offset, len) = (
             u64_be(index, at)?,
+            u64_be(index, at + 8)?,
             u64::from(u32_be(index, at + 16)?),
             u32_be(index, at + 20)?,
         );
@@ -128,64 +134,84 @@ fn parse_index(index: &[u8], room: u64) -> Option<(Vec<IndexEntry>, u64)> {
             return None;
         }
         next = end;
-        entries.push((hash, offset, len));
+        entries.push((hash, sequence, offset, len));
     }
     // An empty index ends the chain; foyer writes none.
     (next > 0).then_some((entries, next))
 }
 
 /// Walks the blob chain of the block at `start` and adds the entries whose
-/// hash is wanted.
+/// hash is wanted, while `reads_left` (shared by the scan's threads) lasts;
+/// `false` once it is spent.
 fn scan_block(
     file: &File,
     start: u64,
     block_size: u64,
     wanted: &HashMap<u64, u64>,
+    reads_left: &AtomicI64,
     found: &mut Vec<Located>,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let mut index = vec![0u8; BLOB_INDEX as usize];
     let mut blob = 0;
     while blob + BLOB_INDEX <= block_size {
+        if reads_left.fetch_sub(1, Ordering::Relaxed) <= 0 {
+            return Ok(false);
+        }
         match file.read_at(&mut index, start + blob) {
             Ok(n) if n == index.len() => {}
             // Past the end of a file not yet grown to its capacity.
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
         let Some((entries, next)) = parse_index(&index, block_size - blob) else {
-            return Ok(());
+            return Ok(true);
         };
-        found.extend(entries.into_iter().filter_map(|(hash, offset, len)| {
-            Some(Located {
-                key: *wanted.get(&hash)?,
-                foyer_hash: hash,
-                at: start + blob + offset,
-                len,
-            })
-        }));
+        found.extend(
+            entries
+                .into_iter()
+                .filter_map(|(hash, sequence, offset, len)| {
+                    Some(Located {
+                        key: *wanted.get(&hash)?,
+                        foyer_hash: hash,
+                        sequence,
+                        at: start + blob + offset,
+                        len,
+                    })
+                }),
+        );
         blob += next;
     }
-    Ok(())
+    Ok(true)
 }
 
-/// Every entry foyer's blob indexes list under a `wanted` hash (foyer's
-/// hash of a record key, mapped to that key), sorted by position (a record
-/// may appear more than once: older copies stay on disk until their block
-/// is reused).
-pub(crate) fn locate(layout: &Layout, wanted: &HashMap<u64, u64>) -> std::io::Result<Vec<Located>> {
+/// Where foyer's blob indexes say the latest copy of each `wanted` record
+/// lies (`wanted` maps foyer's hash of a record key to that key; older
+/// copies stay on disk until their block is reused), sorted by position. At most `max_reads` blob indexes are read: the scan walks every
+/// block's chain, a cost of the disk's size, while the records it saves
+/// reading one by one are as many as `wanted`; once the reads are spent,
+/// what was found is returned and the rest is read the usual way.
+pub(crate) fn locate(
+    layout: &Layout,
+    wanted: &HashMap<u64, u64>,
+    max_reads: usize,
+) -> std::io::Result<Vec<Located>> {
     let file = File::open(&layout.path)?;
     let blocks = layout.capacity / layout.block_size.max(1);
     let threads = SCAN_THREADS.min(blocks as usize).max(1);
+    let reads_left = AtomicI64::new(i64::try_from(max_reads).unwrap_or(i64::MAX));
     let parts: Vec<std::io::Result<Vec<Located>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads as u64)
             .map(|first| {
-                let file = &file;
+                let (file, reads_left) = (&file, &reads_left);
                 scope.spawn(move || {
                     let mut found = Vec::new();
                     for block in (first..blocks).step_by(threads) {
                         let start = block * layout.block_size;
-                        scan_block(file, start, layout.block_size, wanted, &mut found)?;
+                        let size = layout.block_size;
+                        if !scan_block(file, start, size, wanted, reads_left, &mut found)? {
+                            break;
+                        }
                     }
                     Ok(found)
                 })
@@ -199,10 +225,19 @@ pub(crate) fn locate(layout: &Layout, wanted: &HashMap<u64, u64>) -> std::io::Re
             })
             .collect()
     });
-    let mut found = Vec::new();
+    // The latest copy of each record key, as foyer's own index keeps it:
+    // a key's newer versions are always written after its older ones, so
+    // the others are older versions (a hot key's can be many).
+    let mut latest: HashMap<u64, Located> = HashMap::new();
     for part in parts {
-        found.extend(part?);
+        for l in part? {
+            let kept = latest.entry(l.key).or_insert(l);
+            if l.sequence > kept.sequence {
+                *kept = l;
+            }
+        }
     }
+    let mut found: Vec<Located> = latest.into_values().collect();
     found.sort_unstable_by_key(|l| l.at);
     Ok(found)
 }
