@@ -68,6 +68,10 @@ pub(super) async fn warm_in_bulk(
     keys: &[InternalCacheKey],
     budget: u64,
 ) -> u64 {
+    // Fewer keys plan fewer records: not worth the walk below.
+    if keys.len() < MIN_BULK_RECORDS {
+        return 0;
+    }
     let spiller = &cache.inner.spiller;
     let Some(layout) = spiller.disk.bulk_layout() else {
         return 0;
