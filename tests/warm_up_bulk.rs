@@ -12,8 +12,8 @@ use std::sync::Arc;
 use common::*;
 use spillway::{CacheBackend, CacheEntry, TwoTierBuilder, TwoTierCacheBackend};
 
-/// Keys written: the bulk pass is for warm-ups of a thousand records or
-/// more (fewer are read one by one).
+/// Keys written: the bulk pass is for warm-ups of 512 records or more
+/// (fewer are read one by one).
 const KEYS: usize = 2000;
 
 /// Room on disk for every version written below.
@@ -162,4 +162,47 @@ async fn a_direct_io_warm_up_reads_one_by_one() {
     assert!(s.recovery.warmed >= KEYS as u64, "{:#?}", s.recovery);
     assert_eq!(s.recovery.warmed_in_bulk, 0, "{:#?}", s.recovery);
     assert_latest(&cache, &latest).await;
+}
+
+/// Writes `keys` entries of 8 KiB (one record each), closes, and reopens
+/// with room for them all; returns the reopened cache, warmed.
+async fn reopened_with(dir: &std::path::Path, keys: usize) -> TwoTierCacheBackend {
+    let cache = builder(dir).build().await.unwrap();
+    for id in 0..keys {
+        let v = value(id, 1, VALUE);
+        cache
+            .insert(&key("w", id), Arc::new(v) as CacheEntry, VALUE)
+            .await;
+    }
+    // The close writes every resident entry: all of them are warmed next.
+    cache.close().await.unwrap();
+    drop(cache);
+    let cache = builder(dir).build().await.unwrap();
+    cache.warmed().await;
+    cache
+}
+
+/// The bulk pass costs about a millisecond whatever it reads, so a warm-up
+/// of fewer than 512 records reads them one by one, and one of more reads
+/// them in bulk; either way every entry comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_warm_up_reads_one_by_one_and_a_larger_one_in_bulk() {
+    for (keys, in_bulk) in [(400, 0), (700, 700)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = reopened_with(dir.path(), keys).await;
+        let s = cache.stats();
+        assert_eq!(s.recovery.warmed, keys as u64, "{keys}: {:#?}", s.recovery);
+        assert_eq!(
+            s.recovery.warmed_in_bulk, in_bulk,
+            "{keys}: {:#?}",
+            s.recovery
+        );
+        for id in 0..keys {
+            let got = cache.get_without_promotion(&key("w", id)).await;
+            assert!(
+                got.as_ref().map(as_blob) == Some(&value(id, 1, VALUE)),
+                "w/{id} of {keys}"
+            );
+        }
+    }
 }

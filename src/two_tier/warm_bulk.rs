@@ -28,11 +28,14 @@ use crate::InternalCacheKey;
 /// done).
 const ITEMS_AHEAD: usize = 256;
 
-/// Fewer records than this are read one by one: a small warm-up's
-/// records lie far apart on a large disk, mostly one to a read, and the
-/// scan costs more than it saves (the bench's warm-up of 352 entries of
-/// 8 KiB on a 1 GiB disk took 4.1–5.7 ms in bulk, 3.6–5.2 ms one by one).
-const MIN_BULK_RECORDS: usize = 1024;
+/// Fewer records than this are read one by one. The pass has a cost of
+/// its own, about a millisecond on 2 cores (the plan's walk, threads for
+/// the scan, its index reads), and saves about 2 µs a record (a small
+/// warm-up's records lie far apart, mostly one to a read): on the bench's
+/// 1 GiB disk of 8 KiB entries (its main table's 5% and 10% rows, alone,
+/// 9 warm-ups each way) 352 records took a median 2.9 ms one by one and
+/// 3.2 ms in bulk, 705 records 6.5 ms one by one and 5.0 ms in bulk.
+const MIN_BULK_RECORDS: usize = 512;
 
 /// Blob indexes the scan may read however few records are planned.
 const MIN_INDEX_READS: usize = 64;
