@@ -412,6 +412,11 @@ impl DiskTier {
         &self.dir
     }
 
+    /// Whether the device is opened with `O_DIRECT`.
+    pub(crate) fn direct_io(&self) -> bool {
+        self.opts.direct_io
+    }
+
     /// foyer's hash of a record key: what its blob indexes and entry
     /// headers hold (see `record_scan`).
     pub(crate) fn foyer_hash(&self, key: u64) -> u64 {

@@ -65,6 +65,40 @@ fn batch_bytes(disk_budget: usize, queue_capacity: u64) -> usize {
     disk_budget.min(third.max(MIN_BATCH))
 }
 
+/// The most bytes a buffered disk tier has in flight while its spill queue
+/// is under half full and no writer waits for room.
+///
+/// A buffered `pwrite` is a copy into the page cache, CPU work on a disk
+/// thread that runs as a batch thread (no wake-up preemption, see
+/// `batch_scheduling`). A disk read woken behind it on the same core
+/// waits for it to end, and the other core, idle or not, does not take the
+/// read over: the scheduler keeps a thread that ran in the last half
+/// millisecond where it ran. With batches of up to a third of the queue
+/// (1-4 MiB) a read waited 0.3-1.5 ms that way (`perf sched timehist`:
+/// disk threads runnable for over 0.3 ms, 157 times in two repetitions
+/// of the 64 KiB one-task head-to-head cell), the cell's read p99 was
+/// 1.10-1.59x foyer's in six bench runs, and `DiskTier::load` found 10-150
+/// reads over 0.4 ms a phase. Every batch capped at this size: 180 such
+/// reads against 478 over the same 24 phases, but the 64 KiB 16-task
+/// cells lost 6-12% of their throughput (one bench run). So a backlog (the
+/// queue half full, or a writer waiting) gets the full batch, whose larger
+/// writes keep up with it. As kept (`bench-scaling`, two alternating
+/// rounds of 4 repetitions): the 64 KiB one-task free-loader cell's read
+/// p99 1.02 and 1.04x foyer's against 1.34 and 1.43x, the 16-task cells'
+/// throughput 1.08-1.17x against 1.05-1.13x. With `direct_io` the write
+/// waits on the device, not on a core: always the full batch.
+const QUIET_BATCH: usize = COALESCE;
+
+/// The bytes a batch may take, and foyer may have in flight, now: the
+/// full `budget` with `direct_io` or a backlog, else [`QUIET_BATCH`].
+fn batch_limit(budget: usize, direct_io: bool, queued: u64, capacity: u64, waiting: bool) -> usize {
+    if direct_io || waiting || queued.saturating_mul(2) >= capacity {
+        budget
+    } else {
+        budget.min(QUIET_BATCH)
+    }
+}
+
 /// Bytes the units take in foyer's buffers.
 fn footprint(units: &VecDeque<Unit>) -> usize {
     units.iter().map(Unit::footprint).sum()
@@ -183,11 +217,18 @@ impl Spiller {
                     Wake::Closed | Wake::Seal => force = true,
                 }
             }
+            let limit = batch_limit(
+                budget,
+                self.disk.direct_io(),
+                self.flow.queued(),
+                self.flow.capacity(),
+                self.flow.writers_waiting(),
+            );
             // What is waiting now, up to a batch's worth.
             let mut emptied = false;
             // Kept as a running sum: a backlog can make thousands of units.
             let mut ready_bytes = footprint(&ready);
-            while ready_bytes < budget {
+            while ready_bytes < limit {
                 match next_now(&mut evictions, &mut persists) {
                     Some(item) => {
                         held_since.get_or_insert_with(Instant::now);
@@ -248,7 +289,7 @@ impl Spiller {
             let mut used = self.submit(first, &mut batch, &mut packs);
             while let Some(unit) = ready.pop_front() {
                 let footprint = unit.footprint();
-                if footprint > budget || (used > 0 && used + footprint > budget) {
+                if footprint > limit || (used > 0 && used + footprint > limit) {
                     // It opens the next batch.
                     ready.push_front(unit);
                     break;
@@ -270,12 +311,13 @@ impl Spiller {
                 // with O_DIRECT, 2.3-2.5 against 2.9-3.0 buffered). Small
                 // batches (a trickle) still gather into one flush, so that
                 // foyer writes fewer 4 KiB index pages.
-                if used >= budget / 2 {
+                if used >= limit / 2 {
                     tokio::task::yield_now().await;
                 }
             }
-            // Room for the next batch: at most a budget stays in flight.
-            while in_flight.bytes > budget {
+            // Room for the next batch: at most a batch's limit stays in
+            // flight.
+            while in_flight.bytes > limit {
                 self.land_oldest(&mut in_flight).await;
             }
             self.progress.notify_waiters();
@@ -450,6 +492,23 @@ fn next_now(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffered_tier_writes_small_batches_unless_a_backlog_waits() {
+        let (budget, capacity) = (4 << 20, 8 << 20);
+        // Buffered, the queue a quarter full: quiet batches.
+        assert_eq!(
+            batch_limit(budget, false, 2 << 20, capacity, false),
+            QUIET_BATCH
+        );
+        // Half full, or a writer waiting: the full batch.
+        assert_eq!(batch_limit(budget, false, 4 << 20, capacity, false), budget);
+        assert_eq!(batch_limit(budget, false, 0, capacity, true), budget);
+        // With direct_io the write waits on the device: always the full batch.
+        assert_eq!(batch_limit(budget, true, 0, capacity, false), budget);
+        // Never more than the budget.
+        assert_eq!(batch_limit(64 << 10, false, 0, capacity, false), 64 << 10);
+    }
 
     #[test]
     fn a_batch_is_at_most_a_third_of_the_queue_and_foyers_budget() {
