@@ -37,6 +37,7 @@ mod fleet;
 mod heap;
 mod index;
 mod kill;
+mod loader;
 mod main_table;
 mod micro;
 mod packing;
@@ -160,6 +161,8 @@ pub fn run(opts: Options) -> spillway::Result<()> {
         bench.memory_fractions = vec![0.1, 0.5];
     }
     std::fs::create_dir_all(&opts.out).map_err(err("create output directory", &opts.out))?;
+    // Before any system runs: see `loader`.
+    loader::rounds_per_micro();
     let report = {
         let _quiet = quiet::QuietStdout::new();
         measure(&opts, bench)?

@@ -68,6 +68,8 @@ pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling
     std::fs::create_dir_all(out).map_err(err("create output directory", out))?;
     let scratch = super::scratch(config)?;
     let ops_scale = if quick { 0.25 } else { 1.0 };
+    // Before any system runs: see `loader`.
+    super::loader::rounds_per_micro();
     let runs = {
         let _quiet = super::quiet::QuietStdout::new();
         versus::measure_cells(

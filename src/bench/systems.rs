@@ -224,15 +224,11 @@ pub async fn foyer_reopen_of_spillway(
     Ok(took)
 }
 
-/// A loader of configurable cost: it burns `cost` of CPU time, as a real
-/// loader (decompressing, parsing) would, then builds the value.
+/// A loader of configurable cost: `cost` worth of CPU work, as a real
+/// loader (decompressing, parsing) would do (see `loader`), then the value.
 pub fn load(id: usize, len: usize, cost: Duration) -> Vec<u8> {
-    let start = Instant::now();
-    let v = value(id, len);
-    while start.elapsed() < cost {
-        std::hint::spin_loop();
-    }
-    v
+    super::loader::burn(cost);
+    value(id, len)
 }
 
 pub enum System {
