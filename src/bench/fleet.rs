@@ -141,7 +141,10 @@ struct Worker {
 
 impl Worker {
     fn start(exe: &Path, config: &Path, dir: &Path, index: usize) -> spillway::Result<Self> {
+        // The parent's loader calibration: see `loader::ROUNDS_ENV`.
+        let loader_env = super::loader::for_child();
         let mut child = Command::new(exe)
+            .env(loader_env.0, &loader_env.1)
             .arg("bench-fleet-child")
             .arg("--config")
             .arg(config)

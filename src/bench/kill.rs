@@ -46,7 +46,10 @@ pub fn measure(
     })?;
     std::fs::write(&config_path, text).map_err(io("write", &config_path))?;
     let exe = std::env::current_exe().map_err(io("find the spillway binary", Path::new("-")))?;
+    // The parent's loader calibration: see `loader::ROUNDS_ENV`.
+    let loader_env = super::loader::for_child();
     let mut child = Command::new(&exe)
+        .env(loader_env.0, &loader_env.1)
         .arg("bench-kill-child")
         .arg("--config")
         .arg(&config_path)

@@ -20,11 +20,20 @@ const CALIBRATION_TRIES: usize = 9;
 
 static ROUNDS_PER_MICRO: OnceLock<f64> = OnceLock::new();
 
+/// The bench's child processes (the kill and fleet phases) take the
+/// parent's calibration from this variable: measured again in a child,
+/// beside its busy siblings, it would come out low and make their loaders
+/// cheaper than the parent's.
+pub const ROUNDS_ENV: &str = "SPILLWAY_BENCH_LOADER_ROUNDS_PER_MICRO";
+
 /// Rounds of [`work`] per microsecond on this machine. Measured on first
-/// use; the bench calls it before any system runs, so that no phase pays
-/// for (or disturbs) the measurement.
+/// use (or taken from [`ROUNDS_ENV`]); the bench calls it before any
+/// system runs, so that no phase pays for (or disturbs) the measurement.
 pub fn rounds_per_micro() -> f64 {
     *ROUNDS_PER_MICRO.get_or_init(|| {
+        if let Some(given) = inherited(std::env::var(ROUNDS_ENV).ok().as_deref()) {
+            return given;
+        }
         let fastest = (0..CALIBRATION_TRIES)
             .map(|_| {
                 let started = Instant::now();
@@ -35,6 +44,18 @@ pub fn rounds_per_micro() -> f64 {
             .unwrap_or(Duration::from_micros(1));
         CALIBRATION_ROUNDS as f64 / (fastest.as_secs_f64() * 1e6).max(1e-3)
     })
+}
+
+/// The variable and value that pass this process's calibration to a child.
+pub fn for_child() -> (&'static str, String) {
+    (ROUNDS_ENV, rounds_per_micro().to_string())
+}
+
+/// A calibration passed down by a parent, if `value` is a usable one.
+fn inherited(value: Option<&str>) -> Option<f64> {
+    value
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|r| r.is_finite() && *r > 0.0)
 }
 
 /// `cost` worth of CPU work, as measured by [`rounds_per_micro`].
@@ -67,5 +88,23 @@ mod tests {
         assert_eq!(work(1_000), work(1_000));
         assert_ne!(work(1_000), work(1_001));
         assert!(rounds_per_micro() > 0.0);
+    }
+
+    #[test]
+    fn a_child_takes_a_usable_calibration_from_its_parent_and_nothing_else() {
+        let (name, value) = for_child();
+        assert_eq!(name, ROUNDS_ENV);
+        assert_eq!(inherited(Some(&value)), Some(rounds_per_micro()));
+        for bad in [
+            None,
+            Some(""),
+            Some("fast"),
+            Some("0"),
+            Some("-3"),
+            Some("NaN"),
+            Some("inf"),
+        ] {
+            assert_eq!(inherited(bad), None, "{bad:?}");
+        }
     }
 }
