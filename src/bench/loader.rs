@@ -23,27 +23,42 @@ static ROUNDS_PER_MICRO: OnceLock<f64> = OnceLock::new();
 /// The bench's child processes (the kill and fleet phases) take the
 /// parent's calibration from this variable: measured again in a child,
 /// beside its busy siblings, it would come out low and make their loaders
-/// cheaper than the parent's.
+/// cheaper than the parent's. Only children read it ([`rounds_per_micro`]):
+/// the parent always measures ([`calibrate`]), so a value left in the
+/// environment cannot stand in for a measurement.
 pub const ROUNDS_ENV: &str = "SPILLWAY_BENCH_LOADER_ROUNDS_PER_MICRO";
 
-/// Rounds of [`work`] per microsecond on this machine. Measured on first
-/// use (or taken from [`ROUNDS_ENV`]); the bench calls it before any
-/// system runs, so that no phase pays for (or disturbs) the measurement.
+/// The plausible range of a calibration, in rounds per microsecond (a
+/// round is a few cycles: about 10 to 10,000 from a 100 MHz core to a
+/// 10 GHz one with room to spare). A value outside it is not a machine's.
+const PLAUSIBLE: std::ops::RangeInclusive<f64> = 1.0..=100_000.0;
+
+/// Measures this machine's rounds per microsecond, unless this process
+/// already has a calibration. The bench's parent process calls it before
+/// any system runs, so that no phase pays for (or disturbs) it.
+pub fn calibrate() -> f64 {
+    *ROUNDS_PER_MICRO.get_or_init(measure)
+}
+
+/// Rounds of [`work`] per microsecond: this process's calibration; in a
+/// child that has none yet, the parent's from [`ROUNDS_ENV`], else measured.
 pub fn rounds_per_micro() -> f64 {
     *ROUNDS_PER_MICRO.get_or_init(|| {
-        if let Some(given) = inherited(std::env::var(ROUNDS_ENV).ok().as_deref()) {
-            return given;
-        }
-        let fastest = (0..CALIBRATION_TRIES)
-            .map(|_| {
-                let started = Instant::now();
-                black_box(work(CALIBRATION_ROUNDS));
-                started.elapsed()
-            })
-            .min()
-            .unwrap_or(Duration::from_micros(1));
-        CALIBRATION_ROUNDS as f64 / (fastest.as_secs_f64() * 1e6).max(1e-3)
+        inherited(std::env::var(ROUNDS_ENV).ok().as_deref()).unwrap_or_else(measure)
     })
+}
+
+fn measure() -> f64 {
+    let fastest = (0..CALIBRATION_TRIES)
+        .map(|_| {
+            let started = Instant::now();
+            black_box(work(CALIBRATION_ROUNDS));
+            started.elapsed()
+        })
+        .min()
+        .unwrap_or(Duration::from_micros(1));
+    let measured = CALIBRATION_ROUNDS as f64 / (fastest.as_secs_f64() * 1e6).max(1e-3);
+    measured.clamp(*PLAUSIBLE.start(), *PLAUSIBLE.end())
 }
 
 /// The variable and value that pass this process's calibration to a child.
@@ -51,11 +66,16 @@ pub fn for_child() -> (&'static str, String) {
     (ROUNDS_ENV, rounds_per_micro().to_string())
 }
 
-/// A calibration passed down by a parent, if `value` is a usable one.
+/// A calibration passed down by a parent, if `value` is a plausible one.
 fn inherited(value: Option<&str>) -> Option<f64> {
     value
         .and_then(|v| v.parse::<f64>().ok())
-        .filter(|r| r.is_finite() && *r > 0.0)
+        .filter(|r| PLAUSIBLE.contains(r))
+}
+
+/// Rounds of [`work`] worth `cost` at `rate` rounds per microsecond.
+fn rounds_for(cost: Duration, rate: f64) -> u64 {
+    (cost.as_secs_f64() * 1e6 * rate).ceil() as u64
 }
 
 /// `cost` worth of CPU work, as measured by [`rounds_per_micro`].
@@ -63,8 +83,7 @@ pub fn burn(cost: Duration) {
     if cost.is_zero() {
         return;
     }
-    let rounds = (cost.as_secs_f64() * 1e6 * rounds_per_micro()).ceil() as u64;
-    black_box(work(rounds));
+    black_box(work(rounds_for(cost, rounds_per_micro())));
 }
 
 /// `rounds` rounds of a multiply-rotate mix, each depending on the last, so
@@ -82,12 +101,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_work_is_a_function_of_its_rounds() {
-        // The same rounds give the same result, other rounds another: the
-        // loop cannot be folded away into a constant.
-        assert_eq!(work(1_000), work(1_000));
+    fn the_work_depends_on_every_round_and_its_cost_on_the_rate() {
+        // Each round changes the result, so none can be skipped (folding
+        // is kept off by `black_box`, which no value test can see).
         assert_ne!(work(1_000), work(1_001));
-        assert!(rounds_per_micro() > 0.0);
+        assert_ne!(work(0), work(1));
+        assert_eq!(rounds_for(Duration::from_micros(50), 600.0), 30_000);
+        assert_eq!(rounds_for(Duration::from_nanos(1), 600.0), 1);
+        assert_eq!(rounds_for(Duration::ZERO, 600.0), 0);
+        assert!(PLAUSIBLE.contains(&calibrate()));
+        assert_eq!(rounds_per_micro(), calibrate());
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub fn run(opts: Options) -> spillway::Result<()> {
     }
     std::fs::create_dir_all(&opts.out).map_err(err("create output directory", &opts.out))?;
     // Before any system runs: see `loader`.
-    loader::rounds_per_micro();
+    loader::calibrate();
     let report = {
         let _quiet = quiet::QuietStdout::new();
         measure(&opts, bench)?

@@ -149,6 +149,9 @@ pub struct Report {
     /// `disk.capacity`: every run's disk budget.
     pub disk_capacity_bytes: u64,
     pub bench: BenchConfig,
+    /// Rounds of the loader's work loop per microsecond, as calibrated
+    /// for this run (see `loader`).
+    pub loader_rounds_per_micro: f64,
     pub device: DeviceReport,
     pub micro: MicroReport,
     /// The spill storms: bandwidth against the device, and what was lost.
@@ -205,6 +208,7 @@ impl Report {
             memory_capacity_bytes: config.memory.capacity.0,
             disk_capacity_bytes: config.disk.capacity.0,
             bench,
+            loader_rounds_per_micro: super::loader::rounds_per_micro(),
             device,
             micro,
             storm,
@@ -319,7 +323,7 @@ impl Report {
 
     fn markdown(&self) -> String {
         format!(
-            "# spillway bench\n\n{}Machine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs. Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write of {} MiB: {:.0} MiB/s ({}), {:.0} MiB/s buffered (`write` + `fdatasync`); 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}); sequential read {:.0} MiB/s (1 MiB reads, {}).\n\n## Results\n\n{}\nops/s: the steady phase run {} times on the same cache, in each of two passes over the systems, the second on a fresh cache and in the reverse order of systems, so that a slow spell of the machine does not fall on one system's figure alone (min / median / max of both passes' runs; the Head to head section repeats whole runs); every other column is from the first pass's first run. `-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\n## Targets\n\n{}\n{}\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
+            "# spillway bench\n\n{}Machine: {}. Disk tier I/O: {}. Working set: {:.0} MiB ({} keys, {} values of median {} B, Zipf s = {}), {} ops per phase, {} tasks, loader cost {} µs of CPU work ({:.0} rounds of its loop per µs, calibrated for this run). Memory budgets: the fractions of the working set below, capped at `memory.capacity` ({:.0} MiB); disk budget: `disk.capacity` ({:.0} MiB). Every figure below was measured in this run.\n\n## Device\n\nSequential write of {} MiB: {:.0} MiB/s ({}), {:.0} MiB/s buffered (`write` + `fdatasync`); 4 KiB random read p50 {:.0} µs, p99 {:.0} µs ({}); sequential read {:.0} MiB/s (1 MiB reads, {}).\n\n## Results\n\n{}\nops/s: the steady phase run {} times on the same cache, in each of two passes over the systems, the second on a fresh cache and in the reverse order of systems, so that a slow spell of the machine does not fall on one system's figure alone (min / median / max of both passes' runs; the Head to head section repeats whole runs); every other column is from the first pass's first run. `-`: no figure (not measured, or not applicable: moka has no disk tier; a run without disk hits has no disk-hit latency). Write amp: bytes written to the device / bytes of records spilled.\n\n## Targets\n\n{}\n{}\n{}\n{}\n![hit ratio](hit_ratio.svg)\n![throughput](throughput.svg)\n![latency](latency.svg)\n![spill bandwidth](spill_bandwidth.svg)\n",
             if self.quick {
                 "**`--quick`: a quarter of the work and two memory budgets. Not representative: do not quote these figures.**\n\n"
             } else {
@@ -335,6 +339,7 @@ impl Report {
             self.bench.ops,
             self.bench.tasks,
             self.bench.loader_cost_us,
+            self.loader_rounds_per_micro,
             mib(self.memory_capacity_bytes),
             mib(self.disk_capacity_bytes),
             self.device.bytes >> 20,

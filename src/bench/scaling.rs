@@ -69,7 +69,7 @@ pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling
     let scratch = super::scratch(config)?;
     let ops_scale = if quick { 0.25 } else { 1.0 };
     // Before any system runs: see `loader`.
-    super::loader::rounds_per_micro();
+    super::loader::calibrate();
     let runs = {
         let _quiet = super::quiet::QuietStdout::new();
         versus::measure_cells(

@@ -228,7 +228,8 @@ pub async fn foyer_reopen_of_spillway(
 }
 
 /// A loader of configurable cost: `cost` worth of CPU work, as a real
-/// loader (decompressing, parsing) would do (see `loader`), then the value.
+/// loader (decompressing, parsing) would do (see `loader`), then the value
+/// (built after the cost, not within it).
 pub fn load(id: usize, len: usize, cost: Duration) -> Vec<u8> {
     super::loader::burn(cost);
     value(id, len)
