@@ -126,6 +126,8 @@ mod tests {
             Some("-3"),
             Some("NaN"),
             Some("inf"),
+            Some("1e-300"),
+            Some("1e30"),
         ] {
             assert_eq!(inherited(bad), None, "{bad:?}");
         }
