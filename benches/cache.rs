@@ -194,9 +194,105 @@ fn get_or_insert_contention(c: &mut Criterion) {
     g.finish();
 }
 
+/// The memory tier's cost under churn, and what moka's eviction listener
+/// adds to it: the same skewed stream of reads (an insert on each miss)
+/// over ten times as many keys as fit, split between two tasks on a
+/// two-worker runtime (two threads contend, as the bench's clients do),
+/// through moka with no listener, moka with one (spillway's memory tier
+/// needs it to hear of evictions; moka then locks each key on insert and
+/// boxes each notification), and foyer's in-memory cache (the memory tier
+/// of foyer's HybridCache).
+fn memory_churn(c: &mut Criterion) {
+    const FIT: u64 = 8192;
+    const OPS: usize = 20_000;
+    const TASKS: usize = 2;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(TASKS)
+        .build()
+        .expect("runtime");
+    let keys: Arc<Vec<Arc<str>>> =
+        Arc::new((0..10 * FIT).map(|i| format!("bench/{i}").into()).collect());
+    // A fixed skewed stream: cubing a uniform draw favours the low ids.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let stream: Arc<Vec<usize>> = Arc::new(
+        (0..OPS)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x % 1_000_000) as f64 / 1e6;
+                (u * u * u * keys.len() as f64) as usize
+            })
+            .collect(),
+    );
+    let value = Arc::new(vec![0u8; 16]);
+    let mut g = c.benchmark_group("memory_churn");
+    g.throughput(Throughput::Elements(OPS as u64));
+    for listener in [false, true] {
+        let name = if listener {
+            "moka_with_eviction_listener"
+        } else {
+            "moka"
+        };
+        let builder = moka::future::Cache::builder().max_capacity(FIT);
+        let moka: moka::future::Cache<Arc<str>, Arc<Vec<u8>>> = if listener {
+            builder.eviction_listener(|_k, _v, _cause| {}).build()
+        } else {
+            builder.build()
+        };
+        let (keys, value) = (keys.clone(), value.clone());
+        let op = move |i: usize| {
+            let (moka, key, value) = (moka.clone(), keys[i].clone(), value.clone());
+            async move {
+                if moka.get(&key).await.is_none() {
+                    moka.insert(key, value).await;
+                }
+            }
+        };
+        g.bench_function(name, |b| b.iter(|| churn(&rt, &stream, TASKS, op.clone())));
+    }
+    let foyer: foyer::Cache<Arc<str>, Arc<Vec<u8>>> =
+        foyer::CacheBuilder::new(FIT as usize).build();
+    let op = move |i: usize| {
+        if foyer.get(&keys[i]).is_none() {
+            foyer.insert(keys[i].clone(), value.clone());
+        }
+        std::future::ready(())
+    };
+    g.bench_function("foyer_memory", |b| {
+        b.iter(|| churn(&rt, &stream, TASKS, op.clone()))
+    });
+    g.finish();
+}
+
+/// Runs `op` over each of `tasks` tasks' share of `stream`, the tasks at
+/// once on `rt`.
+fn churn<F, Fut>(rt: &Runtime, stream: &Arc<Vec<usize>>, tasks: usize, op: F)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    rt.block_on(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let (op, stream) = (op.clone(), stream.clone());
+                tokio::spawn(async move {
+                    for &i in stream.iter().skip(t).step_by(tasks) {
+                        op(i).await;
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
+    })
+}
+
 criterion_group!(
     benches,
     memory_hit,
+    memory_churn,
     disk_hit,
     spill_throughput,
     get_or_insert_contention
