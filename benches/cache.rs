@@ -196,35 +196,34 @@ fn get_or_insert_contention(c: &mut Criterion) {
 
 /// The memory tier's cost under churn, and what moka's eviction listener
 /// adds to it: the same skewed stream of reads (an insert on each miss)
-/// over ten times as many keys as fit, split between two tasks on a
-/// two-worker runtime (two threads contend, as the bench's clients do),
-/// through moka with no listener, moka with one (spillway's memory tier
-/// needs it to hear of evictions; moka then locks each key on insert and
-/// boxes each notification), and foyer's in-memory cache (the memory tier
-/// of foyer's HybridCache).
+/// over ten times as many keys as fit, shared out among 16 tasks on a
+/// two-worker runtime (as the bench's 16-task cells run on 2 cores), through
+/// moka with no listener, moka with one (spillway's memory tier needs it to
+/// hear of evictions; moka then locks each key on insert and boxes each
+/// notification), and foyer's in-memory cache (the memory tier of foyer's
+/// HybridCache; its default policy, LRU). Every entry weighs one; both hash
+/// with xxHash64.
 fn memory_churn(c: &mut Criterion) {
+    type Hasher = std::hash::BuildHasherDefault<twox_hash::XxHash64>;
+    type Moka = moka::future::Cache<Arc<str>, Arc<Vec<u8>>, Hasher>;
     const FIT: u64 = 8192;
-    const OPS: usize = 20_000;
-    const TASKS: usize = 2;
+    const OPS: usize = 40_000;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(TASKS)
+        .worker_threads(2)
         .build()
         .expect("runtime");
-    let keys: Arc<Vec<Arc<str>>> =
-        Arc::new((0..10 * FIT).map(|i| format!("bench/{i}").into()).collect());
+    let keys: Arc<[Arc<str>]> = (0..10 * FIT).map(|i| format!("bench/{i}").into()).collect();
     // A fixed skewed stream: cubing a uniform draw favours the low ids.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let stream: Arc<Vec<usize>> = Arc::new(
-        (0..OPS)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let u = (x % 1_000_000) as f64 / 1e6;
-                (u * u * u * keys.len() as f64) as usize
-            })
-            .collect(),
-    );
+    let stream: Arc<[usize]> = (0..OPS)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let u = (x % 1_000_000) as f64 / 1e6;
+            (u * u * u * keys.len() as f64) as usize
+        })
+        .collect();
     let value = Arc::new(vec![0u8; 16]);
     let mut g = c.benchmark_group("memory_churn");
     g.throughput(Throughput::Elements(OPS as u64));
@@ -235,52 +234,61 @@ fn memory_churn(c: &mut Criterion) {
             "moka"
         };
         let builder = moka::future::Cache::builder().max_capacity(FIT);
-        let moka: moka::future::Cache<Arc<str>, Arc<Vec<u8>>> = if listener {
-            builder.eviction_listener(|_k, _v, _cause| {}).build()
+        let moka: Moka = if listener {
+            builder
+                .eviction_listener(|_k, _v, _cause| {})
+                .build_with_hasher(Hasher::default())
         } else {
-            builder.build()
+            builder.build_with_hasher(Hasher::default())
         };
-        let (keys, value) = (keys.clone(), value.clone());
-        let op = move |i: usize| {
-            let (moka, key, value) = (moka.clone(), keys[i].clone(), value.clone());
-            async move {
-                if moka.get(&key).await.is_none() {
-                    moka.insert(key, value).await;
-                }
-            }
-        };
-        g.bench_function(name, |b| b.iter(|| churn(&rt, &stream, TASKS, op.clone())));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                churn(&rt, &stream, |share| {
+                    let (moka, keys, value) = (moka.clone(), keys.clone(), value.clone());
+                    async move {
+                        for i in share {
+                            if moka.get(&keys[i]).await.is_none() {
+                                moka.insert(keys[i].clone(), value.clone()).await;
+                            }
+                        }
+                    }
+                })
+            })
+        });
     }
-    let foyer: foyer::Cache<Arc<str>, Arc<Vec<u8>>> =
-        foyer::CacheBuilder::new(FIT as usize).build();
-    let op = move |i: usize| {
-        if foyer.get(&keys[i]).is_none() {
-            foyer.insert(keys[i].clone(), value.clone());
-        }
-        std::future::ready(())
-    };
+    let foyer: foyer::Cache<Arc<str>, Arc<Vec<u8>>, Hasher> =
+        foyer::CacheBuilder::new(FIT as usize)
+            .with_hash_builder(Hasher::default())
+            .build();
     g.bench_function("foyer_memory", |b| {
-        b.iter(|| churn(&rt, &stream, TASKS, op.clone()))
+        b.iter(|| {
+            churn(&rt, &stream, |share| {
+                let (foyer, keys, value) = (foyer.clone(), keys.clone(), value.clone());
+                async move {
+                    for i in share {
+                        if foyer.get(&keys[i]).is_none() {
+                            foyer.insert(keys[i].clone(), value.clone());
+                        }
+                    }
+                }
+            })
+        })
     });
     g.finish();
 }
 
-/// Runs `op` over each of `tasks` tasks' share of `stream`, the tasks at
-/// once on `rt`.
-fn churn<F, Fut>(rt: &Runtime, stream: &Arc<Vec<usize>>, tasks: usize, op: F)
+/// Runs the stream on `rt` as 16 tasks at once, each given every 16th
+/// entry of it by `task`.
+fn churn<Fut>(rt: &Runtime, stream: &Arc<[usize]>, task: impl Fn(Vec<usize>) -> Fut)
 where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    const TASKS: usize = 16;
     rt.block_on(async {
-        let handles: Vec<_> = (0..tasks)
+        let handles: Vec<_> = (0..TASKS)
             .map(|t| {
-                let (op, stream) = (op.clone(), stream.clone());
-                tokio::spawn(async move {
-                    for &i in stream.iter().skip(t).step_by(tasks) {
-                        op(i).await;
-                    }
-                })
+                let share = stream.iter().skip(t).step_by(TASKS).copied().collect();
+                tokio::spawn(task(share))
             })
             .collect();
         for handle in handles {
