@@ -201,8 +201,8 @@ fn get_or_insert_contention(c: &mut Criterion) {
 /// moka with no listener, moka with one (spillway's memory tier needs it to
 /// hear of evictions; moka then locks each key on insert and boxes each
 /// notification), and foyer's in-memory cache (the memory tier of foyer's
-/// HybridCache; its default policy, LRU). Every entry weighs one; both hash
-/// with xxHash64.
+/// HybridCache; its default policy, LRU). Every entry weighs one; each
+/// cache hashes with xxHash64.
 fn memory_churn(c: &mut Criterion) {
     type Hasher = std::hash::BuildHasherDefault<twox_hash::XxHash64>;
     type Moka = moka::future::Cache<Arc<str>, Arc<Vec<u8>>, Hasher>;
@@ -215,7 +215,7 @@ fn memory_churn(c: &mut Criterion) {
     let keys: Arc<[Arc<str>]> = (0..10 * FIT).map(|i| format!("bench/{i}").into()).collect();
     // A fixed skewed stream: cubing a uniform draw favours the low ids.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let stream: Arc<[usize]> = (0..OPS)
+    let stream: Vec<usize> = (0..OPS)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -279,7 +279,7 @@ fn memory_churn(c: &mut Criterion) {
 
 /// Runs the stream on `rt` as 16 tasks at once, each given every 16th
 /// entry of it by `task`.
-fn churn<Fut>(rt: &Runtime, stream: &Arc<[usize]>, task: impl Fn(Vec<usize>) -> Fut)
+fn churn<Fut>(rt: &Runtime, stream: &[usize], task: impl Fn(Vec<usize>) -> Fut)
 where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
