@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use moka::future::Cache;
+use moka::sync::Cache;
 
 use crate::backend::Loader;
 use crate::key::KeyHashBuilder;
@@ -144,7 +144,7 @@ impl MokaCacheBackend {
     }
 
     async fn lookup(&self, key: &InternalCacheKey) -> Option<CacheEntry> {
-        self.cache.as_ref()?.get(key).await.map(|w| w.entry)
+        self.cache.as_ref()?.get(key).map(|w| w.entry)
     }
 
     async fn store(
@@ -156,9 +156,7 @@ impl MokaCacheBackend {
     ) {
         self.stats.inserts.incr();
         if let Some(cache) = &self.cache {
-            cache
-                .insert(key.clone(), Weighed { entry, size, ttl })
-                .await;
+            cache.insert(key.clone(), Weighed { entry, size, ttl });
         }
     }
 }
@@ -211,7 +209,7 @@ impl CacheBackend for MokaCacheBackend {
 
     async fn remove(&self, key: &InternalCacheKey) {
         if let Some(cache) = &self.cache {
-            cache.invalidate(key).await;
+            cache.invalidate(key);
         }
     }
 
@@ -223,26 +221,26 @@ impl CacheBackend for MokaCacheBackend {
             .map(|(k, _)| k)
             .collect();
         for key in doomed {
-            cache.invalidate(key.as_ref()).await;
+            cache.invalidate(key.as_ref());
         }
     }
 
     async fn clear(&self) {
         if let Some(cache) = &self.cache {
             cache.invalidate_all();
-            cache.run_pending_tasks().await;
+            cache.run_pending_tasks();
         }
     }
 
     async fn num_entries(&self) -> usize {
         let Some(cache) = &self.cache else { return 0 };
-        cache.run_pending_tasks().await;
+        cache.run_pending_tasks();
         cache.entry_count() as usize
     }
 
     async fn size_bytes(&self) -> usize {
         let Some(cache) = &self.cache else { return 0 };
-        cache.run_pending_tasks().await;
+        cache.run_pending_tasks();
         self.weigher.bytes(cache.weighted_size()) as usize
     }
 

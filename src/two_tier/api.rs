@@ -206,7 +206,7 @@ impl TwoTierCacheBackend {
         // foyer reuses their blocks as it writes new ones. foyer's own
         // `destroy` would lose the records the spill worker writes while
         // and after it runs (see the disk tier's tests).
-        self.inner.memory.run_pending_tasks().await;
+        self.inner.memory.run_pending_tasks();
         // Every current version has a slot, and the slots are gone: what
         // moka still holds without one (a promotion that landed after the
         // invalidation above) is a cleared version. Inserts since the drain

@@ -186,7 +186,7 @@ pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
         let cache = TwoTierCacheBackend::internal(inner);
         if cache.inner.write_behind.enabled() {
             for key in lost {
-                if let Some(version) = cache.inner.memory.get(&key).await {
+                if let Some(version) = cache.inner.memory.get(&key) {
                     cache.inner.write_behind.schedule(&key, &version);
                 }
             }

@@ -96,7 +96,7 @@ impl TwoTierCacheBackend {
         codec: Option<Arc<dyn Codec>>,
         promote: bool,
     ) -> Option<(CacheEntry, CacheTier)> {
-        match self.inner.memory.get(key).await {
+        match self.inner.memory.get(key) {
             Some(res) if self.alive(&res) => {
                 self.stats_ref().memory_hits.incr();
                 return Some((res.entry.clone(), CacheTier::Resident));
@@ -131,7 +131,7 @@ impl TwoTierCacheBackend {
 
     /// The memory tier's live version of `key`, if any.
     pub(super) async fn resident(&self, key: &InternalCacheKey) -> Option<Arc<Resident>> {
-        let res = self.inner.memory.get(key).await?;
+        let res = self.inner.memory.get(key)?;
         if self.alive(&res) {
             return Some(res);
         }
@@ -149,11 +149,10 @@ impl TwoTierCacheBackend {
         if inner
             .memory
             .get(key)
-            .await
             .is_some_and(|current| Arc::ptr_eq(&current, res))
         {
             inner.spiller.expire(key, res);
-            inner.memory.invalidate(key).await;
+            inner.memory.invalidate(key);
         }
     }
 
@@ -226,7 +225,7 @@ impl TwoTierCacheBackend {
             // miss here would lose an entry there is room for: wait for the
             // listener (bounded), then look again. Or an insert or promotion
             // of the key landed in memory since the read missed there.
-            if let Some(res) = self.inner.memory.get(key).await {
+            if let Some(res) = self.inner.memory.get(key) {
                 if !self.alive(&res) {
                     return None;
                 }
@@ -420,7 +419,7 @@ impl TwoTierCacheBackend {
                 }
             };
             if admitted {
-                inner.memory.insert(key.clone(), Arc::new(res)).await;
+                inner.memory.insert(key.clone(), Arc::new(res));
             }
             admitted
         };
@@ -443,9 +442,9 @@ impl TwoTierCacheBackend {
         };
         if gone() {
             let _key = inner.key_locks.lock(key.disk_hash()).await;
-            let ours = inner.memory.get(key).await.is_some_and(|e| e.seq == seq);
+            let ours = inner.memory.get(key).is_some_and(|e| e.seq == seq);
             if ours && gone() {
-                inner.memory.invalidate(key).await;
+                inner.memory.invalidate(key);
             }
         }
     }

@@ -101,7 +101,7 @@ impl TwoTierCacheBackend {
             };
             let seq = res.seq;
             if admitted {
-                inner.memory.insert(key.clone(), Arc::new(res)).await;
+                inner.memory.insert(key.clone(), Arc::new(res));
             }
             admitted.then_some(seq)
         };

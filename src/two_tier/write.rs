@@ -124,7 +124,7 @@ impl TwoTierCacheBackend {
             // Under the key's lock: its fences go out in stamp order.
             let replacement = matches!(origin, Origin::Insert);
             inner.spiller.remote.inserted(key, &version, replacement);
-            inner.memory.insert(key.clone(), version).await;
+            inner.memory.insert(key.clone(), version);
         }
         // The new version is in place: a `get_or_insert` that starts once
         // this insert returns must not join a flight that began before it
@@ -142,7 +142,7 @@ impl TwoTierCacheBackend {
         self.inner
             .spiller
             .flow
-            .reserve(bytes, || memory.run_pending_tasks())
+            .reserve(bytes, || async { memory.run_pending_tasks() })
             .await
     }
 
@@ -166,7 +166,7 @@ impl TwoTierCacheBackend {
         self.inner
             .spiller
             .flow
-            .maintained(memory.run_pending_tasks())
+            .maintained(async { memory.run_pending_tasks() })
             .await;
     }
 
@@ -179,7 +179,7 @@ impl TwoTierCacheBackend {
         let flow = &self.inner.spiller.flow;
         if flow.unmaintained() >= self.inner.maintain_every {
             let memory = &self.inner.memory;
-            flow.maintained_unless_running(memory.run_pending_tasks())
+            flow.maintained_unless_running(async { memory.run_pending_tasks() })
                 .await;
         }
     }
@@ -219,7 +219,7 @@ impl TwoTierCacheBackend {
             let _key = self.inner.key_locks.lock(hash).await;
             if let Some(stamp) = newer_than {
                 let memory = &self.inner.memory;
-                if memory.get(key).await.is_some_and(|r| r.stamp >= stamp) {
+                if memory.get(key).is_some_and(|r| r.stamp >= stamp) {
                     return;
                 }
             }
@@ -230,7 +230,7 @@ impl TwoTierCacheBackend {
                 }
                 self.retire(key, hash, &prev);
             }
-            self.inner.memory.invalidate(key).await;
+            self.inner.memory.invalidate(key);
         }
         // As for an insert: callers from now on start a flight of their own.
         self.inner.flights.detach(key);
