@@ -224,8 +224,9 @@ pub struct DiskConfig {
     /// Open the device with `O_DIRECT`, bypassing the page cache.
     pub direct_io: bool,
     /// How long a disk read's caller waits for it awake (yielding its
-    /// thread) before it parks, when its tokio runtime has an idle worker:
-    /// a read done by then costs no wake-ups, and the waiting costs CPU.
+    /// thread) before it parks, when its tokio runtime has an idle worker
+    /// and no other read of the disk tier is under way: a read done by
+    /// then costs no wake-ups, and the waiting costs CPU.
     /// `0` turns it off (a caller then always parks); at most 10 ms; a bare
     /// number is milliseconds. Default 100 µs: most page-cache reads on 2
     /// cores are done by then.

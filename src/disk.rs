@@ -128,6 +128,9 @@ pub(crate) struct DiskTier {
     /// so the directory is not given up before this tier drops.
     failed_once: std::sync::atomic::AtomicBool,
     opts: DiskOptions,
+    /// Reads under way, background ones included: a caller spins only
+    /// for a read that is alone (see `read_spin`).
+    reads: crate::read_spin::ReadsInFlight,
     dir: PathBuf,
     capacity: usize,
     max_record: usize,
@@ -352,6 +355,7 @@ impl DiskTier {
             released: std::sync::atomic::AtomicBool::new(false),
             failed_once: std::sync::atomic::AtomicBool::new(false),
             opts: opts.clone(),
+            reads: Default::default(),
             dir: opts.dir.clone(),
             capacity: opts.capacity,
             max_record,
@@ -461,6 +465,7 @@ impl DiskTier {
         on_spin: impl FnOnce(crate::read_spin::Spun),
     ) -> Result<Option<Bytes>> {
         let cache = self.cache.read().clone();
+        let in_flight = self.reads.enter();
         let (loaded, spun) = bounded(
             &self.dir,
             "load record",
@@ -471,6 +476,7 @@ impl DiskTier {
                 } else {
                     std::time::Duration::ZERO
                 },
+                &in_flight,
             ),
         )
         .await?;

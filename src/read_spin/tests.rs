@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
-use super::{spin_until_ready, wait_for};
+use super::{spin_until_ready, wait_for, ReadsInFlight};
 #[cfg(target_has_atomic = "64")]
 use crate::runtime_load::testing::{
     park_counts, stayed_parked, two_workers, with_a_parked_worker, with_every_worker_busy,
@@ -88,6 +88,14 @@ impl Future for PendingRead<'_> {
 /// completes, and says whether the read's first poll came with the
 /// task's waker (no spin) or the spin's own.
 fn first_poll_by_task(budget: Duration) -> bool {
+    first_poll_by_task_beside(budget, 0)
+}
+
+/// [`first_poll_by_task`], with `others` reads of the same tier under way.
+fn first_poll_by_task_beside(budget: Duration, others: usize) -> bool {
+    let reads = ReadsInFlight::default();
+    let _others: Vec<_> = (0..others).map(|_| reads.enter()).collect();
+    let in_flight = reads.enter();
     let task = Waker::from(Arc::new(CountingWaker::default()));
     let mut read = PendingRead {
         task: &task,
@@ -95,7 +103,7 @@ fn first_poll_by_task(budget: Duration) -> bool {
     };
     {
         // A budget long enough to see, short enough for a test that spins.
-        let mut waiting = pin!(wait_for(&mut read, budget));
+        let mut waiting = pin!(wait_for(&mut read, budget, &in_flight));
         let mut cx = Context::from_waker(&task);
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
     }
@@ -112,6 +120,35 @@ fn a_zero_budget_never_spins() {
     assert!(!with_a_parked_worker(|| async {
         first_poll_by_task(Duration::from_millis(2))
     }));
+}
+
+/// With another read of the same tier under way, the caller does not spin,
+/// even with a parked worker; alone again, it does.
+#[cfg(target_has_atomic = "64")]
+#[test]
+fn a_read_beside_another_in_flight_never_spins() {
+    let budget = Duration::from_millis(2);
+    assert!(with_a_parked_worker(move || async move {
+        first_poll_by_task_beside(budget, 1)
+    }));
+    assert!(!with_a_parked_worker(move || async move {
+        first_poll_by_task_beside(budget, 0)
+    }));
+}
+
+/// A read counts as alone only while no other read is counted; a read's
+/// guard uncounts it when dropped.
+#[test]
+fn reads_in_flight_are_counted_until_their_guards_drop() {
+    let reads = ReadsInFlight::default();
+    let first = reads.enter();
+    assert!(first.alone());
+    let second = reads.enter();
+    assert!(!second.alone());
+    drop(first);
+    assert!(!reads.enter().alone(), "the second is still under way");
+    drop(second);
+    assert!(reads.enter().alone());
 }
 
 #[test]
@@ -166,12 +203,15 @@ fn a_blocking_read_that_outlasts_the_spin_wakes_its_task() {
                 // A `pread` as foyer's psync engine runs it: on a blocking
                 // thread, its result through a `JoinHandle`, done after the
                 // spin has given up.
+                let reads = ReadsInFlight::default();
+                let in_flight = reads.enter();
                 let mut read = Box::pin(wait_for(
                     tokio::task::spawn_blocking(|| {
                         std::thread::sleep(Duration::from_millis(20));
                         5u32
                     }),
                     Duration::from_millis(1),
+                    &in_flight,
                 ));
                 let before = park_counts();
                 let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
@@ -226,7 +266,9 @@ fn outside_a_task_nothing_spins() {
 fn a_task_whose_runtime_has_a_parked_worker_waits_for_its_read_within_one_poll() {
     let (first_poll, task_wakes) = with_a_parked_worker(|| async {
         let (tx, rx) = oneshot::channel();
-        let mut read = pin!(wait_for(rx, BOUND));
+        let reads = ReadsInFlight::default();
+        let in_flight = reads.enter();
+        let mut read = pin!(wait_for(rx, BOUND, &in_flight));
         let task = Arc::new(CountingWaker::default());
         let waker = Waker::from(task.clone());
         // Sent from another thread once the poll below is under way.
