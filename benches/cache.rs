@@ -198,7 +198,8 @@ fn get_or_insert_contention(c: &mut Criterion) {
 /// adds to it: the same skewed stream of reads (an insert on each miss)
 /// over ten times as many keys as fit, shared out among 16 tasks on a
 /// two-worker runtime (as the bench's 16-task cells run on 2 cores), through
-/// moka with no listener, moka with one (spillway's memory tier needs it to
+/// moka's future and sync caches with no listener and with one (spillway's
+/// memory tier, a sync cache, needs it to
 /// hear of evictions; moka then locks each key on insert and boxes each
 /// notification), and foyer's in-memory cache (the memory tier of foyer's
 /// HybridCache; its default policy, LRU). Every entry weighs one; each
@@ -249,6 +250,38 @@ fn memory_churn(c: &mut Criterion) {
                         for i in share {
                             if moka.get(&keys[i]).await.is_none() {
                                 moka.insert(keys[i].clone(), value.clone()).await;
+                            }
+                        }
+                    }
+                })
+            })
+        });
+    }
+    // moka's sync cache, spillway's memory tier since the future one cost
+    // more per operation with a listener set.
+    type MokaSync = moka::sync::Cache<Arc<str>, Arc<Vec<u8>>, Hasher>;
+    for listener in [false, true] {
+        let name = if listener {
+            "moka_sync_with_eviction_listener"
+        } else {
+            "moka_sync"
+        };
+        let builder = moka::sync::Cache::builder().max_capacity(FIT);
+        let moka: MokaSync = if listener {
+            builder
+                .eviction_listener(|_k, _v, _cause| {})
+                .build_with_hasher(Hasher::default())
+        } else {
+            builder.build_with_hasher(Hasher::default())
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                churn(&rt, &stream, |share| {
+                    let (moka, keys, value) = (moka.clone(), keys.clone(), value.clone());
+                    async move {
+                        for i in share {
+                            if moka.get(&keys[i]).is_none() {
+                                moka.insert(keys[i].clone(), value.clone());
                             }
                         }
                     }
