@@ -206,7 +206,6 @@ fn get_or_insert_contention(c: &mut Criterion) {
 /// cache hashes with xxHash64.
 fn memory_churn(c: &mut Criterion) {
     type Hasher = std::hash::BuildHasherDefault<twox_hash::XxHash64>;
-    type Moka = moka::future::Cache<Arc<str>, Arc<Vec<u8>>, Hasher>;
     const FIT: u64 = 8192;
     const OPS: usize = 40_000;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -228,67 +227,44 @@ fn memory_churn(c: &mut Criterion) {
     let value = Arc::new(vec![0u8; 16]);
     let mut g = c.benchmark_group("memory_churn");
     g.throughput(Throughput::Elements(OPS as u64));
-    for listener in [false, true] {
-        let name = if listener {
-            "moka_with_eviction_listener"
-        } else {
-            "moka"
-        };
-        let builder = moka::future::Cache::builder().max_capacity(FIT);
-        let moka: Moka = if listener {
-            builder
-                .eviction_listener(|_k, _v, _cause| {})
-                .build_with_hasher(Hasher::default())
-        } else {
-            builder.build_with_hasher(Hasher::default())
-        };
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                churn(&rt, &stream, |share| {
-                    let (moka, keys, value) = (moka.clone(), keys.clone(), value.clone());
-                    async move {
-                        for i in share {
-                            if moka.get(&keys[i]).await.is_none() {
-                                moka.insert(keys[i].clone(), value.clone()).await;
+    // Each of moka's caches (`$($await)*`: `.await` for the future one),
+    // without and with an eviction listener. The sync cache is spillway's
+    // memory tier: the future one cost more per operation with a listener.
+    macro_rules! moka_churn {
+        ($flavour:ident, $name:literal, $($await:tt)*) => {
+            for listener in [false, true] {
+                let name = if listener {
+                    concat!($name, "_with_eviction_listener")
+                } else {
+                    $name
+                };
+                let builder = moka::$flavour::Cache::builder().max_capacity(FIT);
+                let moka: moka::$flavour::Cache<Arc<str>, Arc<Vec<u8>>, Hasher> = if listener {
+                    builder
+                        .eviction_listener(|_k, _v, _cause| {})
+                        .build_with_hasher(Hasher::default())
+                } else {
+                    builder.build_with_hasher(Hasher::default())
+                };
+                g.bench_function(name, |b| {
+                    b.iter(|| {
+                        churn(&rt, &stream, |share| {
+                            let (moka, keys, value) = (moka.clone(), keys.clone(), value.clone());
+                            async move {
+                                for i in share {
+                                    if moka.get(&keys[i])$($await)*.is_none() {
+                                        moka.insert(keys[i].clone(), value.clone())$($await)*;
+                                    }
+                                }
                             }
-                        }
-                    }
-                })
-            })
-        });
-    }
-    // moka's sync cache, spillway's memory tier since the future one cost
-    // more per operation with a listener set.
-    type MokaSync = moka::sync::Cache<Arc<str>, Arc<Vec<u8>>, Hasher>;
-    for listener in [false, true] {
-        let name = if listener {
-            "moka_sync_with_eviction_listener"
-        } else {
-            "moka_sync"
+                        })
+                    })
+                });
+            }
         };
-        let builder = moka::sync::Cache::builder().max_capacity(FIT);
-        let moka: MokaSync = if listener {
-            builder
-                .eviction_listener(|_k, _v, _cause| {})
-                .build_with_hasher(Hasher::default())
-        } else {
-            builder.build_with_hasher(Hasher::default())
-        };
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                churn(&rt, &stream, |share| {
-                    let (moka, keys, value) = (moka.clone(), keys.clone(), value.clone());
-                    async move {
-                        for i in share {
-                            if moka.get(&keys[i]).is_none() {
-                                moka.insert(keys[i].clone(), value.clone());
-                            }
-                        }
-                    }
-                })
-            })
-        });
     }
+    moka_churn!(future, "moka", .await);
+    moka_churn!(sync, "moka_sync",);
     let foyer: foyer::Cache<Arc<str>, Arc<Vec<u8>>, Hasher> =
         foyer::CacheBuilder::new(FIT as usize)
             .with_hash_builder(Hasher::default())
