@@ -215,7 +215,8 @@ impl TwoTierBuilder {
     }
 
     /// How long a disk read's caller waits for it awake before parking,
-    /// when its runtime has an idle worker (`disk.read_spin`; `0`: never).
+    /// when its runtime has an idle worker and no other read of the disk
+    /// tier is under way (`disk.read_spin`; `0`: never).
     ///
     /// ```
     /// let b = spillway::TwoTierCacheBackend::builder()
