@@ -273,7 +273,8 @@ pub struct DiskStats {
     /// read or by a sweep); their records are deleted.
     pub expired: u64,
     /// Disk reads whose caller waited for them awake (`disk.read_spin`:
-    /// its runtime had an idle worker).
+    /// its runtime had an idle worker, and no other read of the disk tier
+    /// was under way).
     pub read_spins: u64,
     /// Of those, the reads done within the spin (no wake-up needed).
     pub read_spins_answered: u64,
