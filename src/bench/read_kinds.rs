@@ -142,7 +142,7 @@ fn stalls_markdown(runs: &[CellRun]) -> String {
 /// share of the phase's (medians of the repetitions).
 fn spins_markdown(runs: &[CellRun]) -> String {
     let mut s = String::from(
-        "\nspillway's disk reads whose caller waited for them awake (`disk.read_spin`: the caller's runtime had an idle worker; `disk.read_spins`, `disk.read_spins_answered`, `disk.read_spin_micros`; the measured phase, medians of the repetitions): how many, the share done within the spin, and the time spent spinning over the phase's wall time (one core busy all phase long: 100%).\n\n| workload | disk reads that spun | done within the spin | spinning, % of the phase |\n|---|---|---|---|\n",
+        "\nspillway's disk reads whose caller waited for them awake (`disk.read_spin`: the caller's runtime had an idle worker and no other read of the tier was under way; `disk.read_spins`, `disk.read_spins_answered`, `disk.read_spin_micros`; the measured phase, medians of the repetitions): how many, the share done within the spin, and the time spent spinning over the phase's wall time (one core busy all phase long: 100%).\n\n| workload | disk reads that spun | done within the spin | spinning, % of the phase |\n|---|---|---|---|\n",
     );
     for r in runs {
         let sides = || r.spillway.iter();
