@@ -32,6 +32,7 @@
 
 mod charts;
 mod compression;
+mod cpu_use;
 mod device;
 mod fleet;
 mod heap;

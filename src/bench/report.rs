@@ -365,6 +365,7 @@ impl Report {
             + &super::versus::markdown(&self.versus)
             + "\n"
             + &super::read_kinds::markdown(&self.versus)
+            + &super::cpu_use::markdown(&self.versus)
     }
 }
 

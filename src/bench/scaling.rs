@@ -165,7 +165,9 @@ pub fn markdown(scaling: &Scaling) -> String {
             );
         }
     }
-    s + "\n" + &super::read_kinds::markdown(&scaling.runs)
+    s + "\n"
+        + &super::read_kinds::markdown(&scaling.runs)
+        + &super::cpu_use::markdown(&scaling.runs)
 }
 
 #[cfg(test)]

@@ -103,6 +103,7 @@ impl Report {
     /// Every goal's verdict, from the figures of this run.
     pub(super) fn targets(&self) -> Vec<Target> {
         let mut t = super::versus::targets(&self.versus);
+        t.extend(super::cpu_use::targets(&self.versus));
         let m = &self.micro;
         for (tasks, ours, moka) in [
             (1, m.spillway_memory_hit_ns, m.moka_get_ns),

@@ -13,6 +13,7 @@ use serde::Serialize;
 use spillway::{ByteSize, Config};
 
 use super::compression::Spread;
+use super::cpu_use::{CpuClock, CpuPerOp};
 use super::read_kinds::{self, KindLatency};
 use super::report::{si, Target};
 use super::systems::Loading;
@@ -72,6 +73,9 @@ pub struct Side {
     pub read_spins: Option<u64>,
     pub read_spins_answered: Option<u64>,
     pub read_spin_share: Option<f64>,
+    /// CPU time and context switches per operation of the measured phase
+    /// (the whole process's; see `cpu_use`); `None` if not measured.
+    pub cpu: Option<CpuPerOp>,
 }
 
 /// One cell: both systems over the repetitions.
@@ -238,7 +242,11 @@ async fn run_one(
         _ => None,
     };
     let before = counts();
+    let cpu_before = CpuClock::now();
     let measured = phase(&system, picker, bench, seed + 1, &loading, None).await;
+    let cpu = CpuClock::now()
+        .zip(cpu_before)
+        .map(|(after, before)| after.per_op_since(&before, measured.ops));
     // Counted over the measured phase alone, like everything else here.
     let during = counts().zip(before).map(|(after, before)| {
         std::array::from_fn::<u64, 5, _>(|i| after[i].saturating_sub(before[i]))
@@ -257,6 +265,7 @@ async fn run_one(
         read_spins: during.map(|d| d[2]),
         read_spins_answered: during.map(|d| d[3]),
         read_spin_share: during.map(|d| d[4] as f64 / phase_micros),
+        cpu,
     })
 }
 
@@ -364,6 +373,7 @@ pub fn sample() -> CellRun {
         read_spins: None,
         read_spins_answered: None,
         read_spin_share: None,
+        cpu: None,
     };
     CellRun {
         cell: Cell {
