@@ -54,6 +54,18 @@ enum Command {
         /// Where scaling.md and scaling.json go.
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
+        /// Only these task counts (comma-separated; of 1, 2, 4, 8, 16).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<usize>,
+        /// Only these entry sizes in KiB (4, 64).
+        #[arg(long, value_delimiter = ',')]
+        value_kib: Vec<usize>,
+        /// Only these loader costs in µs (0, 50).
+        #[arg(long, value_delimiter = ',')]
+        loader_us: Vec<u64>,
+        /// Repetitions of each cell, both systems alternating.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        repetitions: u16,
     },
     /// Print the embedded default configuration, [bench] section included.
     DefaultConfig,
@@ -150,7 +162,21 @@ fn main() -> ExitCode {
                 })
             })
         }
-        Command::BenchScaling { config, quick, out } => {
+        Command::BenchScaling {
+            config,
+            quick,
+            out,
+            tasks,
+            value_kib,
+            loader_us,
+            repetitions,
+        } => {
+            let only = bench::ScalingSelection {
+                tasks,
+                value_kib,
+                loader_us,
+                repetitions: repetitions.into(),
+            };
             if quick {
                 eprintln!(
                     "warning: --quick runs two small cells; its figures are not representative"
@@ -158,7 +184,7 @@ fn main() -> ExitCode {
             }
             config
                 .load()
-                .and_then(|config| bench::scaling(&config, quick, &out))
+                .and_then(|config| bench::scaling(&config, quick, &only, &out))
                 .map(|scaling| print!("{}", bench::scaling_markdown(&scaling)))
         }
         Command::Inspect { dir, json } => inspect(&dir, json),

@@ -51,3 +51,59 @@ fn bench_scaling_measures_both_systems_at_each_task_count_and_cleans_up() {
     // Every scratch directory is removed.
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn bench_scaling_runs_only_the_cells_asked_for_as_often_as_asked() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args([
+            "bench-scaling",
+            "--quick",
+            "--tasks",
+            "2",
+            "--repetitions",
+            "2",
+            "--out",
+        ])
+        .arg(out.path())
+        .env("TMPDIR", scratch.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("scaling.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["repetitions"], 2);
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{json}");
+    assert_eq!(runs[0]["cell"]["tasks"], 2);
+    for system in ["spillway", "foyer"] {
+        assert_eq!(runs[0][system].as_array().unwrap().len(), 2, "{json}");
+    }
+    let md = std::fs::read_to_string(out.path().join("scaling.md")).unwrap();
+    assert!(md.contains("2 repetitions of each cell"), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| 2 | ")), "{md}");
+    assert!(!md.lines().any(|l| l.starts_with("| 1 | ")), "{md}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bench_scaling_refuses_a_selection_that_keeps_no_cell() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["bench-scaling", "--tasks", "3", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no cell left"), "{stderr}");
+    assert!(!out.path().join("scaling.json").exists());
+    let zero = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["bench-scaling", "--repetitions", "0", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(!zero.status.success(), "{zero:?}");
+}

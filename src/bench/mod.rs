@@ -66,7 +66,7 @@ pub use fleet::child as fleet_child;
 pub use index::child as index_child;
 pub use kill::child as kill_child;
 use report::Report;
-pub use scaling::{markdown as scaling_markdown, run as scaling};
+pub use scaling::{markdown as scaling_markdown, run as scaling, Selection as ScalingSelection};
 use workload::{value_size, SizeDistribution};
 
 /// The `[bench]` section of the configuration.

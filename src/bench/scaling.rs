@@ -5,7 +5,8 @@
 //! Each cell is run exactly as the bench's head-to-head phase runs its
 //! cells (see `versus`): same keys, budgets, device kind and I/O engine
 //! for both systems, [`versus::REPETITIONS`] repetitions in alternating
-//! order, ratios taken within a repetition. What this adds is the task
+//! order (or as many as `--repetitions` says, for the cells `--tasks`,
+//! `--value-kib` and `--loader-us` keep), ratios taken within a repetition. What this adds is the task
 //! count as the variable, and each system's speed-up over its own one-task
 //! figure, so that a system that stops scaling shows as a flat column
 //! rather than only as a ratio.
@@ -23,6 +24,39 @@ use super::{err, BenchConfig};
 /// The task counts of the scaling figures.
 pub const TASKS: [usize; 5] = [1, 2, 4, 8, 16];
 
+/// Which of the cells `bench-scaling` runs, and how many times: an empty
+/// list keeps every value of its dimension. For a closer look at a few
+/// cells, with more repetitions than the bench's (`--tasks 16 --value-kib 4
+/// --loader-us 0 --repetitions 15`).
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub tasks: Vec<usize>,
+    pub value_kib: Vec<usize>,
+    pub loader_us: Vec<u64>,
+    /// Repetitions of each cell (at least 1).
+    pub repetitions: usize,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            tasks: Vec::new(),
+            value_kib: Vec::new(),
+            loader_us: Vec::new(),
+            repetitions: versus::REPETITIONS,
+        }
+    }
+}
+
+impl Selection {
+    fn keeps(&self, cell: &Cell) -> bool {
+        let kept = |values: &[usize], v: usize| values.is_empty() || values.contains(&v);
+        kept(&self.tasks, cell.tasks)
+            && kept(&self.value_kib, cell.value_size >> 10)
+            && (self.loader_us.is_empty() || self.loader_us.contains(&cell.loader_us))
+    }
+}
+
 /// What `bench-scaling` measured, as written to `scaling.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Scaling {
@@ -30,6 +64,8 @@ pub struct Scaling {
     pub cores: usize,
     /// `--quick`: fewer cells and operations; not representative.
     pub quick: bool,
+    /// Repetitions of each cell.
+    pub repetitions: usize,
     pub runs: Vec<CellRun>,
 }
 
@@ -61,10 +97,35 @@ pub fn cells(quick: bool) -> Vec<Cell> {
     cells
 }
 
-/// Runs the cells with `config`'s `[memory]` and `[disk]` (as the
-/// head-to-head phase takes them) and writes `scaling.md` and
+/// Runs the cells `only` keeps with `config`'s `[memory]` and `[disk]` (as
+/// the head-to-head phase takes them) and writes `scaling.md` and
 /// `scaling.json` to `out`.
-pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling> {
+pub fn run(
+    config: &Config,
+    quick: bool,
+    only: &Selection,
+    out: &Path,
+) -> spillway::Result<Scaling> {
+    let cells: Vec<Cell> = cells(quick).into_iter().filter(|c| only.keeps(c)).collect();
+    if cells.is_empty() {
+        return Err(spillway::Error::Config {
+            field: "bench-scaling --tasks / --value-kib / --loader-us".into(),
+            value: format!(
+                "{:?} / {:?} / {:?}",
+                only.tasks, only.value_kib, only.loader_us
+            ),
+            reason: format!(
+                "no cell left: the cells are 4 or 64 KiB, loaders of 0 or 50 µs, at {} tasks{}",
+                TASKS.map(|t| t.to_string()).join(", "),
+                if quick {
+                    " (--quick: 4 KiB, free loader, 1 and 2 tasks)"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    let repetitions = only.repetitions.max(1);
     std::fs::create_dir_all(out).map_err(err("create output directory", out))?;
     let scratch = super::scratch(config)?;
     let ops_scale = if quick { 0.25 } else { 1.0 };
@@ -73,18 +134,20 @@ pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling
     let runs = {
         let _quiet = super::quiet::QuietStdout::new();
         versus::measure_cells(
-            &cells(quick),
+            &cells,
             config,
             scratch.path(),
             quick,
             BenchConfig::default().seed,
             ops_scale,
+            repetitions,
             |cell| eprintln!("scaling: {cell}"),
         )?
     };
     let scaling = Scaling {
         cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
         quick,
+        repetitions,
         runs,
     };
     let md = out.join("scaling.md");
@@ -102,8 +165,10 @@ pub fn run(config: &Config, quick: bool, out: &Path) -> spillway::Result<Scaling
 pub fn markdown(scaling: &Scaling) -> String {
     use std::fmt::Write;
     let mut s = format!(
-        "## Scaling with client tasks: spillway vs foyer HybridCache\n\n{} cores. The head-to-head workloads (Zipf 0.99 over ten times the memory budget, 95% look-aside reads, 5% writes), run as that phase runs them, with the task count varied. Throughput and p99 are medians of the repetitions; ratios are min / median / max of the within-repetition ratios; speed-up is a system's median over its own one-task median.{}\n",
+        "## Scaling with client tasks: spillway vs foyer HybridCache\n\n{} cores, {} repetition{} of each cell. The head-to-head workloads (Zipf 0.99 over ten times the memory budget, 95% look-aside reads, 5% writes), run as that phase runs them, with the task count varied. Throughput and p99 are medians of the repetitions; ratios are min / median / max of the within-repetition ratios; speed-up is a system's median over its own one-task median.{}\n",
         scaling.cores,
+        scaling.repetitions,
+        if scaling.repetitions == 1 { "" } else { "s" },
         if scaling.quick {
             " **--quick: fewer cells and operations; not representative.**"
         } else {
@@ -175,6 +240,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_selection_keeps_the_cells_it_names_and_every_value_it_leaves_open() {
+        let all = cells(false);
+        let only = |tasks: Vec<usize>, value_kib: Vec<usize>, loader_us: Vec<u64>| {
+            let s = Selection {
+                tasks,
+                value_kib,
+                loader_us,
+                repetitions: 1,
+            };
+            all.iter()
+                .filter(|c| s.keeps(c))
+                .copied()
+                .collect::<Vec<Cell>>()
+        };
+        assert_eq!(only(vec![], vec![], vec![]).len(), all.len());
+        let one = only(vec![16], vec![4], vec![0]);
+        assert_eq!(
+            one,
+            [Cell {
+                value_size: 4 << 10,
+                tasks: 16,
+                loader_us: 0
+            }]
+        );
+        let sixteen = only(vec![16], vec![], vec![]);
+        assert_eq!(sixteen.len(), 4);
+        assert!(sixteen.iter().all(|c| c.tasks == 16));
+        assert_eq!(only(vec![16], vec![64], vec![0, 50]).len(), 2);
+        assert!(only(vec![3], vec![], vec![]).is_empty());
+        assert!(only(vec![], vec![8], vec![]).is_empty());
+    }
+
+    #[test]
     fn the_cells_cover_every_task_count_for_each_workload() {
         let all = cells(false);
         assert_eq!(all.len(), 2 * 2 * TASKS.len());
@@ -207,9 +305,10 @@ mod tests {
         let md = markdown(&Scaling {
             cores: 16,
             quick: false,
+            repetitions: 3,
             runs: vec![one, four],
         });
-        assert!(md.contains("16 cores"), "{md}");
+        assert!(md.contains("16 cores, 3 repetitions of each cell"), "{md}");
         assert!(md.contains("### 64 KiB, 50 µs loader"), "{md}");
         let row = md
             .lines()

@@ -31,7 +31,7 @@ const THROUGHPUT_GOAL: f64 = 1.0;
 const P99_GOAL: f64 = 1.2;
 
 /// One workload of the matrix.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Cell {
     pub value_size: usize,
     pub tasks: usize,
@@ -123,11 +123,22 @@ pub fn measure(
     ops_scale: f64,
     progress: impl FnMut(&str),
 ) -> spillway::Result<Vec<CellRun>> {
-    measure_cells(&cells(), base, scratch, quick, seed, ops_scale, progress)
+    measure_cells(
+        &cells(),
+        base,
+        scratch,
+        quick,
+        seed,
+        ops_scale,
+        REPETITIONS,
+        progress,
+    )
 }
 
-/// Runs `cells` as [`measure`] runs the goals' matrix: each system's
-/// repetition on a client runtime of its own (see `on_own_runtime`).
+/// Runs `cells` as [`measure`] runs the goals' matrix, `repetitions` times
+/// each (at least once): each system's repetition on a client runtime of
+/// its own (see `on_own_runtime`).
+#[allow(clippy::too_many_arguments)]
 pub fn measure_cells(
     cells: &[Cell],
     base: &Config,
@@ -135,6 +146,7 @@ pub fn measure_cells(
     quick: bool,
     seed: u64,
     ops_scale: f64,
+    repetitions: usize,
     mut progress: impl FnMut(&str),
 ) -> spillway::Result<Vec<CellRun>> {
     let memory: u64 =
@@ -169,7 +181,7 @@ pub fn measure_cells(
         config.disk.dir = None;
         let picker = Arc::new(KeyPicker::new(keys, ZIPF_S));
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for rep in 0..REPETITIONS {
+        for rep in 0..repetitions.max(1) {
             let order = if rep % 2 == 0 {
                 ["spillway", "foyer-hybrid"]
             } else {
