@@ -1,21 +1,30 @@
 //! `spillway bench-scaling` runs the head-to-head cells at several task
 //! counts, for both systems, on a real directory, and writes its tables.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use serde_json::Value;
+
+/// Runs `spillway bench-scaling ARGS --out OUT`, its scratch directories
+/// under `tmp`.
+fn bench_scaling(args: &[&str], out: &Path, tmp: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("bench-scaling")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .env("TMPDIR", tmp)
+        .output()
+        .unwrap()
+}
 
 #[test]
 fn bench_scaling_measures_both_systems_at_each_task_count_and_cleans_up() {
     let scratch = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["bench-scaling", "--quick", "--out"])
-        .arg(out.path())
-        // The scratch directories go under the temporary directory.
-        .env("TMPDIR", scratch.path())
-        .output()
-        .unwrap();
+    // The scratch directories go under the temporary directory.
+    let output = bench_scaling(&["--quick"], out.path(), scratch.path());
     assert!(output.status.success(), "{output:?}");
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("scaling.json")).unwrap())
@@ -56,20 +65,11 @@ fn bench_scaling_measures_both_systems_at_each_task_count_and_cleans_up() {
 fn bench_scaling_runs_only_the_cells_asked_for_as_often_as_asked() {
     let scratch = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args([
-            "bench-scaling",
-            "--quick",
-            "--tasks",
-            "2",
-            "--repetitions",
-            "2",
-            "--out",
-        ])
-        .arg(out.path())
-        .env("TMPDIR", scratch.path())
-        .output()
-        .unwrap();
+    let output = bench_scaling(
+        &["--quick", "--tasks", "2", "--repetitions", "2"],
+        out.path(),
+        scratch.path(),
+    );
     assert!(output.status.success(), "{output:?}");
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("scaling.json")).unwrap())
@@ -90,20 +90,15 @@ fn bench_scaling_runs_only_the_cells_asked_for_as_often_as_asked() {
 
 #[test]
 fn bench_scaling_refuses_a_selection_that_keeps_no_cell() {
+    let scratch = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["bench-scaling", "--tasks", "3", "--out"])
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let output = bench_scaling(&["--tasks", "3"], out.path(), scratch.path());
     assert!(!output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no cell left"), "{stderr}");
     assert!(!out.path().join("scaling.json").exists());
-    let zero = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["bench-scaling", "--repetitions", "0", "--out"])
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let zero = bench_scaling(&["--repetitions", "0"], out.path(), scratch.path());
     assert!(!zero.status.success(), "{zero:?}");
+    // Neither left a scratch directory behind.
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
