@@ -6,10 +6,10 @@
 //! cells (see `versus`): same keys, budgets, device kind and I/O engine
 //! for both systems, [`versus::REPETITIONS`] repetitions in alternating
 //! order (or as many as `--repetitions` says, for the cells `--tasks`,
-//! `--value-kib` and `--loader-us` keep), ratios taken within a repetition. What this adds is the task
-//! count as the variable, and each system's speed-up over its own one-task
-//! figure, so that a system that stops scaling shows as a flat column
-//! rather than only as a ratio.
+//! `--value-kib` and `--loader-us` keep), ratios taken within a
+//! repetition. What this adds is the task count as the variable, and
+//! each system's speed-up over its own one-task figure, so that a system
+//! that stops scaling shows as a flat column rather than only as a ratio.
 
 use std::path::Path;
 
@@ -37,23 +37,14 @@ pub struct Selection {
     pub repetitions: usize,
 }
 
-impl Default for Selection {
-    fn default() -> Self {
-        Self {
-            tasks: Vec::new(),
-            value_kib: Vec::new(),
-            loader_us: Vec::new(),
-            repetitions: versus::REPETITIONS,
-        }
-    }
-}
-
 impl Selection {
     fn keeps(&self, cell: &Cell) -> bool {
-        let kept = |values: &[usize], v: usize| values.is_empty() || values.contains(&v);
+        fn kept<T: PartialEq>(values: &[T], v: T) -> bool {
+            values.is_empty() || values.contains(&v)
+        }
         kept(&self.tasks, cell.tasks)
             && kept(&self.value_kib, cell.value_size >> 10)
-            && (self.loader_us.is_empty() || self.loader_us.contains(&cell.loader_us))
+            && kept(&self.loader_us, cell.loader_us)
     }
 }
 
