@@ -64,7 +64,7 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         loader_us: Vec<u64>,
         /// Repetitions of each cell, both systems alternating.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        #[arg(long, default_value_t = bench::HEAD_TO_HEAD_REPETITIONS as u16, value_parser = clap::value_parser!(u16).range(1..))]
         repetitions: u16,
     },
     /// Print the embedded default configuration, [bench] section included.

@@ -67,6 +67,7 @@ pub use index::child as index_child;
 pub use kill::child as kill_child;
 use report::Report;
 pub use scaling::{markdown as scaling_markdown, run as scaling, Selection as ScalingSelection};
+pub use versus::REPETITIONS as HEAD_TO_HEAD_REPETITIONS;
 use workload::{value_size, SizeDistribution};
 
 /// The `[bench]` section of the configuration.
