@@ -22,6 +22,7 @@ use crate::packing::PackRef;
 use crate::prefixes::Prefixes;
 use crate::staggered_shards::StaggeredShards;
 use crate::{CacheEntry, Codec, InternalCacheKey};
+use slot_table::SlotTable;
 
 /// A value as the memory tier and the spill queue hold it.
 pub(crate) struct Resident {
@@ -129,7 +130,7 @@ pub(crate) enum Named<'a> {
 /// key's value).
 #[derive(Default)]
 pub(crate) struct Shard {
-    full: HashMap<InternalCacheKey, Slot, KeyHashBuilder>,
+    full: SlotTable,
     cold: HashMap<u64, ColdSlot, KeyHashBuilder>,
     /// Deadlines of the cold slots that have one (see `cold_slot`).
     deadlines: HashMap<u64, u64, KeyHashBuilder>,
@@ -459,6 +460,18 @@ impl Guard<'_> {
         prev
     }
 
+    /// The key whose latest version is `seq`, if that version is in memory
+    /// only (not on disk, not being written): what write-behind, which
+    /// schedules by hash and version, persists. A compact slot is disk-only,
+    /// so only the full table is searched.
+    pub(crate) fn memory_only_version(&self, hash: u64, seq: u64) -> Option<InternalCacheKey> {
+        self.shard
+            .full
+            .find_version(hash, seq)
+            .filter(|(_, s)| matches!(s.place, Place::Memory { on_disk: false }))
+            .map(|(k, _)| k.clone())
+    }
+
     pub(crate) fn remove(&mut self, key: &InternalCacheKey) -> Option<Slot> {
         self.expand(key);
         let prev = self.shard.full.remove(key);
@@ -497,6 +510,7 @@ impl Drop for Guard<'_> {
 }
 
 pub(crate) mod rebuild;
+mod slot_table;
 
 #[cfg(test)]
 mod tests;

@@ -312,6 +312,12 @@ impl Spiller {
         }
     }
 
+    /// Write-behind's lookup of a due version: the key whose latest version
+    /// is `seq` and is in memory only.
+    pub(crate) fn memory_only_version(&self, hash: u64, seq: u64) -> Option<InternalCacheKey> {
+        self.placements.lock(hash).memory_only_version(hash, seq)
+    }
+
     /// Hands a resident version to the worker for write-behind, if it is
     /// still current and not on disk yet.
     pub(crate) fn offer_persist(

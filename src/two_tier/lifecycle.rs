@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Inner, TwoTierCacheBackend};
 use crate::placement::Place;
+use crate::write_behind::WriteBehind;
 use crate::Result;
 
 impl TwoTierCacheBackend {
@@ -187,7 +188,10 @@ pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
         if cache.inner.write_behind.enabled() {
             for key in lost {
                 if let Some(version) = cache.inner.memory.get(&key) {
-                    cache.inner.write_behind.schedule(&key, &version);
+                    cache
+                        .inner
+                        .write_behind
+                        .schedule(key.disk_hash(), version.seq);
                 }
             }
         }
@@ -196,18 +200,29 @@ pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
 }
 
 /// Write-behind: hands entries that have been resident for `persist_after`
-/// to the spill worker, which writes them when no eviction is waiting.
-pub(super) async fn persist(inner: Weak<Inner>) {
-    let every = match inner.upgrade() {
-        Some(inner) => inner.write_behind.tick(),
-        None => return,
-    };
-    let mut tick = tokio::time::interval(every);
+/// to the spill worker, which writes them when no eviction is waiting. It
+/// runs every tick, and sooner when an insert finds the schedule over its
+/// cap. `schedule` is held apart from `inner` so that waiting on it does not
+/// keep the cache alive.
+pub(super) async fn persist(inner: Weak<Inner>, schedule: Arc<WriteBehind>) {
+    let mut tick = tokio::time::interval(schedule.tick());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = schedule.over_cap() => {}
+        }
         let Some(inner) = inner.upgrade() else { return };
-        for (key, version) in inner.write_behind.take_due(Instant::now()) {
+        schedule.set_cap_for(inner.memory.entry_count());
+        for due in schedule.take_due(Instant::now()) {
+            // Most due entries are dead (replaced or evicted): one
+            // placement lookup each, and only live ones reach moka.
+            let Some(key) = inner.spiller.memory_only_version(due.hash, due.seq) else {
+                continue;
+            };
+            let Some(version) = inner.memory.get(&key).filter(|v| v.seq == due.seq) else {
+                continue;
+            };
             inner
                 .spiller
                 .offer_persist(&key, &version, &inner.persist_tx);

@@ -14,6 +14,8 @@ mod tests;
 mod warm_bulk;
 mod warm_up;
 mod write;
+#[cfg(test)]
+mod write_behind_tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -205,7 +207,7 @@ struct Inner {
     spiller: Arc<Spiller>,
     spill_tx: mpsc::UnboundedSender<SpillItem>,
     persist_tx: mpsc::UnboundedSender<SpillItem>,
-    write_behind: WriteBehind,
+    write_behind: Arc<WriteBehind>,
     codecs: CodecRegistry,
     flights: SingleFlight,
     /// Orders the changes made to one key (see `key_locks`).

@@ -77,7 +77,7 @@ impl TwoTierCacheBackend {
             spiller: spiller.clone(),
             spill_tx,
             persist_tx,
-            write_behind: WriteBehind::new(parts.persist_after),
+            write_behind: Arc::new(WriteBehind::new(parts.persist_after)),
             codecs: parts.codecs,
             flights: SingleFlight::default(),
             key_locks: KeyLocks::default(),
@@ -122,7 +122,7 @@ impl TwoTierCacheBackend {
             Compaction::Done
         };
         if inner.write_behind.enabled() {
-            let task = tokio::spawn(persist(Arc::downgrade(&inner)));
+            let task = tokio::spawn(persist(Arc::downgrade(&inner), inner.write_behind.clone()));
             inner.background.lock().push(task);
         }
         let maintenance =

@@ -118,13 +118,15 @@ impl TwoTierCacheBackend {
                 },
                 fetched: false,
             });
-            if spillable {
-                inner.write_behind.schedule(key, &version);
-            }
             // Under the key's lock: its fences go out in stamp order.
             let replacement = matches!(origin, Origin::Insert);
             inner.spiller.remote.inserted(key, &version, replacement);
             inner.memory.insert(key.clone(), version);
+            // After the insert: the schedule names the version by hash and
+            // sequence number, and the background task finds it in moka.
+            if spillable {
+                inner.write_behind.schedule(hash, seq);
+            }
         }
         // The new version is in place: a `get_or_insert` that starts once
         // this insert returns must not join a flight that began before it
