@@ -3,7 +3,8 @@
 //! dropped without `close()` or killed comes back warm.
 //!
 //! This module is the schedule: inserts are appended in time order as the
-//! key's hash and the version's sequence number, 24 bytes and nothing else.
+//! key's hash, the version's sequence number and the deadline, 32 bytes and
+//! nothing else.
 //! No key clone, no reference to the value: a version replaced or evicted
 //! before it falls due (most of them, when memory turns over faster than
 //! `persist_after`) costs nothing more than its place in the queue. An
@@ -13,16 +14,23 @@
 //! of throughput while nothing fell due. When an entry falls due the
 //! background task asks the placement table which key, if any, still holds
 //! that version in memory only (see `placement::slot_table`); a replaced,
-//! invalidated or evicted version is skipped.
+//! invalidated or evicted version is skipped. A live one is then read from
+//! moka, which counts as one access in moka's eviction policy: an entry
+//! resident for `persist_after` gets one hit more than its readers gave it
+//! (the schedule holds no reference to the value, so there is no other way
+//! to reach it; moka has no read that leaves its policy alone).
 //!
 //! The queue is bounded by a cap the background task keeps at a few times
 //! the memory tier's entry count: past it, the oldest entries are taken
 //! early (dead ones dropped, live ones persisted sooner than asked, which
 //! is never wrong), and an insert that finds the queue over its cap wakes
-//! the task rather than waiting for its tick.
+//! the task rather than waiting for its tick. Once the cache is closed (the
+//! task is gone, `close` wrote what was resident) nothing more is scheduled,
+//! and a queue at four times its cap drops its oldest entries whatever
+//! happens to the task: bounded memory comes before a warm restart.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -38,6 +46,7 @@ pub(crate) struct WriteBehind {
     queue: Mutex<VecDeque<Pending>>,
     cap: AtomicUsize,
     over_cap: Notify,
+    stopped: AtomicBool,
 }
 
 /// One scheduled version: the key's hash and the version's sequence number
@@ -57,6 +66,7 @@ impl WriteBehind {
             queue: Mutex::new(VecDeque::new()),
             cap: AtomicUsize::new(MIN_CAP),
             over_cap: Notify::new(),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -73,20 +83,24 @@ impl WriteBehind {
     /// Schedules version `seq` of the key with hash `hash` to be persisted
     /// `persist_after` from now.
     pub(crate) fn schedule(&self, hash: u64, seq: u64) {
-        if !self.enabled() {
+        if !self.enabled() || self.stopped.load(Ordering::Relaxed) {
             return;
         }
+        let cap = self.cap.load(Ordering::Relaxed);
         let len = {
             let mut queue = self.queue.lock();
             // Read under the lock, so the queue stays in time order.
             let at = Instant::now() + self.after;
             queue.push_back(Pending { at, hash, seq });
+            if queue.len() > cap.saturating_mul(4) {
+                queue.pop_front();
+            }
             queue.len()
         };
         // While over the cap every insert wakes the task: a wake-up not yet
         // taken is kept as one permit, so this costs little, and none is
         // missed when the cap moves.
-        if len > self.cap.load(Ordering::Relaxed) {
+        if len > cap {
             self.over_cap.notify_one();
         }
     }
@@ -116,6 +130,13 @@ impl WriteBehind {
         };
         let due = queue.partition_point(|p| p.at <= now).max(excess);
         queue.drain(..due).collect()
+    }
+
+    /// Schedules nothing more and forgets what was scheduled (on `close`,
+    /// once the background task is stopped).
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.clear();
     }
 
     /// Forgets everything scheduled (after `clear`).
@@ -178,6 +199,25 @@ mod tests {
         assert_eq!(wb.cap.load(Ordering::Relaxed), 4_000_000);
         wb.set_cap_for(10);
         assert_eq!(wb.cap.load(Ordering::Relaxed), MIN_CAP);
+    }
+
+    #[test]
+    fn a_queue_nobody_drains_stays_bounded_and_stop_ends_it() {
+        let wb = WriteBehind::new(Duration::from_secs(3600));
+        wb.set_cap_for(0);
+        for seq in 0..10 * MIN_CAP as u64 {
+            wb.schedule(seq, seq);
+        }
+        assert_eq!(
+            wb.len(),
+            4 * MIN_CAP,
+            "the oldest dropped past four times the cap"
+        );
+        let due = wb.take_due(Instant::now());
+        assert_eq!(due[0].seq, 6 * MIN_CAP as u64, "the newest kept");
+        wb.stop();
+        wb.schedule(1, 1);
+        assert_eq!(wb.len(), 0, "nothing scheduled once stopped");
     }
 
     #[test]

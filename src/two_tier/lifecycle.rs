@@ -89,6 +89,9 @@ impl TwoTierCacheBackend {
             task.abort();
             let _ = task.await;
         }
+        // Nothing drains the schedule any more; what is resident is written
+        // below.
+        self.inner.write_behind.stop();
         // A warm-up stopped half way ends here for those who wait on it.
         self.stats_ref().warm_ended.notify_waiters();
         self.maintain().await;
