@@ -318,8 +318,11 @@ impl Spiller {
         self.placements.lock(hash).memory_only_version(hash, seq)
     }
 
-    /// Hands a resident version to the worker for write-behind, if it is
-    /// still current and not on disk yet.
+    /// Hands a resident version to the worker for write-behind. The caller
+    /// found it current and in memory only a moment ago
+    /// (`memory_only_version`); `prepare` checks that again under the
+    /// slot's lock before anything is written, so a version replaced in
+    /// between is skipped there.
     pub(crate) fn offer_persist(
         &self,
         key: &InternalCacheKey,
@@ -329,15 +332,14 @@ impl Spiller {
         if res.codec.is_none() || !self.health.accepting() || self.clock.expired(res.expires_at) {
             return;
         }
-        let hash = key.disk_hash();
-        let mut shard = self.placements.lock(hash);
-        let due = shard.get(key).is_some_and(|s| {
-            s.seq == res.seq && matches!(s.place, Place::Memory { on_disk: false })
-        });
-        drop(shard);
-        if due {
-            self.send(tx, key, hash, res.seq, Why::Persist, Arc::downgrade(res));
-        }
+        self.send(
+            tx,
+            key,
+            key.disk_hash(),
+            res.seq,
+            Why::Persist,
+            Arc::downgrade(res),
+        );
     }
 
     /// `prepare`, marking the item finished when there is nothing to write.

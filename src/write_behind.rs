@@ -51,7 +51,7 @@ pub(crate) struct WriteBehind {
 
 /// One scheduled version: the key's hash and the version's sequence number
 /// (unique across keys), due at `at`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Pending {
     pub at: Instant,
     pub hash: u64,
