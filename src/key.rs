@@ -39,12 +39,19 @@ pub struct InternalCacheKey {
 }
 
 /// Equality stays exact: two keys whose hashes collide are still told apart.
+/// Clones of one key share their strings, and most comparisons are between
+/// such clones (moka's key, the placement table's, the spill queue's), so
+/// the same allocation answers first: no call into `memcmp`, and no read
+/// of the other copy's (often cold) text.
 impl PartialEq for InternalCacheKey {
     fn eq(&self, other: &Self) -> bool {
+        fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+            Arc::ptr_eq(a, b) || a == b
+        }
         self.hash == other.hash
-            && self.type_name == other.type_name
-            && self.key == other.key
-            && self.prefix == other.prefix
+            && (std::ptr::eq(self.type_name, other.type_name) || self.type_name == other.type_name)
+            && same(&self.key, &other.key)
+            && same(&self.prefix, &other.prefix)
     }
 }
 
@@ -275,5 +282,22 @@ mod tests {
         map.insert(a.clone(), 1);
         map.insert(b.clone(), 2);
         assert_eq!((map[&a], map[&b]), (1, 2));
+    }
+
+    #[test]
+    fn keys_are_equal_by_text_whether_or_not_they_share_it() {
+        let a = InternalCacheKey::new("p", "k", "T");
+        // Built apart: equal text in other allocations.
+        let b = InternalCacheKey::new(String::from("p"), String::from("k"), "T");
+        assert!(!Arc::ptr_eq(&a.key, &b.key));
+        assert_eq!(a, b);
+        assert_eq!(a, a.clone());
+        // Shared prefix text, another key; and a type tag with equal hash.
+        let c = InternalCacheKey::new(a.prefix.clone(), "j", "T").with_hash(a.hash);
+        assert_ne!(a, c);
+        let d = InternalCacheKey::new(a.prefix.clone(), a.key.clone(), "U").with_hash(a.hash);
+        assert_ne!(a, d);
+        let e = InternalCacheKey::new("q", a.key.clone(), "T").with_hash(a.hash);
+        assert_ne!(a, e);
     }
 }

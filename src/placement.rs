@@ -413,12 +413,14 @@ pub(crate) struct Guard<'a> {
     shard: MutexGuard<'a, Shard>,
     len: &'a AtomicUsize,
     prefixes: &'a Prefixes,
-    /// Keys whose slot may have become disk-only under this guard. Inline:
-    /// a guard touches one key, rarely two, and a spill takes four guards;
-    /// a heap buffer each was about one allocation in ten per operation of
-    /// the bench's 4 KiB 16-task cell (12.4 allocations per operation, then
-    /// 11.2).
-    touched: SmallVec<[InternalCacheKey; 2]>,
+    /// Hashes of the keys whose slot may have become disk-only under this
+    /// guard. Inline: a guard touches one key, rarely two, and a spill
+    /// takes four guards; a heap buffer each was about one allocation in
+    /// ten per operation of the bench's 4 KiB 16-task cell (12.4
+    /// allocations per operation, then 11.2). Hashes, not key clones: a
+    /// clone writes both of the key's shared reference counts, which every
+    /// thread handling that key also writes.
+    touched: SmallVec<[u64; 2]>,
 }
 
 impl Guard<'_> {
@@ -431,8 +433,15 @@ impl Guard<'_> {
             return false;
         };
         self.shard.full.insert(key.clone(), slot);
-        self.touched.push(key.clone());
+        self.touch(key.disk_hash());
         true
+    }
+
+    /// Notes that a slot under `hash` may be disk-only when the guard drops.
+    fn touch(&mut self, hash: u64) {
+        if self.touched.last() != Some(&hash) {
+            self.touched.push(hash);
+        }
     }
 
     pub(crate) fn get(&mut self, key: &InternalCacheKey) -> Option<&Slot> {
@@ -442,8 +451,8 @@ impl Guard<'_> {
 
     /// The slot of `key` if it still holds version `seq`.
     pub(crate) fn current(&mut self, key: &InternalCacheKey, seq: u64) -> Option<&mut Slot> {
-        if self.expand(key) && self.touched.last() != Some(key) {
-            self.touched.push(key.clone());
+        if self.expand(key) {
+            self.touch(key.disk_hash());
         }
         self.shard.full.get_mut(key).filter(|s| s.seq == seq)
     }
@@ -451,7 +460,7 @@ impl Guard<'_> {
     pub(crate) fn insert(&mut self, key: InternalCacheKey, slot: Slot) -> Option<Slot> {
         self.expand(&key);
         if matches!(slot.place, Place::Disk) {
-            self.touched.push(key.clone());
+            self.touch(key.disk_hash());
         }
         let prev = self.shard.full.insert(key, slot);
         if prev.is_none() {
@@ -484,26 +493,17 @@ impl Guard<'_> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        for key in std::mem::take(&mut self.touched) {
+        for hash in std::mem::take(&mut self.touched) {
             let shard = &mut *self.shard;
-            let Some(slot) = shard.full.get(&key) else {
+            let Some((key, slot)) = shard.full.remove_disk_only(hash) else {
                 continue;
             };
-            if !matches!(slot.place, Place::Disk) {
-                continue;
-            }
-            let Some(slot) = shard.full.remove(&key) else {
-                continue;
-            };
-            let (stored, replaced) =
-                shard.put_cold(key.disk_hash(), &slot, self.prefixes.id(key.prefix()));
+            let (stored, replaced) = shard.put_cold(hash, &slot, self.prefixes.id(key.prefix()));
             if !stored {
                 shard.full.insert(key, slot);
-            } else {
-                if replaced {
-                    // Another key with the same hash: it is a miss from now on.
-                    self.len.fetch_sub(1, Ordering::Relaxed);
-                }
+            } else if replaced {
+                // Another key with the same hash: it is a miss from now on.
+                self.len.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }

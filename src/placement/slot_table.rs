@@ -12,7 +12,7 @@
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
-use super::Slot;
+use super::{Place, Slot};
 use crate::InternalCacheKey;
 
 #[derive(Default)]
@@ -66,6 +66,17 @@ impl SlotTable {
         }
     }
 
+    /// Takes out a disk-only slot among the keys with `hash`, if any.
+    pub(crate) fn remove_disk_only(&mut self, hash: u64) -> Option<(InternalCacheKey, Slot)> {
+        let held = self
+            .slots
+            .find_entry(hash, |(k, s)| {
+                matches!(s.place, Place::Disk) && k.disk_hash() == hash
+            })
+            .ok()?;
+        Some(held.remove().0)
+    }
+
     pub(crate) fn remove(&mut self, key: &InternalCacheKey) -> Option<Slot> {
         let held = self
             .slots
@@ -94,7 +105,6 @@ impl SlotTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::Place;
 
     fn slot(seq: u64) -> Slot {
         Slot {
