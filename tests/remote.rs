@@ -352,6 +352,40 @@ fn remote_keys_carry_the_configured_time_to_live() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_served_by_the_shared_tier_is_written_behind_to_the_local_disk() {
+    let server = RedisServer::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(dir_a.path(), &server.url(), WritePolicy::OnInsert, 64 << 20).await;
+    a.insert(&key("p", "k"), Arc::new("v".to_string()), 1).await;
+    a.sync_remote().await;
+    let b = TwoTierCacheBackend::builder()
+        .memory_capacity(64 << 20)
+        .disk_dir(dir_b.path())
+        .disk_capacity(64 << 20)
+        .persist_after(Duration::from_millis(20))
+        .codecs(common::string_codecs())
+        .remote(remote(&server.url(), WritePolicy::OnInsert))
+        .build()
+        .await
+        .unwrap();
+    let (value, tier) = b.get_with_tier(&key("p", "k")).await.unwrap();
+    assert_eq!(
+        value.downcast_ref::<String>().map(String::as_str),
+        Some("v")
+    );
+    assert_eq!(tier, CacheTier::Remote);
+    // Admitted to memory as a new local version: like an insert's, written
+    // behind once `persist_after` has passed, without waiting for close.
+    common::wait_for_stats(&b, "the remote hit written behind", |s| {
+        s.spill.persisted >= 1
+    })
+    .await;
+    assert_eq!(b.stats().spill.persisted, 1, "{:#?}", b.stats());
+    b.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_time_to_live_expires_remote_keys() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();

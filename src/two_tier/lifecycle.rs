@@ -190,11 +190,23 @@ pub(super) async fn maintain(inner: Weak<Inner>, every: Duration) {
         let cache = TwoTierCacheBackend::internal(inner);
         if cache.inner.write_behind.enabled() {
             for key in lost {
-                if let Some(version) = cache.inner.memory.get(&key) {
-                    cache
-                        .inner
-                        .write_behind
-                        .schedule(key.disk_hash(), version.seq);
+                // The version by its slot, not by moka: a promotion that
+                // marked its slot resident just before the sweep may not
+                // have put the entry in moka yet (and a moka read would
+                // count as an access in its eviction policy). When it falls
+                // due, write-behind writes it only if its slot is still
+                // memory-only and moka holds that very version.
+                let hash = key.disk_hash();
+                let seq = cache
+                    .inner
+                    .spiller
+                    .placements
+                    .lock(hash)
+                    .get(&key)
+                    .filter(|slot| matches!(slot.place, Place::Memory { on_disk: false }))
+                    .map(|slot| slot.seq);
+                if let Some(seq) = seq {
+                    cache.inner.write_behind.schedule(hash, seq);
                 }
             }
         }

@@ -99,9 +99,14 @@ impl TwoTierCacheBackend {
                     true
                 }
             };
-            let seq = res.seq;
+            let (seq, spillable) = (res.seq, res.codec.is_some());
             if admitted {
                 inner.memory.insert(key.clone(), Arc::new(res));
+                // A new local version in memory only, like an insert's: written
+                // behind too, so a crash or a drop does not come back without it.
+                if spillable {
+                    inner.write_behind.schedule(hash, seq);
+                }
             }
             admitted.then_some(seq)
         };
