@@ -438,8 +438,10 @@ impl Guard<'_> {
     }
 
     /// Notes that a slot under `hash` may be disk-only when the guard drops.
+    /// Each hash once: at most one slot per hash moves to the compact form
+    /// per guard (a second would replace the first, a collision's loss).
     fn touch(&mut self, hash: u64) {
-        if self.touched.last() != Some(&hash) {
+        if !self.touched.contains(&hash) {
             self.touched.push(hash);
         }
     }
@@ -493,12 +495,25 @@ impl Guard<'_> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
+        let prefixes = self.prefixes;
         for hash in std::mem::take(&mut self.touched) {
             let shard = &mut *self.shard;
-            let Some((key, slot)) = shard.full.remove_disk_only(hash) else {
+            // Only a slot the compact form takes: another key's oversized
+            // one under the same hash must not stand in for the touched
+            // key's (which would then stay full under a key it may have
+            // been claimed for, see `expand`).
+            let prefix = std::cell::Cell::new(None);
+            let fits = |key: &InternalCacheKey, slot: &Slot| {
+                let id = prefixes
+                    .id(key.prefix())
+                    .filter(|id| ColdSlot::encode(slot, *id).is_some());
+                prefix.set(id);
+                id.is_some()
+            };
+            let Some((key, slot)) = shard.full.remove_disk_only(hash, fits) else {
                 continue;
             };
-            let (stored, replaced) = shard.put_cold(hash, &slot, self.prefixes.id(key.prefix()));
+            let (stored, replaced) = shard.put_cold(hash, &slot, prefix.get());
             if !stored {
                 shard.full.insert(key, slot);
             } else if replaced {

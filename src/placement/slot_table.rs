@@ -66,12 +66,17 @@ impl SlotTable {
         }
     }
 
-    /// Takes out a disk-only slot among the keys with `hash`, if any.
-    pub(crate) fn remove_disk_only(&mut self, hash: u64) -> Option<(InternalCacheKey, Slot)> {
+    /// Takes out a disk-only slot among the keys with `hash` that `fits`
+    /// accepts, if any.
+    pub(crate) fn remove_disk_only(
+        &mut self,
+        hash: u64,
+        fits: impl Fn(&InternalCacheKey, &Slot) -> bool,
+    ) -> Option<(InternalCacheKey, Slot)> {
         let held = self
             .slots
             .find_entry(hash, |(k, s)| {
-                matches!(s.place, Place::Disk) && k.disk_hash() == hash
+                matches!(s.place, Place::Disk) && k.disk_hash() == hash && fits(k, s)
             })
             .ok()?;
         Some(held.remove().0)

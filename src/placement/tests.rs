@@ -245,3 +245,33 @@ fn snapshots_name_compact_slots_by_prefix_once_each() {
     want.sort();
     assert_eq!(named, want);
 }
+
+/// Keys `a`, `b` and `c` share one hash; `c`'s disk-only slot is too big
+/// for the compact form (its sequence number needs more than 48 bits), so
+/// it stays in the full table. A guard that touched the hash for `a` or
+/// `b` must put back the slot it touched, not stop at `c`'s.
+#[test]
+fn an_oversized_slot_under_a_hash_never_stands_in_for_the_touched_one() {
+    let p = Placements::new(1);
+    let b = key("p", "b");
+    let h = b.disk_hash();
+    let a = key("p", "a").with_hash(h);
+    let c = key("p", "c").with_hash(h);
+    p.lock(h).insert(c.clone(), disk(1 << 50, 0, None));
+    assert_eq!(forms(&p, h), (1, 0), "c does not fit the compact form");
+    p.lock(h).insert(b.clone(), disk(7, 0, None));
+    assert_eq!((forms(&p, h), p.len()), ((1, 1), 2), "b compact beside c");
+    // A look-up of a key with no slot of its own claims b's compact slot
+    // for the guard's life (the read path then refuses b's record): it
+    // must go back to the compact form, where b finds it.
+    assert_eq!(p.lock(h).get(&a).map(|s| s.seq), Some(7));
+    assert_eq!((forms(&p, h), p.len()), ((1, 1), 2));
+    assert_eq!(p.lock(h).get(&b).map(|s| s.seq), Some(7));
+    assert_eq!(p.lock(h).get(&c).map(|s| s.seq), Some(1 << 50));
+    // b promoted, then evicted unchanged: compact again, c untouched.
+    p.lock(h).current(&b, 7).unwrap().place = Place::Memory { on_disk: true };
+    assert_eq!(forms(&p, h), (2, 0));
+    p.lock(h).current(&b, 7).unwrap().place = Place::Disk;
+    assert_eq!((forms(&p, h), p.len()), ((1, 1), 2));
+    assert_eq!(p.lock(h).get(&b).map(|s| s.seq), Some(7));
+}
