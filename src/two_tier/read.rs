@@ -10,6 +10,18 @@ use crate::spill::queue_weight;
 use crate::stats::DecodeMiss;
 use crate::{CacheEntry, CacheTier, Codec, CodecError, InternalCacheKey};
 
+/// What one look at the spill queue and the disk found.
+enum Lower {
+    Found(CacheEntry),
+    Absent,
+    /// The disk read raced a replacement or removal of the version it read.
+    Raced,
+}
+
+/// Looks a read takes when each disk read races a replacement: more than
+/// one race in a row needs the key replaced again within one disk read.
+const RACED_READ_ATTEMPTS: usize = 4;
+
 /// How long a read waits for moka's eviction listener to queue a version
 /// moka has just evicted (see `lower_tiers`). It runs in the same
 /// housekeeping pass, so microseconds as a rule; the bound is for a pass
@@ -174,6 +186,11 @@ impl TwoTierCacheBackend {
     /// The spill queue and the disk tier, in that order. `warming`: the
     /// read is the background warm-up's, which is not counted as a read and
     /// waits for room to promote instead of skipping the promotion.
+    ///
+    /// A disk read that raced a replacement of the key (its record deleted,
+    /// or rewritten as the newer version's, while the read was in flight)
+    /// looks again: the newer version is in memory or on its way there, and
+    /// a miss then would lose an entry the cache holds.
     pub(super) async fn lower_tiers(
         &self,
         key: &InternalCacheKey,
@@ -181,6 +198,26 @@ impl TwoTierCacheBackend {
         promote: bool,
         warming: bool,
     ) -> Option<CacheEntry> {
+        for _ in 0..RACED_READ_ATTEMPTS {
+            match self
+                .lower_tiers_once(key, codec.clone(), promote, warming)
+                .await
+            {
+                Lower::Found(entry) => return Some(entry),
+                Lower::Absent => return None,
+                Lower::Raced => {}
+            }
+        }
+        None
+    }
+
+    async fn lower_tiers_once(
+        &self,
+        key: &InternalCacheKey,
+        codec: Option<Arc<dyn Codec>>,
+        promote: bool,
+        warming: bool,
+    ) -> Lower {
         let count = !warming;
         let hash = key.disk_hash();
         let clock = &self.inner.spiller.clock;
@@ -192,14 +229,16 @@ impl TwoTierCacheBackend {
             let moved = self.inner.spiller.evicted.notified();
             {
                 let mut shard = self.inner.spiller.placements.lock(hash);
-                let slot = shard.get(key)?;
+                let Some(slot) = shard.get(key) else {
+                    return Lower::Absent;
+                };
                 match &slot.place {
                     // Expired: the spill worker drops it without writing it.
                     Place::Queued(res) | Place::Writing(res) if clock.expired(res.expires_at) => {
                         drop(shard);
                         // A record being written lands anyway: see `alive`.
                         self.inner.spiller.record_clock(true);
-                        return None;
+                        return Lower::Absent;
                     }
                     // Not promoted: it is about to land on disk, and the next
                     // read after that promotes it.
@@ -207,7 +246,7 @@ impl TwoTierCacheBackend {
                         if count {
                             self.stats_ref().queue_hits.incr();
                         }
-                        return Some(res.entry.clone());
+                        return Lower::Found(res.entry.clone());
                     }
                     // `on_disk`: moka is promoting or evicting this very
                     // version; the disk holds the same bytes.
@@ -215,7 +254,7 @@ impl TwoTierCacheBackend {
                         break (slot.seq, slot.expires_at, slot.pack, slot.record_len);
                     }
                     // Dead anyway: moka drops it when it next runs.
-                    _ if clock.expired(slot.expires_at) => return None,
+                    _ if clock.expired(slot.expires_at) => return Lower::Absent,
                     Place::Memory { on_disk: false } | Place::Persisting => {}
                 }
             }
@@ -227,22 +266,24 @@ impl TwoTierCacheBackend {
             // of the key landed in memory since the read missed there.
             if let Some(res) = self.inner.memory.get(key) {
                 if !self.alive(&res) {
-                    return None;
+                    return Lower::Absent;
                 }
                 if count {
                     self.stats_ref().memory_hits.incr();
                 }
-                return Some(res.entry.clone());
+                return Lower::Found(res.entry.clone());
             }
             let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
-            let left = EVICTION_WAIT.checked_sub(since.elapsed())?;
+            let Some(left) = EVICTION_WAIT.checked_sub(since.elapsed()) else {
+                return Lower::Absent;
+            };
             // An insert landing wakes no one: look again at least this often.
             let _ = tokio::time::timeout(left.min(RELOOK_AFTER), moved).await;
         };
         let stats = self.stats_ref();
         if clock.expired(expires_at) {
             self.expire_on_disk(key, hash, seq);
-            return None;
+            return Lower::Absent;
         }
         // Without a codec this reader cannot decode the record, but the
         // record is fine: a miss for this caller, no I/O, nothing deleted.
@@ -250,20 +291,20 @@ impl TwoTierCacheBackend {
             if count {
                 stats.decode_miss(DecodeMiss::NoCodec);
             }
-            return None;
+            return Lower::Absent;
         };
         let spiller = &self.inner.spiller;
         if spiller.health.is_failing() {
             // foyer 0.22 does not survive a failed device write: until the
             // disk is probed healthy and foyer reopened, its instance is not
             // read either (a read could wait forever). The slot stays.
-            return None;
+            return Lower::Absent;
         }
         if spiller.disk.is_released() {
             // Closed, and the directory taken over by another cache, which
             // may have invalidated or replaced what this one wrote there:
             // this handle serves its memory only.
-            return None;
+            return Lower::Absent;
         }
         let disk = &spiller.disk;
         let stored = pack.map_or(hash, PackRef::record_key);
@@ -271,33 +312,35 @@ impl TwoTierCacheBackend {
         // The warm-up's reads overlap one another: none waits awake.
         let bytes = match disk.load(stored, !warming, spun).await {
             Ok(Some(bytes)) => bytes,
+            Ok(None) if self.superseded(key, hash, seq) => return Lower::Raced,
             Ok(None) => {
                 stats.disk_vanished.incr();
                 self.forget(key, hash, seq, false);
-                return None;
+                return Lower::Absent;
             }
             Err(e) => {
                 // An I/O error is not proof the record is gone (the device
                 // may recover): a miss now, the slot stays.
                 tracing::warn!(key = %key, error = %e, "disk read failed; treated as a miss");
                 stats.disk_vanished.incr();
-                return None;
+                return Lower::Absent;
             }
         };
         let decoded = open_record(key, codec, &bytes, pack, record_len, seq, expires_at);
         let res = match decoded {
             Ok(res) => res,
+            Err(_) if self.superseded(key, hash, seq) => return Lower::Raced,
             Err(reason) => {
                 tracing::debug!(key = %key, ?reason, "disk record refused; treated as a miss");
                 stats.decode_miss(reason);
                 // A record of another key (hash collision) is that key's to keep.
                 self.forget(key, hash, seq, reason != DecodeMiss::KeyMismatch);
-                return None;
+                return Lower::Absent;
             }
         };
         if clock.expired(res.expires_at) {
             self.expire_on_disk(key, hash, seq);
-            return None;
+            return Lower::Absent;
         }
         if count {
             stats.disk_hits.incr();
@@ -322,7 +365,14 @@ impl TwoTierCacheBackend {
                 None => stats.promotions_deferred.incr(),
             }
         }
-        Some(entry)
+        Lower::Found(entry)
+    }
+
+    /// Whether `key`'s slot no longer holds version `seq` (replaced or
+    /// removed since a read of it began).
+    fn superseded(&self, key: &InternalCacheKey, hash: u64, seq: u64) -> bool {
+        let mut shard = self.inner.spiller.placements.lock(hash);
+        shard.current(key, seq).is_none()
     }
 
     /// The entry a disk read found for `key`, if it is `key`'s version
