@@ -486,14 +486,11 @@ impl TwoTierCacheBackend {
     /// clear passed): a newer version of the key is left alone.
     pub(super) async fn drop_if_orphan(&self, key: &InternalCacheKey, seq: u64) {
         let inner = &self.inner;
-        let gone = || {
-            let mut shard = inner.spiller.placements.lock(key.disk_hash());
-            shard.current(key, seq).is_none()
-        };
-        if gone() {
-            let _key = inner.key_locks.lock(key.disk_hash()).await;
+        let hash = key.disk_hash();
+        if self.superseded(key, hash, seq) {
+            let _key = inner.key_locks.lock(hash).await;
             let ours = inner.memory.get(key).is_some_and(|e| e.seq == seq);
-            if ours && gone() {
+            if ours && self.superseded(key, hash, seq) {
                 inner.memory.invalidate(key);
             }
         }
