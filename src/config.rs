@@ -228,8 +228,8 @@ pub struct DiskConfig {
     /// and no other read of the disk tier is under way: a read done by
     /// then costs no wake-ups, and the waiting costs CPU.
     /// `0` turns it off (a caller then always parks); at most 10 ms; a bare
-    /// number is milliseconds. Default 100 µs: most page-cache reads on 2
-    /// cores are done by then.
+    /// number is milliseconds. Default 300 µs: most page-cache reads on 2
+    /// cores are done by then, 64 KiB ones queued behind a block write too.
     pub read_spin: Millis,
     /// `fsync` the journal after invalidations, clears and replacements, so
     /// they survive power loss too (a process crash never loses them).
