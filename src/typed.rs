@@ -133,7 +133,9 @@ impl TypedCache {
     }
 
     fn internal_key<K: CacheKey>(&self, key: &K) -> InternalCacheKey {
-        InternalCacheKey::new(self.prefix.clone(), key.key().into_owned(), K::type_name())
+        // A borrowed key text is copied once, into the key's `Arc<str>`
+        // (`into_owned` would make a `String` first, then copy that).
+        InternalCacheKey::new(self.prefix.clone(), &*key.key(), K::type_name())
     }
 
     fn count(&self, hit: bool) {

@@ -123,6 +123,11 @@ fn read_spin_takes_a_duration_up_to_ten_milliseconds() {
         Config::default().disk.read_spin.0,
         spillway::DEFAULT_READ_SPIN
     );
+    // The embedded file (what `spillway bench` runs) says the same.
+    assert_eq!(
+        Config::embedded_default().disk.read_spin.0,
+        spillway::DEFAULT_READ_SPIN
+    );
     assert_eq!(
         field_and_value("[disk]\nread_spin = \"2s\""),
         ("disk.read_spin".into(), "2s".into())

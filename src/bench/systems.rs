@@ -123,17 +123,22 @@ pub fn entry(bytes: Vec<u8>) -> CacheEntry {
     Arc::new(ByteBuf::from(bytes))
 }
 
+/// The prefix of every bench key.
+const PREFIX_TEXT: &str = "bench";
+
 thread_local! {
-    /// The bench's one key prefix, shared by the keys a thread builds, as
-    /// an application shares a fixed prefix (`TypedCache` does): the
-    /// prefix costs a reference count, not an allocation, per key. One
-    /// per thread, so that two cores do not contend for its count.
-    static PREFIX: Arc<str> = Arc::from("bench");
+    /// The bench's key prefix, shared by the keys a thread builds, as an
+    /// application shares a fixed prefix (`TypedCache` does): the prefix
+    /// costs a reference count, not an allocation, per key. One per
+    /// thread, so that the threads building keys do not all write one
+    /// count (the cache's own threads still clone and drop the keys).
+    static PREFIX: Arc<str> = Arc::from(PREFIX_TEXT);
 }
 
-/// spillway's key for `id`, built with one allocation (its text's), as
-/// foyer's [`foyer_key`] is: the harness charges neither system for more
-/// than its API needs.
+/// spillway's key for `id`, built by hand with one allocation (its
+/// text's), as foyer's [`foyer_key`] is: the harness charges neither
+/// system for more than its API needs (the bench's counting allocator
+/// makes every allocation dearer than an application's).
 pub fn key(id: usize) -> InternalCacheKey {
     let mut digits = [0u8; 20];
     InternalCacheKey::new(
@@ -164,8 +169,18 @@ fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
 /// the hash). Written directly: building spillway's key first, and
 /// formatting that, would charge foyer's side of every operation for
 /// spillway's key too.
+///
+/// Built at its exact size, one allocation: `format!` would guess a
+/// capacity from the literal text (16 bytes) and grow it once or twice.
 pub fn foyer_key(id: usize) -> String {
-    format!("bench/{id}<{VALUE_TYPE}>")
+    let mut digits = [0u8; 20];
+    let digits = decimal(id, &mut digits);
+    let mut key =
+        String::with_capacity(PREFIX_TEXT.len() + 1 + digits.len() + VALUE_TYPE.len() + 2);
+    for part in [PREFIX_TEXT, "/", digits, "<", VALUE_TYPE, ">"] {
+        key.push_str(part);
+    }
+    key
 }
 
 /// A foyer device and the I/O engine to drive it.
@@ -370,12 +385,27 @@ enum Miss<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::{foyer_key, key, Loading, MissKind};
+    use super::{foyer_key, key, Loading, MissKind, VALUE_TYPE};
 
     #[test]
     fn foyer_gets_the_text_of_spillways_key() {
-        for id in [0, 7, 10, 1234, 99_999, usize::MAX] {
-            assert_eq!(foyer_key(id), key(id).to_string());
+        let powers = (0..20).flat_map(|k| {
+            let p = 10usize.saturating_pow(k);
+            [p - 1, p, p + 1]
+        });
+        for id in (0..2_000).chain(powers).chain([99_999, usize::MAX]) {
+            let text = key(id).to_string();
+            assert_eq!(text, format!("bench/{id}<{VALUE_TYPE}>"));
+            assert_eq!(foyer_key(id), text);
+        }
+    }
+
+    #[test]
+    fn foyers_key_is_built_at_its_exact_size() {
+        // One allocation, never grown: as spillway's key text is.
+        for id in [0, 42, 12_345, usize::MAX] {
+            let k = foyer_key(id);
+            assert_eq!(k.capacity(), k.len(), "{k}");
         }
     }
 
