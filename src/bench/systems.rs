@@ -171,7 +171,7 @@ fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
 /// spillway's key too.
 ///
 /// Built at its exact size, one allocation: `format!` would guess a
-/// capacity from the literal text (16 bytes) and grow it once or twice.
+/// capacity from the literal text (16 bytes) and grow it to 32.
 pub fn foyer_key(id: usize) -> String {
     let mut digits = [0u8; 20];
     let digits = decimal(id, &mut digits);
