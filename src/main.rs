@@ -87,6 +87,22 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// The bench's head-to-head child: runs that section in a fresh process, writes its cells to `out`.
+    #[command(hide = true)]
+    BenchVersusChild {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        scratch: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        ops_scale: f64,
+    },
     /// The bench's fleet-phase child: a cache driven by lines on stdin.
     #[command(hide = true)]
     BenchFleetChild {
@@ -196,6 +212,16 @@ fn main() -> ExitCode {
             out,
             quick,
         } => bench::index_child(&scratch, quick, &out),
+        Command::BenchVersusChild {
+            config,
+            scratch,
+            out,
+            quick,
+            seed,
+            ops_scale,
+        } => Config::from_file(&config).and_then(|config| {
+            bench::versus_child(&config, &scratch, quick, seed, ops_scale, &out)
+        }),
         Command::BenchFleetChild {
             config,
             dir,

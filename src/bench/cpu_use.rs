@@ -52,7 +52,7 @@ impl CpuClock {
 }
 
 /// CPU use per operation of a measured phase.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct CpuPerOp {
     /// User-space CPU time, µs.
     pub user_us: f64,

@@ -52,6 +52,7 @@ mod systems;
 mod targets;
 mod terminal;
 mod versus;
+mod versus_child;
 mod workload;
 
 pub(crate) use phase::{open, phase};
@@ -68,6 +69,7 @@ pub use kill::child as kill_child;
 use report::Report;
 pub use scaling::{markdown as scaling_markdown, run as scaling, Selection as ScalingSelection};
 pub use versus::REPETITIONS as HEAD_TO_HEAD_REPETITIONS;
+pub use versus_child::child as versus_child;
 use workload::{value_size, SizeDistribution};
 
 /// The `[bench]` section of the configuration.
@@ -323,16 +325,17 @@ fn measure(opts: &Options, mut bench: BenchConfig) -> spillway::Result<Report> {
         opts.quick,
     )?;
     progress.inc(1);
-    // Last, each repetition on its own client runtime (`on_own_runtime`).
-    // Before closed foyer instances were freed, its 48 opens left them
-    // behind, and a micro disk hit run after it was 2.6x slower.
-    let versus = versus::measure(
+    // Last, in a process of its own (see `versus_child`), each repetition
+    // on its own client runtime (`on_own_runtime`). Before closed foyer
+    // instances were freed, its 48 opens left them behind, and a micro
+    // disk hit run after it was 2.6x slower.
+    progress.set_message("head to head with foyer (8 cells, in a child process)");
+    let versus = versus_child::measure_in_child(
         &opts.config,
         scratch.path(),
         opts.quick,
         bench.seed,
         bench.ops as f64 / BenchConfig::default().ops as f64,
-        |cell| progress.set_message(format!("head to head with foyer: {cell}")),
     )?;
     progress.inc(1);
     progress.finish_with_message("done");

@@ -26,7 +26,7 @@ use super::versus::{median, CellRun, Side};
 pub const KINDS: [&str; 3] = ["memory hits", "disk hits", "misses (loader)"];
 
 /// One kind of read in one repetition.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct KindLatency {
     /// Of all reads, the fraction served this way.
     pub share: f64,
