@@ -212,36 +212,18 @@ async fn one(name: &str, entries: usize, dir: &Path) -> spillway::Result<IndexRu
 /// slower. (spillway's reopens here still spread, 369 / 440 / 763 ms in a
 /// fresh child: the spread is the reopen's own, not the earlier phases'.)
 pub fn measure_in_child(scratch: &Path, quick: bool) -> spillway::Result<Vec<IndexRun>> {
-    let io = |op: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |e: std::io::Error| spillway::Error::io(op, &path, e)
-    };
-    let exe = std::env::current_exe().map_err(io("find the spillway binary", Path::new("-")))?;
     let out = scratch.join("index-runs.json");
-    let mut command = std::process::Command::new(&exe);
-    command
-        .arg("bench-index-child")
-        .arg("--scratch")
-        .arg(scratch)
-        .arg("--out")
-        .arg(&out);
-    if quick {
-        command.arg("--quick");
-    }
-    let status = command
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(io("run the index phase's child", &exe))?;
-    let failed = |reason: String| spillway::Error::Config {
-        field: "bench.index".into(),
-        value: out.display().to_string(),
-        reason,
-    };
-    if !status.success() {
-        return Err(failed(format!("the index phase's child failed: {status}")));
-    }
-    let text = std::fs::read_to_string(&out).map_err(io("read", &out))?;
-    serde_json::from_str(&text).map_err(|e| failed(e.to_string()))
+    super::json_child::run("index", &out, |command| {
+        command
+            .arg("bench-index-child")
+            .arg("--scratch")
+            .arg(scratch)
+            .arg("--out")
+            .arg(&out);
+        if quick {
+            command.arg("--quick");
+        }
+    })
 }
 
 /// The child's side of [`measure_in_child`]: runs the phase and writes its
@@ -252,12 +234,7 @@ pub fn child(scratch: &Path, quick: bool, out: &Path) -> spillway::Result<()> {
         .build()
         .map_err(|e| spillway::Error::io("start runtime", Path::new("-"), e))?;
     let runs = runtime.block_on(measure(scratch, quick))?;
-    let text = serde_json::to_string(&runs).map_err(|e| spillway::Error::Config {
-        field: "bench.index".into(),
-        value: out.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    std::fs::write(out, text).map_err(|e| spillway::Error::io("write", out, e))
+    super::json_child::write("index", &runs, out)
 }
 
 /// Runs the phase: a million entries, or a tenth of that with `quick`.

@@ -37,6 +37,7 @@ mod device;
 mod fleet;
 mod heap;
 mod index;
+mod json_child;
 mod kill;
 mod loader;
 mod main_table;

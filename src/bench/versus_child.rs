@@ -15,24 +15,11 @@
 //! `bench-scaling` gives it, as the index phase has its own.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use spillway::Config;
 
+use super::json_child;
 use super::versus::CellRun;
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> spillway::Error {
-    let path = path.to_path_buf();
-    move |e| spillway::Error::io(op, &path, e)
-}
-
-fn failed(out: &Path, reason: String) -> spillway::Error {
-    spillway::Error::Config {
-        field: "bench.versus".into(),
-        value: out.display().to_string(),
-        reason,
-    }
-}
 
 /// [`super::versus::measure`] in a child process of this binary, with
 /// this process's loader calibration.
@@ -45,39 +32,32 @@ pub fn measure_in_child(
 ) -> spillway::Result<Vec<CellRun>> {
     let config_path = scratch.join("versus-config.toml");
     let out = scratch.join("versus-runs.json");
-    let text = toml::to_string(base).map_err(|e| failed(&config_path, e.to_string()))?;
-    std::fs::write(&config_path, text).map_err(io("write", &config_path))?;
-    let exe = std::env::current_exe().map_err(io("find the spillway binary", Path::new("-")))?;
-    let loader_env = super::loader::for_child();
-    let mut command = Command::new(&exe);
-    command
-        .env(loader_env.0, &loader_env.1)
-        .arg("bench-versus-child")
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--scratch")
-        .arg(scratch)
-        .arg("--out")
-        .arg(&out)
-        .arg("--seed")
-        .arg(seed.to_string())
-        .arg("--ops-scale")
-        .arg(ops_scale.to_string());
-    if quick {
-        command.arg("--quick");
-    }
-    let status = command
-        .stdout(Stdio::null())
-        .status()
-        .map_err(io("run the head-to-head child", &exe))?;
-    if !status.success() {
-        return Err(failed(
-            &out,
-            format!("the head-to-head child failed: {status}"),
-        ));
-    }
-    let text = std::fs::read_to_string(&out).map_err(io("read", &out))?;
-    serde_json::from_str(&text).map_err(|e| failed(&out, e.to_string()))
+    let text = toml::to_string(base).map_err(|e| spillway::Error::Config {
+        field: "bench.versus".into(),
+        value: config_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(&config_path, text)
+        .map_err(|e| spillway::Error::io("write", &config_path, e))?;
+    let (loader_env, calibration) = super::loader::for_child();
+    json_child::run("versus", &out, |command| {
+        command
+            .env(loader_env, &calibration)
+            .arg("bench-versus-child")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--scratch")
+            .arg(scratch)
+            .arg("--out")
+            .arg(&out)
+            .arg("--seed")
+            .arg(seed.to_string())
+            .arg("--ops-scale")
+            .arg(ops_scale.to_string());
+        if quick {
+            command.arg("--quick");
+        }
+    })
 }
 
 /// The child's side of [`measure_in_child`]: runs the section and writes
@@ -91,8 +71,7 @@ pub fn child(
     out: &Path,
 ) -> spillway::Result<()> {
     let runs = super::versus::measure(base, scratch, quick, seed, ops_scale, |_| {})?;
-    let text = serde_json::to_string(&runs).map_err(|e| failed(out, e.to_string()))?;
-    std::fs::write(out, text).map_err(io("write", out))
+    json_child::write("versus", &runs, out)
 }
 
 #[cfg(test)]
